@@ -1,0 +1,15 @@
+"""aot: training-free visual-token compression for video LLMs (token anchors + local-global OT).
+
+    import aot
+    out = aot.compress(x, scores, config=aot.AOTConfig(retention=0.1))   # x: (F, N, d)
+    out.tokens  # (round(0.1 * F * N), d)
+
+The core (this package's top level) is pure torch; model adapters live in ``aot.models``.
+"""
+
+from .compress import Compressed, compress
+from .config import AOTConfig, budget
+from .ot import sinkhorn
+
+__all__ = ["AOTConfig", "Compressed", "budget", "compress", "sinkhorn"]
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""Configuration of the AOT method: one frozen dataclass, every knob documented in one line.
+
+Defaults follow the paper (Sec. 4.1, 7) where it states them and ../shared/DESIGN.md where the
+paper is vague. The CLI flags and the result JSON are generated from these fields, so a field
+added here is a flag there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+__all__ = ["AOTConfig", "budget"]
+
+
+@dataclass(frozen=True)
+class AOTConfig:
+    """Every parameter of AOT. Frozen: derive variants with ``dataclasses.replace``."""
+
+    retention: float = 0.1  # rho in (0, 1]: output keeps exactly round_half_up(rho * F * N) tokens
+    reg: float = 0.1  # Sinkhorn entropy lambda (paper: 0.1); cost 1 - cos lies in [0, 2]
+    n_iters: int = 100  # Sinkhorn iterations, intra and inter (paper: 100)
+    tol: float | None = None  # optional early stop on the marginal error (paper's delta: 0.01)
+    global_share: float = 0.5  # fraction of a frame's anchors chosen globally (paper: |global| = |local|)
+    windows: tuple[int, int] = (3, 3)  # local-anchor windows over the (h, w) grid, rows x cols
+    lam_intra: float = 1.0  # Eq. 11 weight of the context folded into each anchor (paper: 1.0)
+    lam_inter: float = 1.0  # Eq. 16 weight of the merged tokens of later frames (paper: 1.0)
+    mass: Literal["unit", "literal"] = "unit"  # Eq. 10 mass: "unit" rescales the plan so each anchor gets one unit (DESIGN 2.3)
+    clips: Literal["uniform", "dynamic"] = "uniform"  # frame clips: fixed length or FastVID's dynamic segmentation
+    clip_length: int | None = None  # frames per clip; None: max(1, F // 8) (4 for 32 frames, 8 for 64)
+    tau_seg: float = 0.9  # dynamic clips: also cut wherever adjacent-frame cosine < tau_seg (FastVID)
+    anchor_share: float = 0.5  # share of the budget spent on clip anchors; the rest are kept dynamic tokens
+
+    def __post_init__(self) -> None:
+        _check_range("retention", self.retention, 0.0, 1.0, low_open=True)
+        _check_range("reg", self.reg, 0.0, math.inf, low_open=True)
+        if not isinstance(self.n_iters, int) or self.n_iters < 1:
+            raise ValueError(f"n_iters must be an int >= 1, got {self.n_iters!r}")
+        if self.tol is not None:
+            _check_range("tol", self.tol, 0.0, math.inf, low_open=True)
+        _check_range("global_share", self.global_share, 0.0, 1.0)
+        if (len(self.windows) != 2 or not all(isinstance(w, int) and w >= 1 for w in self.windows)):
+            raise ValueError(f"windows must be two ints >= 1 (rows, cols), got {self.windows!r}")
+        _check_range("lam_intra", self.lam_intra, 0.0, math.inf)
+        _check_range("lam_inter", self.lam_inter, 0.0, math.inf)
+        if self.mass not in ("unit", "literal"):
+            raise ValueError(f"mass must be 'unit' or 'literal', got {self.mass!r}")
+        if self.clips not in ("uniform", "dynamic"):
+            raise ValueError(f"clips must be 'uniform' or 'dynamic', got {self.clips!r}")
+        if self.clip_length is not None and (not isinstance(self.clip_length, int) or self.clip_length < 1):
+            raise ValueError(f"clip_length must be None or an int >= 1, got {self.clip_length!r}")
+        _check_range("tau_seg", self.tau_seg, -1.0, 1.0)
+        _check_range("anchor_share", self.anchor_share, 0.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _check_range(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        raise ValueError(f"{name} must be a number in {left}{low}, {high}], got {value!r}")
+
+
+def budget(retention: float, frames: int, tokens_per_frame: int) -> int:
+    """The exact number of output tokens: ``floor(retention * F * N + 1/2)`` (round half up).
+
+    This is the one place the rounding rule lives. The product is formed in float64 and nudged by
+    1e-9 before flooring so that decimal retentions such as 0.15 (0.1499999...) round as written.
+    """
+    _check_range("retention", retention, 0.0, 1.0, low_open=True)
+    total = frames * tokens_per_frame
+    r = math.floor(retention * total + 0.5 + 1e-9)
+    return min(r, total)

@@ -1,0 +1,88 @@
+"""Intra-frame OT aggregation (paper Eq. 9-12, DESIGN 2.3): fold every frame's other tokens into its anchors."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .ot import sinkhorn
+
+__all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
+
+
+class IntraResult(NamedTuple):
+    tokens: Tensor  # (F, M, d) updated anchors, float32
+    sizes: Tensor  # (F, M) int64: how many input tokens each anchor now stands for
+    owner: Tensor  # (F, N) int64 in [0, M): the anchor that absorbed each input token
+
+
+def cosine_cost(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -> Tensor:
+    """1 - cos for every pair: rows (B, m, d), cols (B, n, d), norms (B, m) and (B, n) -> (B, m, n).
+
+    Normalises the small Gram matrix instead of the tokens, so no normalised copy of the (large)
+    token tensor is ever made. Clamped to [0, 2] against rounding.
+    """
+    gram = rows @ cols.transpose(-1, -2)  # (B, m, n)
+    cos = gram / (row_norms.unsqueeze(-1) * col_norms.unsqueeze(-2))
+    return (1.0 - cos).clamp_(0.0, 2.0)
+
+
+def aggregate_intra(
+    x: Tensor,
+    norms: Tensor,
+    anchors: Tensor,
+    valid: Tensor | None = None,
+    *,
+    reg: float = 0.1,
+    n_iters: int = 100,
+    tol: float | None = None,
+    lam: float = 1.0,
+    mass: str = "unit",
+) -> IntraResult:
+    """Eq. 9-11 for every frame at once.
+
+    x: (F, N, d) float tokens; norms: (F, N) their L2 norms (> 0); anchors: (F, M) indices;
+    valid: (F, M) bool, False on padding slots (frames with fewer anchors; default all valid).
+    The plan T (F, M, N) runs from the m_f anchors of frame f (rows, uniform 1/m_f) to its
+    N - m_f other tokens (columns, uniform; anchor columns get zero mass, so no gather of the
+    others is needed). mass="unit" uses T~ = m_f T, so each anchor receives one unit of context
+    (DESIGN 2.3); mass="literal" uses T as Eq. 10 writes it. Then
+    a_j <- (a_j + lam * sum_i T~_ji u_i) / (1 + lam * sum_i T~_ji).
+    Every other token is owned by the anchor that receives most of its mass (argmax over the plan
+    column), which makes the sizes sum to N per frame. Padding slots come back unchanged, size 0.
+    """
+    f, n, d = x.shape
+    m = anchors.shape[1]
+    dev = x.device
+    if valid is None:
+        valid = torch.ones(f, m, dtype=torch.bool, device=dev)
+    counts = valid.sum(1)  # (F,) anchors per frame
+    a = x.gather(1, anchors.unsqueeze(-1).expand(f, m, d))  # (F, M, d)
+    slot = torch.arange(m, device=dev).expand(f, m)
+    is_anchor = torch.zeros(f, n, dtype=torch.bool, device=dev)
+    own_idx = torch.where(valid, anchors, anchors[:, :1])  # padding redirected to slot 0's token
+    own_slot = torch.where(valid, slot, 0)
+    is_anchor.scatter_(1, own_idx, True)
+    full = counts == n  # frames where every token is an anchor: nothing to fold in
+    if bool(full.all()):
+        owner = torch.empty(f, n, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
+        return IntraResult(a.clone(), valid.long(), owner)
+    # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
+    col_mass = torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor).to(x.dtype)
+    col_mass = col_mass / col_mass.sum(1, keepdim=True)
+    row_mass = valid.to(x.dtype) / counts.unsqueeze(1)
+    cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
+    plan = sinkhorn(cost, reg, n_iters, a=row_mass, b=col_mass, tol=tol).to(x.dtype)  # (F, M, N)
+    plan = plan * (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
+    if mass == "unit":
+        plan = plan * counts.to(x.dtype).view(f, 1, 1)
+    ctx = plan @ x  # (F, M, d): anchor columns carry zero plan, so only the others contribute
+    recv = plan.sum(-1, keepdim=True)  # (F, M, 1)
+    tokens = (a + lam * ctx) / (1.0 + lam * recv)
+    owner = plan.argmax(dim=1)  # (F, N); padding rows have zero plan and never win
+    owner.scatter_(1, own_idx, own_slot)
+    sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
+    sizes.scatter_add_(1, owner, torch.ones_like(owner))
+    return IntraResult(tokens, sizes, owner)

@@ -1,0 +1,147 @@
+"""Frame clips and inter-frame OT (paper Eq. 13-16, Sec. 8; DESIGN 2.4)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .intra import cosine_cost
+from .ot import sinkhorn
+
+__all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
+
+Clip = tuple[int, int]  # (first frame, number of frames)
+
+
+def default_clip_length(frames: int) -> int:
+    """F // 8, at least 1: 4 frames per clip for 32 frames, 8 for 64 (DESIGN 2.4)."""
+    return max(1, frames // 8)
+
+
+def uniform_clips(frames: int, length: int) -> list[Clip]:
+    """Consecutive clips of ``length`` frames; the last one may be shorter."""
+    return [(s, min(length, frames - s)) for s in range(0, frames, length)]
+
+
+def dynamic_clips(frame_features: Tensor, length: int, tau: float) -> list[Clip]:
+    """FastVID's dynamic temporal segmentation.
+
+    frame_features: (F, d) one global feature per frame (the mean token). With c = ceil(F / length)
+    target clips, cut after the c - 1 least similar adjacent pairs (cosine) and after every pair
+    whose cosine is below tau. Ties break towards the earlier pair, so the result is deterministic.
+    """
+    f = frame_features.shape[0]
+    if f == 1:
+        return [(0, 1)]
+    g = torch.nn.functional.normalize(frame_features.float(), dim=-1)
+    sim = (g[:-1] * g[1:]).sum(-1)  # (F-1,): pair t is (t, t+1)
+    n_cuts = math.ceil(f / length) - 1
+    order = torch.sort(sim, stable=True).indices
+    cut = torch.zeros(f - 1, dtype=torch.bool)
+    cut[order[:n_cuts].cpu()] = True
+    cut |= (sim < tau).cpu()
+    starts = [0] + [t + 1 for t in torch.nonzero(cut).flatten().tolist()]
+    ends = starts[1:] + [f]
+    return [(s, e - s) for s, e in zip(starts, ends)]
+
+
+class InterResult(NamedTuple):
+    anchors: Tensor  # (C, M, d) clip anchors after the sequential Eq. 16 updates
+    anchor_sizes: Tensor  # (C, M) int64
+    kept: Tensor  # (F, M) bool: intra tokens kept as temporal dynamics (never on a clip's first frame)
+    owner: Tensor  # (F, M) int64: for merged tokens, the clip-anchor index that absorbed them; else -1
+    q: Tensor  # (F, M) float: max assignment probability against the clip's first frame (1 on first frames)
+
+
+def _assignment(tokens: Tensor, anchors: Tensor, valid: Tensor, reg: float, n_iters: int, tol) -> Tensor:
+    """Row-normalised plan p (B, M, M) of Eq. 15 between tokens (rows) and anchors (columns).
+
+    valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors have the same
+    count); padding rows and columns get zero mass and come back as zero rows/columns of p.
+    """
+    w = valid.to(tokens.dtype) / valid.sum(-1, keepdim=True)
+    cost = cosine_cost(tokens, anchors, tokens.norm(dim=-1), anchors.norm(dim=-1))
+    plan = sinkhorn(cost, reg, n_iters, a=w, b=w, tol=tol)
+    return plan / plan.sum(-1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
+
+
+def aggregate_inter(
+    tokens: Tensor,
+    sizes: Tensor,
+    clips: list[Clip],
+    n_keep: int,
+    valid: Tensor | None = None,
+    *,
+    reg: float = 0.1,
+    n_iters: int = 100,
+    tol: float | None = None,
+    lam: float = 1.0,
+) -> InterResult:
+    """Eq. 13-16 with an exact budget.
+
+    tokens: (F, M, d) intra-compressed frames, sizes: (F, M), valid: (F, M) bool (False on
+    padding slots; all frames of a clip share one anchor count). Each clip's first frame is its
+    anchor set. The paper keeps token i of a later frame when q_i = max_j p_ij < tau, with tau
+    tuned by hand; here exactly ``n_keep`` tokens are kept, those with the lowest q over the whole
+    video (a clip with more motion keeps more). Selection pass: q against the clip's first frame,
+    all later frames in one batch. Merge pass: frame by frame (position 1, 2, ... of every clip
+    in parallel) the plan against the *current* anchors, and Eq. 16
+    a_j <- (a_j + lam * sum_{i merged} p_ij s_i) / (1 + lam * sum_{i merged} p_ij),
+    i.e. the paper's sequential anchor updates. Merged token i is owned by argmax_j p_ij.
+    """
+    f, m, d = tokens.shape
+    dev = tokens.device
+    if valid is None:
+        valid = torch.ones(f, m, dtype=torch.bool, device=dev)
+    starts = torch.tensor([s for s, _ in clips], device=dev)
+    clip_of = torch.repeat_interleave(torch.arange(len(clips), device=dev),
+                                      torch.tensor([n for _, n in clips], device=dev))  # (F,)
+    later = torch.ones(f, dtype=torch.bool, device=dev)
+    later[starts] = False
+    later_idx = torch.nonzero(later).flatten()
+    q = torch.ones(f, m, dtype=torch.float32, device=dev)
+    kept = torch.zeros(f, m, dtype=torch.bool, device=dev)
+    owner = torch.full((f, m), -1, dtype=torch.long, device=dev)
+    anchors = tokens[starts].clone()  # (C, M, d)
+    anchor_sizes = sizes[starts].clone()
+    if later_idx.numel() == 0:
+        return InterResult(anchors, anchor_sizes, kept, owner, q)
+
+    # selection pass: q of every later token against its clip's keyframe anchors
+    p = _assignment(tokens[later_idx], tokens[starts[clip_of[later_idx]]], valid[later_idx],
+                    reg, n_iters, tol)
+    q[later_idx] = p.amax(-1).to(q.dtype)
+    if n_keep:
+        flat_q = q[later_idx].masked_fill(~valid[later_idx], float("inf")).flatten()
+        if n_keep > int(valid[later_idx].sum()):
+            raise ValueError(f"cannot keep {n_keep} dynamic tokens from {int(valid[later_idx].sum())} candidates")
+        pick = torch.sort(flat_q, stable=True).indices[:n_keep]
+        kept_later = torch.zeros_like(flat_q, dtype=torch.bool)
+        kept_later[pick] = True
+        kept[later_idx] = kept_later.view(-1, m)
+
+    # merge pass: sequential over positions within the clips, batched over clips
+    lengths = torch.tensor([n for _, n in clips], device=dev)
+    first_plan = {int(t): i for i, t in enumerate(later_idx.tolist())}
+    for step in range(1, int(lengths.max())):
+        active = torch.nonzero(lengths > step).flatten()  # clips that have this position
+        frames = starts[active] + step
+        s = tokens[frames]  # (A, M, d)
+        if step == 1:  # anchors are still the keyframes: reuse the selection pass plans
+            pa = p[torch.tensor([first_plan[int(t)] for t in frames.tolist()], device=dev)]
+        else:
+            pa = _assignment(s, anchors[active], valid[frames], reg, n_iters, tol)
+        merged = ~kept[frames] & valid[frames]  # (A, M)
+        w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
+        recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
+        ctx = w.transpose(1, 2) @ s  # (A, M_anc, d)
+        anchors[active] = (anchors[active] + lam * ctx) / (1.0 + lam * recv)
+        own = pa.argmax(-1).masked_fill(~merged, -1)  # (A, M_tok)
+        owner[frames] = own
+        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(
+            1, own.clamp(min=0), sizes[frames] * merged)
+        anchor_sizes[active] += add
+    return InterResult(anchors, anchor_sizes, kept, owner, q)

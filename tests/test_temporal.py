@@ -1,0 +1,97 @@
+"""Clips and inter-frame OT (Eq. 13-16) against a plain sequential loop with POT."""
+
+import numpy as np
+import ot
+import torch
+
+from aot.temporal import aggregate_inter, default_clip_length, dynamic_clips, uniform_clips
+
+
+def test_uniform_clips():
+    assert default_clip_length(32) == 4 and default_clip_length(64) == 8 and default_clip_length(5) == 1
+    assert uniform_clips(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert uniform_clips(3, 1) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_dynamic_clips_cut_at_scene_changes():
+    # three "scenes" with orthogonal features and tiny noise: cuts after frames 2 and 6
+    g = torch.Generator().manual_seed(0)
+    base = torch.eye(3)[[0, 0, 0, 1, 1, 1, 1, 2, 2, 2]]
+    feats = base + 0.01 * torch.randn(10, 3, generator=g)
+    assert dynamic_clips(feats, length=5, tau=0.9) == [(0, 3), (3, 4), (7, 3)]  # c-1 = 1 cut, tau adds the other
+    assert dynamic_clips(feats, length=5, tau=-1.0) == [(0, 3), (3, 7)] or \
+        dynamic_clips(feats, length=5, tau=-1.0) == [(0, 7), (7, 3)]  # only the least similar pair
+    assert dynamic_clips(feats[:1], length=4, tau=0.9) == [(0, 1)]
+
+
+def _row_assignment(tokens, anchors, reg, iters):
+    tn = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    an = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    m = len(tokens)
+    plan = ot.sinkhorn(np.full(m, 1 / m), np.full(len(anchors), 1 / len(anchors)), 1 - tn @ an.T, reg,
+                       numItermax=iters, stopThr=0, warn=False)
+    return plan / plan.sum(1, keepdims=True)
+
+
+def test_matches_sequential_loop():
+    g = torch.Generator().manual_seed(0)
+    f, m, d = 7, 6, 5
+    tokens = torch.randn(f, m, d, generator=g, dtype=torch.float64)
+    sizes = torch.randint(1, 5, (f, m), generator=g)
+    clips = [(0, 3), (3, 4)]
+    n_keep, lam = 5, 1.0
+    got = aggregate_inter(tokens, sizes, clips, n_keep, reg=0.1, n_iters=60, lam=lam)
+
+    x = tokens.numpy()
+    # selection: q of every later token against its keyframe, the n_keep lowest over the video
+    qs = {}
+    for s, n in clips:
+        for t in range(s + 1, s + n):
+            qs[t] = _row_assignment(x[t], x[s], 0.1, 60).max(1)
+    flat = sorted(((qs[t][i], t, i) for t in qs for i in range(m)), key=lambda r: r[0])
+    kept = {(t, i) for _, t, i in flat[:n_keep]}
+    assert {tuple(p) for p in torch.nonzero(got.kept).tolist()} == kept
+    # merge: sequential Eq. 16 with the current anchors
+    for c, (s, n) in enumerate(clips):
+        anchors = x[s].copy()
+        anchor_sizes = sizes[s].numpy().copy()
+        for t in range(s + 1, s + n):
+            p = _row_assignment(x[t], anchors, 0.1, 60)
+            new = anchors.copy()
+            for j in range(m):
+                merged = [i for i in range(m) if (t, i) not in kept]
+                recv = sum(p[i, j] for i in merged)
+                ctx = sum(p[i, j] * x[t, i] for i in merged)
+                new[j] = (anchors[j] + lam * ctx) / (1 + lam * recv)
+            for i in range(m):
+                if (t, i) not in kept:
+                    anchor_sizes[p[i].argmax()] += int(sizes[t, i])
+                    assert got.owner[t, i] == p[i].argmax()
+                else:
+                    assert got.owner[t, i] == -1
+            anchors = new
+        np.testing.assert_allclose(got.anchors[c].numpy(), anchors, rtol=1e-8, atol=1e-10)
+        assert got.anchor_sizes[c].tolist() == anchor_sizes.tolist()
+    total = got.anchor_sizes.sum() + sizes[got.kept].sum()
+    assert int(total) == int(sizes.sum())
+
+
+def test_static_clip_merges_into_unchanged_anchors():
+    # a frame that repeats the keyframe is matched one-to-one (q ~ 1): merging each anchor with its
+    # own copy leaves it where it was, and every anchor now stands for two tokens
+    g = torch.Generator().manual_seed(0)
+    frame0 = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    tokens = torch.stack([frame0, frame0, frame0])
+    got = aggregate_inter(tokens, torch.ones(3, 5, dtype=torch.long), [(0, 3)], 0, reg=0.01, n_iters=300)
+    torch.testing.assert_close(got.anchors[0], frame0)
+    assert got.anchor_sizes[0].tolist() == [3] * 5 and not got.kept.any()
+    assert got.owner[1:].tolist() == [list(range(5))] * 2
+    assert (got.q[1:] > 0.99).all()
+
+
+def test_budget_of_kept_tokens_is_exact():
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randn(9, 6, 8, generator=g)
+    for n_keep in (0, 1, 7, 36):  # 36 = every later-frame token (9 frames, 3 clips of 3)
+        got = aggregate_inter(tokens, torch.ones(9, 6, dtype=torch.long), [(0, 3), (3, 3), (6, 3)], n_keep)
+        assert int(got.kept.sum()) == n_keep and not got.kept[[0, 3, 6]].any()
