@@ -78,9 +78,11 @@ def aggregate_intra(
     plan = plan * (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
     if mass == "unit":
         plan = plan * counts.to(x.dtype).view(f, 1, 1)
-    ctx = plan @ x  # (F, M, d): anchor columns carry zero plan, so only the others contribute
     recv = plan.sum(-1, keepdim=True)  # (F, M, 1)
-    tokens = (a + lam * ctx) / (1.0 + lam * recv)
+    # (a + lam * ctx) / (1 + lam * recv), in place on ctx: M/N of the input is the largest temporary
+    tokens = torch.bmm(plan, x)  # (F, M, d) ctx: anchor columns carry zero plan, only the others count
+    tokens.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
+    del a
     owner = plan.argmax(dim=1)  # (F, N); padding rows have zero plan and never win
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)

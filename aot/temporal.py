@@ -62,10 +62,28 @@ def _assignment(tokens: Tensor, anchors: Tensor, valid: Tensor, reg: float, n_it
     valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors have the same
     count); padding rows and columns get zero mass and come back as zero rows/columns of p.
     """
-    w = valid.to(tokens.dtype) / valid.sum(-1, keepdim=True)
     cost = cosine_cost(tokens, anchors, tokens.norm(dim=-1), anchors.norm(dim=-1))
+    return _row_plan(cost, valid, reg, n_iters, tol)
+
+
+def _row_plan(cost: Tensor, valid: Tensor, reg: float, n_iters: int, tol) -> Tensor:
+    w = valid.to(cost.dtype) / valid.sum(-1, keepdim=True)
     plan = sinkhorn(cost, reg, n_iters, a=w, b=w, tol=tol)
     return plan / plan.sum(-1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
+
+
+def _keyframe_costs(tokens: Tensor, norms: Tensor, clips: list[Clip]) -> Tensor:
+    """1 - cos between every later frame's tokens and its clip's first frame: (F - C, M, M).
+
+    One product per clip on contiguous views, so the (F, M, d) tokens are never gathered/copied.
+    """
+    out = []
+    for s, n in clips:
+        if n > 1:
+            later = tokens[s + 1:s + n]  # (n-1, M, d) view
+            key = tokens[s].expand(n - 1, *tokens.shape[1:])
+            out.append(cosine_cost(later, key, norms[s + 1:s + n], norms[s].expand(n - 1, -1)))
+    return torch.cat(out)
 
 
 def aggregate_inter(
@@ -97,8 +115,6 @@ def aggregate_inter(
     if valid is None:
         valid = torch.ones(f, m, dtype=torch.bool, device=dev)
     starts = torch.tensor([s for s, _ in clips], device=dev)
-    clip_of = torch.repeat_interleave(torch.arange(len(clips), device=dev),
-                                      torch.tensor([n for _, n in clips], device=dev))  # (F,)
     later = torch.ones(f, dtype=torch.bool, device=dev)
     later[starts] = False
     later_idx = torch.nonzero(later).flatten()
@@ -111,8 +127,8 @@ def aggregate_inter(
         return InterResult(anchors, anchor_sizes, kept, owner, q)
 
     # selection pass: q of every later token against its clip's keyframe anchors
-    p = _assignment(tokens[later_idx], tokens[starts[clip_of[later_idx]]], valid[later_idx],
-                    reg, n_iters, tol)
+    norms = tokens.norm(dim=-1)  # (F, M)
+    p = _row_plan(_keyframe_costs(tokens, norms, clips), valid[later_idx], reg, n_iters, tol)
     q[later_idx] = p.amax(-1).to(q.dtype)
     if n_keep:
         flat_q = q[later_idx].masked_fill(~valid[later_idx], float("inf")).flatten()

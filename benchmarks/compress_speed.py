@@ -1,0 +1,122 @@
+"""Speed and memory of aot.compress against one dense linear layer, measured side by side.
+
+For each (F, N, d): the median wall time of ``aot.compress`` at 10% retention with 100 Sinkhorn
+iterations, the median time of one dense matmul [F*N, d] x [d, d] (one linear layer of the LLM
+on the uncompressed tokens) in the same run, their ratio, and the peak memory that compress
+allocates beyond its input and output, as a multiple of the input size.
+
+Peak memory is read in a child process from the kernel's peak-RSS counter (VmHWM, reset through
+/proc/self/clear_refs) with glibc told to serve every large block by mmap, so freed memory is
+returned at once and the counter sees the live working set.
+
+    python benchmarks/compress_speed.py [--reps 7] [--shapes 32x196x3584,...] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import aot
+
+SHAPES = [(32, 196, 3584), (64, 169, 3584), (32, 729, 1152)]
+
+
+def _inputs(f: int, n: int, d: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(f, n, d, generator=g).to(device)
+    scores = torch.rand(f, n, generator=g).to(device)
+    return x, scores
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, reps: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(f: int, n: int, d: int) -> None:
+    """Runs in a child process: prints JSON with the peak extra bytes of one compress call."""
+    x, scores = _inputs(f, n, d, "cpu")
+    config = aot.AOTConfig(retention=0.1)
+    aot.compress(x, scores, config=config)  # warm-up: thread pools, lazy inits
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak-RSS counter to the current RSS
+    before = _status_kb("VmRSS")
+    out = aot.compress(x, scores, config=config)
+    peak = _status_kb("VmHWM")
+    out_bytes = sum(t.numel() * t.element_size() for t in out)
+    print(json.dumps({"extra": (peak - before) * 1024 - out_bytes,
+                      "input": x.numel() * x.element_size(), "output": out_bytes}))
+
+
+def measure_memory(f: int, n: int, d: int) -> dict | None:
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(*map(int, args.memory_child.split("x")))
+        return
+    shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
+    dev = args.device
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
+          + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
+    print("retention 0.1, 100 Sinkhorn iterations, uniform clips, float32\n")
+    print("| F x N x d | tokens out | compress (ms) | dense matmul (ms) | ratio | peak extra memory / input |")
+    print("|---|---|---|---|---|---|")
+    for f, n, d in shapes:
+        x, scores = _inputs(f, n, d, dev)
+        config = aot.AOTConfig(retention=0.1, n_iters=100)
+        out = aot.compress(x, scores, config=config)
+        t_c = _median_time(lambda: aot.compress(x, scores, config=config), args.reps, dev)
+        w = torch.randn(d, d, device=dev)
+        flat = x.view(f * n, d)
+        t_m = _median_time(lambda: flat @ w, args.reps, dev)
+        mem = measure_memory(f, n, d) if dev == "cpu" else None
+        mem_s = f"{mem['extra'] / mem['input']:.2f}" if mem else "n/a"
+        print(f"| {f} x {n} x {d} | {out.tokens.shape[0]} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | "
+              f"{t_c / t_m:.3f} | {mem_s} |")
+
+
+if __name__ == "__main__":
+    main()
