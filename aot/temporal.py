@@ -140,24 +140,40 @@ def aggregate_inter(
         kept[later_idx] = kept_later.view(-1, m)
 
     # merge pass: sequential over positions within the clips, batched over clips
-    lengths = torch.tensor([n for _, n in clips], device=dev)
-    first_plan = {int(t): i for i, t in enumerate(later_idx.tolist())}
-    for step in range(1, int(lengths.max())):
-        active = torch.nonzero(lengths > step).flatten()  # clips that have this position
-        frames = starts[active] + step
-        s = tokens[frames]  # (A, M, d)
+    clip_starts = [s for s, _ in clips]
+    lengths = [n for _, n in clips]
+    first_plan = {t: i for i, t in enumerate(later_idx.tolist())}
+    for step in range(1, max(lengths)):
+        active = [c for c, n in enumerate(lengths) if n > step]  # clips that have this position
+        frames = [clip_starts[c] + step for c in active]
+        s = _rows(tokens, frames)  # (A, M, d), a view for uniform clips
+        a = _rows(anchors, active)
         if step == 1:  # anchors are still the keyframes: reuse the selection pass plans
-            pa = p[torch.tensor([first_plan[int(t)] for t in frames.tolist()], device=dev)]
+            pa = p[[first_plan[t] for t in frames]]
         else:
-            pa = _assignment(s, anchors[active], valid[frames], reg, n_iters, tol)
+            pa = _assignment(s, a, valid[frames], reg, n_iters, tol)
         merged = ~kept[frames] & valid[frames]  # (A, M)
         w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
-        ctx = w.transpose(1, 2) @ s  # (A, M_anc, d)
-        anchors[active] = (anchors[active] + lam * ctx) / (1.0 + lam * recv)
+        # Eq. 16 in place: a <- (a + lam * ctx) / (1 + lam * recv)
+        ctx = torch.bmm(w.transpose(1, 2), s)  # (A, M_anc, d)
+        ctx.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
+        if a.data_ptr() == anchors.data_ptr() and a.shape == anchors.shape:
+            anchors = ctx
+        else:
+            anchors[active] = ctx
         own = pa.argmax(-1).masked_fill(~merged, -1)  # (A, M_tok)
         owner[frames] = own
-        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(
-            1, own.clamp(min=0), sizes[frames] * merged)
+        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(1, own.clamp(min=0), sizes[frames] * merged)
         anchor_sizes[active] += add
     return InterResult(anchors, anchor_sizes, kept, owner, q)
+
+
+def _rows(t: Tensor, idx: list[int]) -> Tensor:
+    """t[idx] along dim 0, as a strided view (no copy) when idx is an arithmetic progression."""
+    if len(idx) == 1:
+        return t[idx[0]:idx[0] + 1]
+    step = idx[1] - idx[0]
+    if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])):
+        return t[idx[0]:idx[-1] + 1:step]
+    return t[idx]
