@@ -26,6 +26,10 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py
     "clip_length": "frames per clip ('none': F // 8)",
     "tau_seg": "dynamic clips: also cut where adjacent-frame cosine < tau_seg",
     "anchor_share": "share of the budget spent on clip anchors",
+    "anchor_select": "ablation: 'attention' or 'random' anchors",
+    "intra_merge": "ablation: fold a frame's other tokens by 'ot', 'cosine' weights, or 'none' (drop)",
+    "inter_merge": "ablation: merge later frames by 'ot', 'cosine' weights, or 'none' (drop)",
+    "seed": "seed of the random-anchor ablation",
 }
 
 
@@ -40,7 +44,7 @@ def _parse_value(name: str, raw: str):
             return (int(r), int(c))
         except ValueError:
             raise argparse.ArgumentTypeError(f"--windows must look like 3x3, got {raw!r}") from None
-    kind = int if name in ("n_iters", "clip_length") else float if isinstance(default, float) or name == "tol" else str
+    kind = int if name in ("n_iters", "clip_length", "seed") else float if isinstance(default, float) or name == "tol" else str
     try:
         return kind(raw)
     except ValueError:

@@ -20,7 +20,7 @@ class Compressed(NamedTuple):
     """Output of a compression of one video; a batch stacks every field along a leading B."""
 
     tokens: Tensor  # (R, d) in the input dtype, ordered by (frame, position)
-    sizes: Tensor  # (R,) int64: input tokens each output token stands for; sums to F * N
+    sizes: Tensor  # (R,) int64: input tokens each output token stands for; sums to F * N (less if an ablation drops tokens)
     frames: Tensor  # (R,) int64: frame each token sits at (a clip anchor: its clip's first frame)
     positions: Tensor  # (R,) int64: flat index f * N + n of the grid cell it sits at
     assignment: Tensor  # (F * N,) int64: output row that absorbed each input token, -1 if dropped
@@ -100,13 +100,17 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
     per_clip, n_keep = plan_budget(total, f, n, len(clips), config.anchor_share)
     counts = torch.repeat_interleave(torch.tensor(per_clip, device=dev),
                                      torch.tensor([c for _, c in clips], device=dev))  # (F,)
+    if config.anchor_select == "random":  # ablation: uniformly random anchors, reproducible by seed
+        gen = torch.Generator().manual_seed(config.seed)
+        scores = local_scores = torch.rand(f, n, generator=gen).to(dev)
     anchors, valid = select_anchors_varied(scores.float(), local_scores.float(), grid, counts,
-                                           global_share=config.global_share, windows=config.windows)
+                                           global_share=1.0 if config.anchor_select == "random" else config.global_share,
+                                           windows=config.windows)
     m = anchors.shape[1]  # (F, M) padded where a frame has fewer anchors
     intra = aggregate_intra(work, norms, anchors, valid, reg=config.reg, n_iters=config.n_iters,
-                            tol=config.tol, lam=config.lam_intra, mass=config.mass)
+                            tol=config.tol, lam=config.lam_intra, mass=config.mass, merge=config.intra_merge)
     inter = aggregate_inter(intra.tokens, intra.sizes, clips, n_keep, valid, reg=config.reg,
-                            n_iters=config.n_iters, tol=config.tol, lam=config.lam_inter)
+                            n_iters=config.n_iters, tol=config.tol, lam=config.lam_inter, merge=config.inter_merge)
 
     # every (frame, anchor slot) either is an output row (clip first frames, kept tokens) or is
     # merged into its clip's anchor; rows in row-major order are sorted by (frame, position)
@@ -118,6 +122,7 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
     is_row = (first.unsqueeze(1) | inter.kept) & valid  # (F, M)
     row_of = torch.cumsum(is_row.flatten(), 0).view(f, m) - 1  # (F, M) valid where is_row
     merged_row = row_of[clip_start.unsqueeze(1).expand(f, m), inter.owner.clamp(min=0)]
+    merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
     slot_row = torch.where(is_row, row_of, merged_row)  # (F, M)
 
     tokens = intra.tokens
@@ -126,7 +131,8 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
     sizes[starts] = inter.anchor_sizes
     pos = anchors + torch.arange(f, device=dev).unsqueeze(1) * n  # (F, M) flat positions
     frame_ids = torch.arange(f, device=dev).unsqueeze(1).expand(f, m)
-    assignment = slot_row.gather(1, intra.owner).flatten()  # (F * N,)
+    assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (F, N)
+    assignment = torch.where(intra.owner >= 0, assignment, -1).flatten()  # (F * N,)
     return Compressed(
         tokens=tokens[is_row].to(x.dtype),
         sizes=sizes[is_row],

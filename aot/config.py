@@ -31,6 +31,11 @@ class AOTConfig:
     clip_length: int | None = None  # frames per clip; None: max(1, F // 8) (4 for 32 frames, 8 for 64)
     tau_seg: float = 0.9  # dynamic clips: also cut wherever adjacent-frame cosine < tau_seg (FastVID)
     anchor_share: float = 0.5  # share of the budget spent on clip anchors; the rest are kept dynamic tokens
+    # ablation switches (the paper's Tables 4, 5, 8); the defaults are the method itself
+    anchor_select: Literal["attention", "random"] = "attention"  # "random": uniformly random anchors (seeded)
+    intra_merge: Literal["ot", "cosine", "none"] = "ot"  # fold a frame's other tokens by OT plan, cosine weights, or drop them
+    inter_merge: Literal["ot", "cosine", "none"] = "ot"  # merge later frames by OT plan, cosine weights, or drop them
+    seed: int = 0  # seed of the random-anchor ablation
 
     def __post_init__(self) -> None:
         _check_range("retention", self.retention, 0.0, 1.0, low_open=True)
@@ -52,6 +57,13 @@ class AOTConfig:
             raise ValueError(f"clip_length must be None or an int >= 1, got {self.clip_length!r}")
         _check_range("tau_seg", self.tau_seg, -1.0, 1.0)
         _check_range("anchor_share", self.anchor_share, 0.0, 1.0)
+        if self.anchor_select not in ("attention", "random"):
+            raise ValueError(f"anchor_select must be 'attention' or 'random', got {self.anchor_select!r}")
+        for name in ("intra_merge", "inter_merge"):
+            if getattr(self, name) not in ("ot", "cosine", "none"):
+                raise ValueError(f"{name} must be 'ot', 'cosine' or 'none', got {getattr(self, name)!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

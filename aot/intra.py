@@ -40,6 +40,7 @@ def aggregate_intra(
     tol: float | None = None,
     lam: float = 1.0,
     mass: str = "unit",
+    merge: str = "ot",
 ) -> IntraResult:
     """Eq. 9-11 for every frame at once.
 
@@ -52,6 +53,9 @@ def aggregate_intra(
     a_j <- (a_j + lam * sum_i T~_ji u_i) / (1 + lam * sum_i T~_ji).
     Every other token is owned by the anchor that receives most of its mass (argmax over the plan
     column), which makes the sizes sum to N per frame. Padding slots come back unchanged, size 0.
+    merge (ablations): "cosine" replaces the plan by cosine-similarity weights (each token spreads
+    the same 1/(N - m_f) over the anchors in proportion to max(cos, 0)); "none" drops the other
+    tokens (owner -1) and returns the anchors unchanged.
     """
     f, n, d = x.shape
     m = anchors.shape[1]
@@ -66,15 +70,19 @@ def aggregate_intra(
     own_slot = torch.where(valid, slot, 0)
     is_anchor.scatter_(1, own_idx, True)
     full = counts == n  # frames where every token is an anchor: nothing to fold in
-    if bool(full.all()):
-        owner = torch.empty(f, n, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
+    if bool(full.all()) or merge == "none":
+        owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
         return IntraResult(a.clone(), valid.long(), owner)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
     col_mass = torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor).to(x.dtype)
     col_mass = col_mass / col_mass.sum(1, keepdim=True)
     row_mass = valid.to(x.dtype) / counts.unsqueeze(1)
     cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
-    plan = sinkhorn(cost, reg, n_iters, a=row_mass, b=col_mass, tol=tol).to(x.dtype)  # (F, M, N)
+    if merge == "cosine":
+        weights = (1.0 - cost).clamp_(min=0.0) * valid.unsqueeze(-1)  # (F, M, N)
+        plan = weights / weights.sum(1, keepdim=True).clamp_min(1e-12) * col_mass.unsqueeze(1)
+    else:
+        plan = sinkhorn(cost, reg, n_iters, a=row_mass, b=col_mass, tol=tol).to(x.dtype)  # (F, M, N)
     plan = plan * (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
     if mass == "unit":
         plan = plan * counts.to(x.dtype).view(f, 1, 1)
@@ -83,7 +91,8 @@ def aggregate_intra(
     tokens = torch.bmm(plan, x)  # (F, M, d) ctx: anchor columns carry zero plan, only the others count
     tokens.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
     del a
-    owner = plan.argmax(dim=1)  # (F, N); padding rows have zero plan and never win
+    # (F, N); padding rows have zero plan and never win (nor can cost's pads under "cosine")
+    owner = plan.argmax(dim=1) if merge != "cosine" else cost.masked_fill(~valid.unsqueeze(-1), 3.0).argmin(dim=1)
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
     sizes.scatter_add_(1, owner, torch.ones_like(owner))

@@ -56,19 +56,18 @@ class InterResult(NamedTuple):
     q: Tensor  # (F, M) float: max assignment probability against the clip's first frame (1 on first frames)
 
 
-def _assignment(tokens: Tensor, anchors: Tensor, valid: Tensor, reg: float, n_iters: int, tol) -> Tensor:
-    """Row-normalised plan p (B, M, M) of Eq. 15 between tokens (rows) and anchors (columns).
+def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: int, tol) -> Tensor:
+    """Row-normalised weights p (B, M, M) between tokens (rows) and anchors (columns) of Eq. 15.
 
-    valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors have the same
-    count); padding rows and columns get zero mass and come back as zero rows/columns of p.
+    cost: 1 - cos; valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors
+    have the same count); padding rows and columns get zero mass and come back as zero rows and
+    columns. merge="ot": the row-normalised Sinkhorn plan; otherwise cosine weights max(cos, 0).
     """
-    cost = cosine_cost(tokens, anchors, tokens.norm(dim=-1), anchors.norm(dim=-1))
-    return _row_plan(cost, valid, reg, n_iters, tol)
-
-
-def _row_plan(cost: Tensor, valid: Tensor, reg: float, n_iters: int, tol) -> Tensor:
     w = valid.to(cost.dtype) / valid.sum(-1, keepdim=True)
-    plan = sinkhorn(cost, reg, n_iters, a=w, b=w, tol=tol)
+    if merge == "ot":
+        plan = sinkhorn(cost, reg, n_iters, a=w, b=w, tol=tol)
+    else:
+        plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (w.unsqueeze(-2) > 0)
     return plan / plan.sum(-1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
 
 
@@ -97,6 +96,7 @@ def aggregate_inter(
     n_iters: int = 100,
     tol: float | None = None,
     lam: float = 1.0,
+    merge: str = "ot",
 ) -> InterResult:
     """Eq. 13-16 with an exact budget.
 
@@ -109,6 +109,8 @@ def aggregate_inter(
     in parallel) the plan against the *current* anchors, and Eq. 16
     a_j <- (a_j + lam * sum_{i merged} p_ij s_i) / (1 + lam * sum_{i merged} p_ij),
     i.e. the paper's sequential anchor updates. Merged token i is owned by argmax_j p_ij.
+    merge (ablations): "cosine" uses p_ij proportional to max(cos, 0) and keeps the tokens least
+    similar to every keyframe anchor; "none" keeps those too but drops the rest (owner -1).
     """
     f, m, d = tokens.shape
     dev = tokens.device
@@ -128,8 +130,13 @@ def aggregate_inter(
 
     # selection pass: q of every later token against its clip's keyframe anchors
     norms = tokens.norm(dim=-1)  # (F, M)
-    p = _row_plan(_keyframe_costs(tokens, norms, clips), valid[later_idx], reg, n_iters, tol)
-    q[later_idx] = p.amax(-1).to(q.dtype)
+    key_cost = _keyframe_costs(tokens, norms, clips)  # (F - C, M, M)
+    p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
+    if merge == "ot":
+        q[later_idx] = p.amax(-1).to(q.dtype)
+    else:  # without OT, "changed" means far from every keyframe anchor: q = max cosine
+        col_ok = valid[later_idx].unsqueeze(-2)
+        q[later_idx] = (1.0 - key_cost).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
     if n_keep:
         flat_q = q[later_idx].masked_fill(~valid[later_idx], float("inf")).flatten()
         if n_keep > int(valid[later_idx].sum()):
@@ -143,7 +150,7 @@ def aggregate_inter(
     clip_starts = [s for s, _ in clips]
     lengths = [n for _, n in clips]
     first_plan = {t: i for i, t in enumerate(later_idx.tolist())}
-    for step in range(1, max(lengths)):
+    for step in range(1, max(lengths) if merge != "none" else 1):
         active = [c for c, n in enumerate(lengths) if n > step]  # clips that have this position
         frames = [clip_starts[c] + step for c in active]
         s = _rows(tokens, frames)  # (A, M, d), a view for uniform clips
@@ -151,7 +158,8 @@ def aggregate_inter(
         if step == 1:  # anchors are still the keyframes: reuse the selection pass plans
             pa = p[[first_plan[t] for t in frames]]
         else:
-            pa = _assignment(s, a, valid[frames], reg, n_iters, tol)
+            cost = cosine_cost(s, a, s.norm(dim=-1), a.norm(dim=-1))
+            pa = _row_weights(cost, valid[frames], merge, reg, n_iters, tol)
         merged = ~kept[frames] & valid[frames]  # (A, M)
         w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
