@@ -98,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, help="also write every number measured to this JSON file")
     demo.add_argument("--image-size", type=int, default=378, help="ViT input size (378: a 27x27 patch grid)")
     demo.add_argument("--layers", type=_layers, default=(-2, 5), help="ViT layers for the global,local scores")
+    demo.add_argument("--method", default="aot", help="compression method by name (see `aot methods`)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_flags(demo, exclude=("retention",))
+    sub.add_parser("methods", help="list the compression methods selectable with --method")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "methods":
+        from . import methods
+
+        for name in methods.names():
+            print(f"{name:20s} {methods.get(name).summary}")
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--frames must be >= 1, got {args.frames}")
             result = run_demo(args.video, frames=args.frames, retentions=args.retentions, config=config,
                               png=None if str(args.png).lower() == "none" else args.png,
-                              image_size=args.image_size, layers=args.layers, progress=not args.no_progress)
+                              image_size=args.image_size, layers=args.layers, method=args.method,
+                              progress=not args.no_progress)
         except (ValueError, TypeError, FileNotFoundError) as err:
             print(f"aot demo: error: {err}", file=sys.stderr)
             return 2

@@ -12,7 +12,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .compress import compress
 from .config import AOTConfig
 from .fidelity import fidelity
 
@@ -33,15 +32,28 @@ def run_demo(
     png: str | Path | None = "aot_demo.png",
     image_size: int = 378,
     layers: tuple[int, int] = (-2, 5),
+    method: str = "aot",
     progress: bool = True,
     echo=print,
 ) -> dict:
-    """Run the demo, print its tables through ``echo``, return everything measured as a dict."""
+    """Run the demo, print its tables through ``echo``, return everything measured as a dict.
+
+    method: any name of ``aot.methods.names()``; ``config`` applies when the method takes an
+    AOTConfig (AOT and its ablations), other methods run with their published defaults.
+    """
+    from . import methods
     from .models.dinov2 import encode_video, load_dinov2
     from .video import read_frames
 
-    for r in retentions:  # fail before the slow steps, with AOTConfig's own message
-        dataclasses.replace(config, retention=r)
+    runner = methods.get(method)
+
+    def method_config(r: float):
+        if isinstance(config, runner.config_cls):
+            return runner.config(**{**config.to_dict(), "retention": r})
+        return runner.config(retention=r)
+
+    for r in retentions:  # fail before the slow steps, with the config's own message
+        method_config(r)
     video = Path(video) if video is not None else sample_video()
     timings: dict[str, float] = {}
 
@@ -63,9 +75,9 @@ def run_demo(
     rows = []
     first = None
     for r in retentions:
-        cfg = dataclasses.replace(config, retention=r)
+        cfg = method_config(r)
         t = time.perf_counter()
-        out = compress(enc.features, enc.scores, local_scores=enc.local_scores, grid=enc.grid, config=cfg)
+        out = runner(enc.features, enc.scores, local_scores=enc.local_scores, grid=enc.grid, config=cfg)
         t_c = time.perf_counter() - t
         fid = fidelity(enc.features, out.tokens, out.sizes, out.assignment)
         rows.append({"retention": r, "tokens_in": f * n, "tokens_out": int(out.tokens.shape[0]),
@@ -84,16 +96,16 @@ def run_demo(
     echo("token cos: cosine of every original token to the output token that absorbed it. readout cos: "
          "attention outputs with the original tokens as queries, over the compressed vs the full set.")
 
-    result = {"video": str(video), "frames": f, "tokens_per_frame": n, "dim": d,
-              "timings_s": timings, "config": config.to_dict(), "rows": rows}
+    result = {"video": str(video), "method": method, "frames": f, "tokens_per_frame": n, "dim": d,
+              "timings_s": timings, "config": dataclasses.asdict(method_config(retentions[0])), "rows": rows}
     if png is not None and first is not None:
         from .compress import make_clips
         from .viz import draw_tokens
 
         cfg, out = first
-        starts = [s for s, _ in make_clips(enc.features, cfg)]
+        starts = [s for s, _ in make_clips(enc.features, cfg)] if isinstance(cfg, AOTConfig) else None
         path = draw_tokens(clip.frames, out.frames, out.positions, out.dynamic, enc.grid, png,
-                           title=f"AOT at {cfg.retention:.0%} retention: {out.tokens.shape[0]} of {f * n} "
+                           title=f"{method} at {cfg.retention:.0%} retention: {out.tokens.shape[0]} of {f * n} "
                                  f"tokens ({video.name})", clip_starts=starts)
         echo(f"\nwrote {path}")
         result["png"] = str(path)

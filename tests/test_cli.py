@@ -54,3 +54,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     for row in result["rows"]:
         assert 0.5 < row["token_cos_mean"] <= 1.0 and 0.5 < row["readout_cos_mean"] <= 1.0
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_methods_listing_and_method_typo(capsys):
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert "aot-no-ot" in listing and "aot-random-anchors" in listing
+    assert main(["demo", "--method", "aot-no-otx", "--png", "none", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'aot-no-otx'" in err and "did you mean 'aot-no-ot'" in err
