@@ -29,6 +29,7 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py
     "anchor_select": "ablation: 'attention' or 'random' anchors",
     "intra_merge": "ablation: fold a frame's other tokens by 'ot', 'cosine' weights, or 'none' (drop)",
     "inter_merge": "ablation: merge later frames by 'ot', 'cosine' weights, or 'none' (drop)",
+    "keep_by": "dynamic tokens kept by lowest 'plan' q (paper) or lowest max 'cosine' to the anchors",
     "seed": "seed of the random-anchor ablation",
 }
 
@@ -102,11 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_flags(demo, exclude=("retention",))
     sub.add_parser("methods", help="list the compression methods selectable with --method")
+    from .flops import add_flops_parser
+
+    add_flops_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "flops":
+        from .flops import run_flops
+
+        return run_flops(args)
     if args.command == "methods":
         from . import methods
 

@@ -35,6 +35,7 @@ class AOTConfig:
     anchor_select: Literal["attention", "random"] = "attention"  # "random": uniformly random anchors (seeded)
     intra_merge: Literal["ot", "cosine", "none"] = "ot"  # fold a frame's other tokens by OT plan, cosine weights, or drop them
     inter_merge: Literal["ot", "cosine", "none"] = "ot"  # merge later frames by OT plan, cosine weights, or drop them
+    keep_by: Literal["plan", "cosine"] = "plan"  # dynamic tokens: lowest q = max_j p_ij (paper) or lowest max cosine
     seed: int = 0  # seed of the random-anchor ablation
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class AOTConfig:
         for name in ("intra_merge", "inter_merge"):
             if getattr(self, name) not in ("ot", "cosine", "none"):
                 raise ValueError(f"{name} must be 'ot', 'cosine' or 'none', got {getattr(self, name)!r}")
+        if self.keep_by not in ("plan", "cosine"):
+            raise ValueError(f"keep_by must be 'plan' or 'cosine', got {self.keep_by!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 

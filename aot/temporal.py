@@ -97,6 +97,7 @@ def aggregate_inter(
     tol: float | None = None,
     lam: float = 1.0,
     merge: str = "ot",
+    keep_by: str = "plan",
 ) -> InterResult:
     """Eq. 13-16 with an exact budget.
 
@@ -109,8 +110,9 @@ def aggregate_inter(
     in parallel) the plan against the *current* anchors, and Eq. 16
     a_j <- (a_j + lam * sum_{i merged} p_ij s_i) / (1 + lam * sum_{i merged} p_ij),
     i.e. the paper's sequential anchor updates. Merged token i is owned by argmax_j p_ij.
-    merge (ablations): "cosine" uses p_ij proportional to max(cos, 0) and keeps the tokens least
-    similar to every keyframe anchor; "none" keeps those too but drops the rest (owner -1).
+    merge (ablations): "cosine" uses p_ij proportional to max(cos, 0); "none" drops the tokens
+    not kept (owner -1). keep_by="cosine" keeps the tokens least similar to every keyframe anchor
+    (lowest max cosine) instead of the lowest q of the plan.
     """
     f, m, d = tokens.shape
     dev = tokens.device
@@ -131,12 +133,15 @@ def aggregate_inter(
     # selection pass: q of every later token against its clip's keyframe anchors
     norms = tokens.norm(dim=-1)  # (F, M)
     key_cost = _keyframe_costs(tokens, norms, clips)  # (F - C, M, M)
-    p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
-    if merge == "ot":
+    p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
+    if keep_by == "plan":
+        p = _row_weights(key_cost, valid[later_idx], "ot", reg, n_iters, tol)
         q[later_idx] = p.amax(-1).to(q.dtype)
-    else:  # without OT, "changed" means far from every keyframe anchor: q = max cosine
+    else:  # "changed" as far from every keyframe anchor: q = max cosine
         col_ok = valid[later_idx].unsqueeze(-2)
         q[later_idx] = (1.0 - key_cost).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
+    if merge != "none" and (p is None or merge != "ot"):
+        p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
     if n_keep:
         flat_q = q[later_idx].masked_fill(~valid[later_idx], float("inf")).flatten()
         if n_keep > int(valid[later_idx].sum()):

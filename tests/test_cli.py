@@ -63,3 +63,11 @@ def test_methods_listing_and_method_typo(capsys):
     assert main(["demo", "--method", "aot-no-otx", "--png", "none", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'aot-no-otx'" in err and "did you mean 'aot-no-ot'" in err
+
+
+def test_flops_subcommand(capsys):
+    assert main(["flops", "--model", "llava-onevision-7b"]) == 0
+    out = capsys.readouterr().out
+    assert "| 40.77 |" in out and "| 3.36 |" in out  # Table 1: 40.8 T vanilla, 3.4 T at 10% (2 decimals here)
+    assert main(["flops", "--model", "nosuch"]) == 2
+    assert "llava-onevision-7b" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""AOT itself and the paper's ablations (Tables 4, 5 and 8), as names over AOTConfig switches."""
+"""AOT itself and the paper's ablations (Tables 4, 5 and 8), as names over AOTConfig switches.
+
+The ablations that take OT out of the inter-frame stage also judge "changed" without it
+(keep_by="cosine": the kept tokens are those least similar to every keyframe anchor).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ _ABLATIONS = {
     "aot-random-anchors": (dict(anchor_select="random"), "AOT with uniformly random anchors (paper Table 8)"),
     "aot-no-local": (dict(global_share=1.0), "AOT without local (windowed) anchors: all anchors global (Table 5)"),
     "aot-no-global": (dict(global_share=0.0), "AOT without global anchors: all anchors local (Table 5)"),
-    "aot-no-ot": (dict(intra_merge="none", inter_merge="none"),
+    "aot-no-ot": (dict(intra_merge="none", inter_merge="none", keep_by="cosine"),
                   "anchors and kept tokens only, the rest dropped: no aggregation (Table 4 'no merging', Table 5 'w/o OT')"),
-    "aot-cosine": (dict(intra_merge="cosine", inter_merge="cosine"),
+    "aot-cosine": (dict(intra_merge="cosine", inter_merge="cosine", keep_by="cosine"),
                    "cosine-similarity weighting instead of the OT plan, both stages (Table 4)"),
-    "aot-intra-only": (dict(inter_merge="none"), "OT inside frames only; later frames' tokens kept or dropped (Table 5 'w/o inter')"),
+    "aot-intra-only": (dict(inter_merge="none", keep_by="cosine"), "OT inside frames only; later frames' tokens kept or dropped (Table 5 'w/o inter')"),
     "aot-inter-only": (dict(intra_merge="none"), "OT across frames only; unanchored tokens dropped (Table 5 'w/o intra')"),
 }
 
