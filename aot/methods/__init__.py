@@ -3,5 +3,9 @@
 from .registry import Method, get, names, register
 
 from . import aot_method  # noqa: E402,F401  registers "aot" and the paper's ablations
+from . import visionzip  # noqa: E402,F401  registers "visionzip"
+from . import fastvid  # noqa: E402,F401  registers "fastvid"
+from . import dycoke  # noqa: E402,F401  registers "dycoke"
+from . import baselines  # noqa: E402,F401  registers "pooling" and "random"
 
 __all__ = ["Method", "get", "names", "register"]

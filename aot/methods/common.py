@@ -1,0 +1,98 @@
+"""Helpers shared by the comparison methods: validation and batching, budget splits, the output.
+
+Every comparison method is written as ``one(x, norms, scores, grid, total, config) -> Compressed``
+for one video, where x (F, N, d) is float32/float64, norms (F, N) its L2 norms (all > 0), scores
+(F, N) float and total the exact budget (0 < total < F * N). ``run`` wraps it with aot.compress's
+validation, error messages, identity at retention 1 and batch loop, and casts the tokens back to
+the input dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..compress import Compressed, _check_inputs, _check_norms, _identity
+from ..config import _check_range, budget
+
+__all__ = ["run", "even_split", "capped_split", "cosine_sim", "top_by_score", "assemble", "check_retention"]
+
+
+def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_scores, grid, config) -> Compressed:
+    """Validate like aot.compress, then apply ``one`` to each video (a batch is looped and stacked)."""
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config must be an aot.methods {config_cls.__name__}, got {type(config).__name__}")
+    x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid)
+    if x.dim() == 4:
+        parts = [_run_one(one, x[i], scores[i], grid, config) for i in range(x.shape[0])]
+        return Compressed(*(torch.stack(field) for field in zip(*parts)))
+    return _run_one(one, x, scores, grid, config)
+
+
+def _run_one(one, x: Tensor, scores: Tensor, grid, config) -> Compressed:
+    f, n, _ = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    norms = torch.linalg.vector_norm(work, dim=-1)
+    _check_norms(work, norms)
+    total = budget(config.retention, f, n)
+    if total == f * n:
+        return _identity(x)
+    if total == 0:
+        raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
+                         f"use retention >= {1 / (f * n):.4g}")
+    out = one(work, norms, scores.float(), grid, total, config)
+    return out._replace(tokens=out.tokens.to(x.dtype))
+
+
+def check_retention(retention) -> None:
+    _check_range("retention", retention, 0.0, 1.0, low_open=True)
+
+
+def even_split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` integers that differ by at most one, the larger ones spread evenly."""
+    return [(i + 1) * total // parts - i * total // parts for i in range(parts)]
+
+
+def capped_split(total: int, caps: list[int]) -> list[int]:
+    """Split ``total`` as evenly as possible with part i <= caps[i] (water filling); may fall short
+    of ``total`` only when sum(caps) < total."""
+    alloc = [0] * len(caps)
+    active = [i for i, c in enumerate(caps) if c > 0]
+    left = total
+    while left > 0 and active:
+        for i, share in zip(active, even_split(left, len(active))):
+            take = min(share, caps[i] - alloc[i])
+            alloc[i] += take
+            left -= take
+        active = [i for i in active if alloc[i] < caps[i]]
+    return alloc
+
+
+def cosine_sim(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -> Tensor:
+    """cos for every pair: rows (m, d), cols (k, d) -> (m, k); norms are the tokens' L2 norms."""
+    return (rows @ cols.T) / (row_norms.unsqueeze(1) * col_norms.unsqueeze(0))
+
+
+def top_by_score(scores: Tensor, k: int, *, largest: bool = True) -> Tensor:
+    """Indices of the k largest (or smallest) scores; ties go to the lower index (deterministic)."""
+    return torch.sort(scores, descending=largest, stable=True).indices[:k]
+
+
+def assemble(tokens: Tensor, positions: Tensor, assignment: Tensor, n: int, dynamic: Tensor | None = None) -> Compressed:
+    """A Compressed from output rows in any order.
+
+    tokens (R, d), positions (R,) flat f * N + n (distinct), assignment (F * N,) row of ``tokens``
+    absorbing each input token or -1. Rows are sorted by position (= by (frame, position)), the
+    assignment is renumbered to match and sizes are counted from it.
+    """
+    order = torch.argsort(positions)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    assignment = torch.where(assignment >= 0, rank[assignment.clamp(min=0)], assignment)
+    sizes = torch.bincount(assignment[assignment >= 0], minlength=order.numel())
+    positions = positions[order]
+    if dynamic is None:
+        dynamic = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
+    return Compressed(tokens[order], sizes, positions // n, positions, assignment, dynamic[order])
