@@ -84,18 +84,29 @@ def compress(
     return _compress_one(x, scores, local_scores, grid, config)
 
 
+def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
+    """The preamble every method shares, for one video x (F, N, d).
+
+    Returns (work: x in float32, or float64 if it is float64, without a copy for float32;
+    norms (F, N), checked finite and nonzero; total: the exact budget, >= 1).
+    """
+    f, n, _ = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    norms = torch.linalg.vector_norm(work, dim=-1)  # (F, N); also our cheap NaN/Inf/zero detector
+    _check_norms(work, norms)
+    total = budget(retention, f, n)
+    if total == 0:
+        raise ValueError(f"retention={retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
+                         f"use retention >= {1 / (f * n):.4g}")
+    return work, norms, total
+
+
 def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig) -> Compressed:
     f, n, d = x.shape
     dev = x.device
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no copy for float32
-    norms = torch.linalg.vector_norm(work, dim=-1)  # (F, N); also our cheap NaN/Inf/zero detector
-    _check_norms(work, norms)
-    total = budget(config.retention, f, n)
+    work, norms, total = prepare(x, config.retention)
     if total == f * n:
         return _identity(x)
-    if total == 0:
-        raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
-                         f"use retention >= {1 / (f * n):.4g}")
     clips = make_clips(work, config)
     per_clip, n_keep = plan_budget(total, f, n, len(clips), config.anchor_share)
     counts = torch.repeat_interleave(torch.tensor(per_clip, device=dev),

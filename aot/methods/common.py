@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..compress import Compressed, _check_inputs, _check_norms, _identity
-from ..config import _check_range, budget
+from ..compress import Compressed, _check_inputs, _identity, prepare
+from ..config import _check_range
 
 __all__ = ["run", "even_split", "capped_split", "cosine_sim", "top_by_score", "assemble", "check_retention"]
 
@@ -33,15 +33,9 @@ def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_score
 
 def _run_one(one, x: Tensor, scores: Tensor, grid, config) -> Compressed:
     f, n, _ = x.shape
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    norms = torch.linalg.vector_norm(work, dim=-1)
-    _check_norms(work, norms)
-    total = budget(config.retention, f, n)
+    work, norms, total = prepare(x, config.retention)
     if total == f * n:
         return _identity(x)
-    if total == 0:
-        raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
-                         f"use retention >= {1 / (f * n):.4g}")
     out = one(work, norms, scores.float(), grid, total, config)
     return out._replace(tokens=out.tokens.to(x.dtype))
 
