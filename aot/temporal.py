@@ -97,7 +97,7 @@ def aggregate_inter(
     tol: float | None = None,
     lam: float = 1.0,
     merge: str = "ot",
-    keep_by: str = "plan",
+    keep_by: str = "cosine",
 ) -> InterResult:
     """Eq. 13-16 with an exact budget.
 
@@ -105,14 +105,14 @@ def aggregate_inter(
     padding slots; all frames of a clip share one anchor count). Each clip's first frame is its
     anchor set. The paper keeps token i of a later frame when q_i = max_j p_ij < tau, with tau
     tuned by hand; here exactly ``n_keep`` tokens are kept, those with the lowest q over the whole
-    video (a clip with more motion keeps more). Selection pass: q against the clip's first frame,
+    video (a clip with more motion keeps more), q = max_j p_ij with keep_by="plan" or the max
+    cosine to the keyframe anchors with keep_by="cosine" (the default; see AOTConfig.keep_by). Selection pass: q against the clip's first frame,
     all later frames in one batch. Merge pass: frame by frame (position 1, 2, ... of every clip
     in parallel) the plan against the *current* anchors, and Eq. 16
     a_j <- (a_j + lam * sum_{i merged} p_ij s_i) / (1 + lam * sum_{i merged} p_ij),
     i.e. the paper's sequential anchor updates. Merged token i is owned by argmax_j p_ij.
     merge (ablations): "cosine" uses p_ij proportional to max(cos, 0); "none" drops the tokens
-    not kept (owner -1). keep_by="cosine" keeps the tokens least similar to every keyframe anchor
-    (lowest max cosine) instead of the lowest q of the plan.
+    not kept (owner -1).
     """
     f, m, d = tokens.shape
     dev = tokens.device

@@ -39,7 +39,7 @@ def test_aot_by_name_is_compress(video):
         assert torch.equal(u, v)
 
 
-@pytest.mark.parametrize("name", ["aot-random-anchors", "aot-no-local", "aot-no-global", "aot-no-ot",
+@pytest.mark.parametrize("name", ["aot-plan-keep", "aot-random-anchors", "aot-no-local", "aot-no-global", "aot-no-ot",
                                   "aot-cosine", "aot-intra-only", "aot-inter-only"])
 @pytest.mark.parametrize("rho", [0.1, 0.25])
 def test_ablations_exact_budget_and_consistent(video, name, rho):

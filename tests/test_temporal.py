@@ -40,7 +40,7 @@ def test_matches_sequential_loop():
     sizes = torch.randint(1, 5, (f, m), generator=g)
     clips = [(0, 3), (3, 4)]
     n_keep, lam = 5, 1.0
-    got = aggregate_inter(tokens, sizes, clips, n_keep, reg=0.1, n_iters=60, lam=lam)
+    got = aggregate_inter(tokens, sizes, clips, n_keep, reg=0.1, n_iters=60, lam=lam, keep_by="plan")
 
     x = tokens.numpy()
     # selection: q of every later token against its keyframe, the n_keep lowest over the video
@@ -95,3 +95,14 @@ def test_budget_of_kept_tokens_is_exact():
     for n_keep in (0, 1, 7, 36):  # 36 = every later-frame token (9 frames, 3 clips of 3)
         got = aggregate_inter(tokens, torch.ones(9, 6, dtype=torch.long), [(0, 3), (3, 3), (6, 3)], n_keep)
         assert int(got.kept.sum()) == n_keep and not got.kept[[0, 3, 6]].any()
+
+
+def test_keep_by_cosine_keeps_the_least_similar_tokens():
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randn(6, 5, 8, generator=g, dtype=torch.float64)
+    got = aggregate_inter(tokens, torch.ones(6, 5, dtype=torch.long), [(0, 3), (3, 3)], 4, keep_by="cosine")
+    x = tokens.numpy()
+    unit = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    best = {(t, i): max(unit[t, i] @ unit[s, j] for j in range(5)) for s in (0, 3) for t in (s + 1, s + 2) for i in range(5)}
+    want = {k for k, _ in sorted(best.items(), key=lambda kv: kv[1])[:4]}
+    assert {tuple(p) for p in torch.nonzero(got.kept).tolist()} == want

@@ -12,6 +12,8 @@ from .registry import Method, register
 
 _ABLATIONS = {
     # name: (AOTConfig overrides, summary)
+    "aot-plan-keep": (dict(keep_by="plan"),
+                      "AOT keeping the tokens with the lowest q = max_j p_ij of the plan (the paper's literal rule)"),
     "aot-random-anchors": (dict(anchor_select="random"), "AOT with uniformly random anchors (paper Table 8)"),
     "aot-no-local": (dict(global_share=1.0), "AOT without local (windowed) anchors: all anchors global (Table 5)"),
     "aot-no-global": (dict(global_share=0.0), "AOT without global anchors: all anchors local (Table 5)"),
