@@ -1,0 +1,459 @@
+"""Video needle-in-a-haystack items on real DINOv2 tokens.
+
+Backgrounds ("base clips"): the five videos in ``../shared/data/videos`` (relative to the repo
+root), 32 frames each sampled uniformly (lmms-eval's rule, ``aot.video.sample_indices``) over
+three ranges -- the whole video, its first half and its second half -- and each of those also
+mirrored left-right: 3 ranges x 2 = 6 clips per video, 30 clips.  The halves and mirrors are not
+new content but give the reader other frame orders, speeds and layouts of the same scenes.
+
+Split BY VIDEO: test = bigbuckbunny (animation, 1280x720) + carphone_pristine (low-res natural,
+176x144); train = bikes, box, Megamind (one animation, two natural).  No video, hence no
+background frame, is in both sets, so the reader cannot memorise test backgrounds; each side has
+an animated and a natural video, and the test side spans the highest and lowest resolutions.
+
+Needles: 8 real photographs/drawings bundled in scikit-image's wheel (``skimage/data``; nothing
+downloaded), see ``CLASSES``.  RGBA images are flattened onto white.  An item is a base clip
+plus, with probability K/(K+1), one needle class pasted into 2-3 consecutive frames at a random
+place, 12-25% of the frame width wide (aspect kept), drifting by up to 2% of the width per frame;
+pasted on the raw decoded frames, before DINOv2's resize/normalisation.  Questions:
+
+* ``obj``: which class (0..K-1) or K = "none";
+* ``quarter``: which quarter of the 32 frames holds the first needle frame (0..3; -1 for none);
+* ``quadrant``: 2x2 quadrant of the needle centre, row-major (0 TL, 1 TR, 2 BL, 3 BR; -1 for
+  none); placements whose centre crosses a mid-line while drifting are redrawn.
+
+Item i of a split is drawn from ``np.random.default_rng([seed, split, i])``, so it does not
+depend on how many items are generated.  Base clips are encoded once; an item stores only its
+needle frames' tokens (frames are encoded independently by the ViT).  Everything is cached under
+``benchmarks/.cache/needle`` in folders named by a hash of the parameters that produce them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[2]
+VIDEO_DIR = REPO.parent / "shared" / "data" / "videos"
+CACHE_DIR = REPO / "benchmarks" / ".cache" / "needle"
+
+VIDEOS = {  # file -> split
+    "bikes.mp4": "train",
+    "box.mp4": "train",
+    "Megamind.avi": "train",
+    "bigbuckbunny.mp4": "test",
+    "carphone_pristine.mp4": "test",
+}
+RANGES = ("full", "first", "second")
+CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera", "horse", "retina")
+SPLITS = {"train": 0, "test": 1}
+QUESTIONS = ("obj", "quarter", "quadrant")
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Every parameter that changes the generated data (hashed into the cache folder names)."""
+
+    seed: int = 0
+    num_frames: int = 32
+    classes: tuple[str, ...] = CLASSES
+    p_none: float | None = None  # None: 1 / (K + 1), so "none" is as frequent as each class
+    width_range: tuple[float, float] = (0.12, 0.25)  # needle width, fraction of the frame width
+    needle_frames: tuple[int, int] = (2, 3)  # consecutive frames holding the needle, inclusive
+    drift: float = 0.02  # max per-frame shift of the needle, fraction of the frame width
+    image_size: int = 378
+    layers: tuple[int, int] = (-2, 5)
+    pool: int = 2
+    score: str = "received"
+    version: int = 1
+
+    @property
+    def none_prob(self) -> float:
+        return 1.0 / (len(self.classes) + 1) if self.p_none is None else self.p_none
+
+    def base_key(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k in ("num_frames", "image_size", "layers", "pool", "score")}
+        return _hash({"base": keep, "videos": VIDEOS, "ranges": RANGES, "version": self.version})
+
+    def item_key(self) -> str:
+        return _hash({"items": asdict(self), "videos": VIDEOS, "ranges": RANGES})
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- base clips
+
+
+@dataclass(frozen=True)
+class BaseClip:
+    video: str
+    split: str
+    range: str  # "full" | "first" | "second"
+    mirror: bool
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.video).stem}-{self.range}{'-mirror' if self.mirror else ''}"
+
+
+def base_clips() -> list[BaseClip]:
+    """The 30 background clips in a fixed order (the order indexes ``NeedleSet.base_*``)."""
+    return [BaseClip(v, s, r, m) for v, s in VIDEOS.items() for r in RANGES for m in (False, True)]
+
+
+def decode_clip(clip: BaseClip, num_frames: int = 32, video_dir: Path = VIDEO_DIR) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames of a base clip."""
+    from aot.video import _decode_wanted, read_frames, sample_indices
+
+    path = Path(video_dir) / clip.video
+    full = read_frames(path, num_frames)
+    if clip.range == "full":
+        frames = full.frames
+    else:
+        total = full.total_frames
+        lo, hi = (0, total // 2) if clip.range == "first" else (total // 2, total)
+        idx = lo + sample_indices(hi - lo, num_frames)
+        kept, _ = _decode_wanted(path, idx)
+        frames = np.stack([kept[int(i)] for i in idx])
+    if clip.mirror:
+        frames = frames[:, :, ::-1]
+    return np.ascontiguousarray(frames)
+
+
+# --------------------------------------------------------------------------- needles
+
+
+def needle_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise ImportError("the needle images come from scikit-image's bundled data: pip install scikit-image")
+    return Path(spec.origin).parent / "data"
+
+
+@lru_cache(maxsize=None)
+def needle_source(name: str) -> np.ndarray:
+    """Full-size RGB uint8 image of a needle class (RGBA flattened onto white, grey -> RGB)."""
+    from PIL import Image
+
+    files = sorted(p for p in needle_dir().iterdir() if p.stem == name and p.suffix in (".png", ".jpg"))
+    if not files:
+        raise FileNotFoundError(f"needle image {name!r} not found in {needle_dir()}")
+    im = Image.open(files[0])
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return np.asarray(im.convert("RGB"))
+
+
+@lru_cache(maxsize=4096)
+def needle_image(name: str, w: int, h: int) -> np.ndarray:
+    """Needle ``name`` resized to (h, w, 3) uint8 (Lanczos)."""
+    from PIL import Image
+
+    src = needle_source(name)
+    out = np.asarray(Image.fromarray(src).resize((int(w), int(h)), Image.LANCZOS))
+    out.setflags(write=False)
+    return out
+
+
+# --------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    split: str
+    index: int
+    clip: int  # index into base_clips()
+    cls: int  # -1: no needle
+    frames: tuple[int, ...] = ()  # needle frame indices (consecutive)
+    boxes: tuple[tuple[int, int, int, int], ...] = ()  # (x0, y0, w, h) per needle frame, raw pixels
+    answers: tuple[int, int, int] = (0, -1, -1)  # obj, quarter, quadrant
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quadrant(x0: int, y0: int, w: int, h: int, W: int, H: int) -> int:
+    cx, cy = x0 + w / 2.0, y0 + h / 2.0
+    return 2 * int(cy >= H / 2.0) + int(cx >= W / 2.0)
+
+
+def sample_item(cfg: GenConfig, split: str, index: int, clip_ids: list[int], sizes: dict[int, tuple[int, int]],
+                aspects: list[float] | None = None) -> ItemSpec:
+    """Draw item ``index`` of ``split`` (deterministic in (cfg.seed, split, index)).
+
+    ``clip_ids``: the base clips of this split; ``sizes[clip] = (H, W)`` of its frames;
+    ``aspects[k]``: height / width of needle class k (default: from the images).
+    """
+    rng = np.random.default_rng([cfg.seed, SPLITS[split], index])
+    K, F = len(cfg.classes), cfg.num_frames
+    clip = int(clip_ids[int(rng.integers(len(clip_ids)))])
+    if rng.random() < cfg.none_prob:
+        return ItemSpec(split, index, clip, -1, (), (), (K, -1, -1))
+    cls = int(rng.integers(K))
+    n = int(rng.integers(cfg.needle_frames[0], cfg.needle_frames[1] + 1))
+    start = int(rng.integers(0, F - n + 1))
+    H, W = sizes[clip]
+    aspect = aspects[cls] if aspects is not None else needle_source(cfg.classes[cls]).shape[0] / needle_source(cfg.classes[cls]).shape[1]
+    w = max(2, int(round(rng.uniform(*cfg.width_range) * W)))
+    h = max(2, int(round(w * aspect)))
+    if h > H - 2:  # a tall needle in a wide, short frame: shrink, keep the aspect
+        h = H - 2
+        w = max(2, int(round(h / aspect)))
+    step = max(1, int(round(cfg.drift * W)))
+    for _ in range(1000):
+        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        boxes = [(x, y, w, h)]
+        for _ in range(n - 1):
+            x = int(np.clip(x + rng.integers(-step, step + 1), 0, W - w))
+            y = int(np.clip(y + rng.integers(-step, step + 1), 0, H - h))
+            boxes.append((x, y, w, h))
+        quads = {_quadrant(*b, W, H) for b in boxes}
+        if len(quads) == 1:
+            break
+    else:  # pragma: no cover - practically unreachable
+        raise RuntimeError("could not place a needle inside one quadrant")
+    frames = tuple(range(start, start + n))
+    return ItemSpec(split, index, clip, cls, frames, tuple(boxes), (cls, start * 4 // F, quads.pop()))
+
+
+def paste(frames: np.ndarray, spec: ItemSpec, classes=CLASSES) -> np.ndarray:
+    """The needle frames of ``spec`` with the needle pasted: (len(spec.frames), H, W, 3) uint8 copies."""
+    out = np.array(frames[list(spec.frames)], copy=True)
+    for k, (x0, y0, w, h) in enumerate(spec.boxes):
+        out[k, y0 : y0 + h, x0 : x0 + w] = needle_image(classes[spec.cls], w, h)
+    return out
+
+
+def needle_cells(spec: ItemSpec, size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """(n, gh*gw) bool: token-grid cells whose centre lies in the needle box (at least the centre's cell)."""
+    H, W = size
+    gh, gw = grid
+    out = torch.zeros(len(spec.boxes), gh * gw, dtype=torch.bool)
+    cy = (torch.arange(gh) + 0.5) * H / gh
+    cx = (torch.arange(gw) + 0.5) * W / gw
+    for k, (x0, y0, w, h) in enumerate(spec.boxes):
+        m = ((cy >= y0) & (cy < y0 + h))[:, None] & ((cx >= x0) & (cx < x0 + w))[None, :]
+        if not m.any():
+            m[min(gh - 1, int((y0 + h / 2) * gh / H)), min(gw - 1, int((x0 + w / 2) * gw / W))] = True
+        out[k] = m.flatten()
+    return out
+
+
+def video_sizes(video_dir: Path = VIDEO_DIR) -> dict[str, tuple[int, int]]:
+    import av
+
+    sizes = {}
+    for v in VIDEOS:
+        with av.open(str(Path(video_dir) / v)) as c:
+            s = c.streams.video[0]
+            sizes[v] = (int(s.codec_context.height), int(s.codec_context.width))
+    return sizes
+
+
+def item_specs(cfg: GenConfig, n_train: int, n_test: int, video_dir: Path = VIDEO_DIR) -> dict[str, list[ItemSpec]]:
+    clips = base_clips()
+    vs = video_sizes(video_dir)
+    sizes = {i: vs[c.video] for i, c in enumerate(clips)}
+    aspects = [needle_source(c).shape[0] / needle_source(c).shape[1] for c in cfg.classes]
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        ids = [i for i, c in enumerate(clips) if c.split == split]
+        out[split] = [sample_item(cfg, split, i, ids, sizes, aspects) for i in range(n)]
+    return out
+
+
+# --------------------------------------------------------------------------- in-memory set
+
+
+@dataclass
+class NeedleSet:
+    """Items on shared base clips: item i = base clip ``clip[i]`` with frames ``frames[i]`` replaced by ``x[i]``."""
+
+    base_x: Tensor  # (C, F, N, d) (float16 on disk/in memory)
+    base_s: Tensor  # (C, F, N) float32
+    base_ls: Tensor  # (C, F, N) float32
+    clip: Tensor  # (M,) long
+    frames: list[Tensor]  # per item: (n_i,) long
+    x: list[Tensor]  # per item: (n_i, N, d)
+    s: list[Tensor]  # per item: (n_i, N)
+    ls: list[Tensor]  # per item: (n_i, N)
+    answers: Tensor  # (M, 3) long: obj, quarter, quadrant (-1 = undefined)
+    grid: tuple[int, int] = (14, 14)
+    specs: list = field(default_factory=list)
+    needle_cells: list[Tensor] | None = None  # per item: (n_i, N) bool, grid cells the needle covers (training aid)
+
+    def __len__(self) -> int:
+        return int(self.clip.shape[0])
+
+    def full(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Full tokens (F, N, d) float32, scores (F, N), local scores (F, N) of item i."""
+        c = int(self.clip[i])
+        x = self.base_x[c].float()
+        s, ls = self.base_s[c].clone(), self.base_ls[c].clone()
+        f = self.frames[i]
+        if len(f):
+            x[f] = self.x[i].float()
+            s[f] = self.s[i].float()
+            ls[f] = self.ls[i].float()
+        return x, s, ls
+
+    def subset(self, idx) -> "NeedleSet":
+        idx = [int(i) for i in idx]
+        return NeedleSet(self.base_x, self.base_s, self.base_ls, self.clip[idx], [self.frames[i] for i in idx],
+                         [self.x[i] for i in idx], [self.s[i] for i in idx], [self.ls[i] for i in idx],
+                         self.answers[idx], self.grid, [self.specs[i] for i in idx] if self.specs else [],
+                         [self.needle_cells[i] for i in idx] if self.needle_cells is not None else None)
+
+
+# --------------------------------------------------------------------------- generation + cache
+
+
+_MODEL = None
+
+
+def _encoder():
+    global _MODEL
+    if _MODEL is None:
+        from aot.models.dinov2 import load_dinov2
+
+        _MODEL = load_dinov2()
+    return _MODEL
+
+
+def _encode(cfg: GenConfig, frames: np.ndarray):
+    from aot.models.dinov2 import encode_video
+
+    e = encode_video(_encoder(), frames, layers=cfg.layers, pool=cfg.pool, score=cfg.score,
+                     image_size=cfg.image_size, batch_size=8, progress=False)
+    return e.features.half(), e.scores.float(), e.local_scores.float(), e.grid
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, *, cache_dir: Path = CACHE_DIR,
+          video_dir: Path = VIDEO_DIR, progress: bool = True, encode: bool = True) -> dict[str, NeedleSet]:
+    """Generate (or load from the cache) the train and test sets.
+
+    Missing base clips and items are encoded with DINOv2 (needs ``encode``); each is saved as
+    soon as it is done, so an interrupted run resumes where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    cache_dir = Path(cache_dir)
+    clips = base_clips()
+    base_dir = cache_dir / f"base-{cfg.base_key()}"
+    item_dir = cache_dir / f"items-{cfg.item_key()}"
+    specs = item_specs(cfg, n_train, n_test, video_dir)
+
+    decoded: dict[int, np.ndarray] = {}
+
+    def frames_of(c: int) -> np.ndarray:
+        if c not in decoded:
+            decoded[c] = decode_clip(clips[c], cfg.num_frames, video_dir)
+        return decoded[c]
+
+    # base clips
+    missing = [i for i, c in enumerate(clips) if not (base_dir / f"{c.name}.pt").exists()]
+    if missing and not encode:
+        raise FileNotFoundError(f"{len(missing)} base clips are not cached in {base_dir}")
+    for i in tqdm(missing, desc="encode base clips", unit="clip", disable=not progress or not missing):
+        x, s, ls, grid = _encode(cfg, frames_of(i))
+        _atomic_save({"x": x, "s": s, "ls": ls, "grid": grid, "clip": asdict(clips[i])}, base_dir / f"{clips[i].name}.pt")
+    base = [torch.load(base_dir / f"{c.name}.pt") for c in clips]
+    grid = tuple(base[0]["grid"])
+
+    # items: encode the needle frames of missing items, a few items per ViT call
+    json_path = item_dir / "config.json"
+    if not json_path.exists():
+        item_dir.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(cfg), indent=1))
+    todo = [sp for split in ("train", "test") for sp in specs[split]
+            if sp.cls >= 0 and not (item_dir / sp.split / f"{sp.index:05d}.pt").exists()]
+    # interleave the splits so that an interrupted run leaves usable prefixes of both
+    todo.sort(key=lambda sp: (sp.index / max(1, len(specs[sp.split])), sp.split))
+    if todo and not encode:
+        raise FileNotFoundError(f"{len(todo)} items are not cached in {item_dir}")
+    bar = tqdm(total=len(todo), desc="encode needle items", unit="item", disable=not progress or not todo)
+    group = 8
+    for g in range(0, len(todo), group):
+        chunk = todo[g : g + group]
+        pasted = [paste(frames_of(sp.clip), sp, cfg.classes) for sp in chunk]
+        from aot.models.dinov2 import preprocess
+
+        # frame sizes differ between videos: resize each item first, then one ViT call for all
+        x, s, ls, _ = _encode(cfg, torch.cat([preprocess(p, cfg.image_size) for p in pasted]))
+        k = 0
+        for sp, p in zip(chunk, pasted):
+            n = len(p)
+            _atomic_save({"x": x[k : k + n].clone(), "s": s[k : k + n].clone(), "ls": ls[k : k + n].clone(),
+                          "spec": sp.to_dict()}, item_dir / sp.split / f"{sp.index:05d}.pt")
+            k += n
+        bar.update(len(chunk))
+    bar.close()
+
+    base_x = torch.stack([b["x"] for b in base])
+    base_s = torch.stack([b["s"] for b in base])
+    base_ls = torch.stack([b["ls"] for b in base])
+    n_tok, dim = base_x.shape[2], base_x.shape[3]
+    out = {}
+    vs = video_sizes(video_dir)
+    for split in ("train", "test"):
+        frames, xs, ss, lss, cells = [], [], [], [], []
+        for sp in specs[split]:
+            if sp.cls < 0:
+                frames.append(torch.zeros(0, dtype=torch.long))
+                xs.append(torch.zeros(0, n_tok, dim, dtype=base_x.dtype))
+                ss.append(torch.zeros(0, n_tok))
+                lss.append(torch.zeros(0, n_tok))
+                cells.append(torch.zeros(0, n_tok, dtype=torch.bool))
+                continue
+            d = torch.load(item_dir / sp.split / f"{sp.index:05d}.pt")
+            if tuple(d["spec"]["frames"]) != sp.frames or d["spec"]["clip"] != sp.clip:
+                raise RuntimeError(f"cached item {sp.split}/{sp.index} does not match its spec; clear {item_dir}")
+            frames.append(torch.tensor(sp.frames, dtype=torch.long))
+            xs.append(d["x"]), ss.append(d["s"]), lss.append(d["ls"])
+            cells.append(needle_cells(sp, vs[clips[sp.clip].video], grid))
+        out[split] = NeedleSet(base_x, base_s, base_ls, torch.tensor([sp.clip for sp in specs[split]]), frames, xs, ss,
+                               lss, torch.tensor([sp.answers for sp in specs[split]]), grid, specs[split], cells)
+    return out
+
+
+def stats(sets: dict[str, NeedleSet], classes=CLASSES) -> str:
+    lines = []
+    clips = base_clips()
+    for split, ds in sets.items():
+        vids = sorted({clips[int(c)].video for c in ds.clip})
+        obj = torch.bincount(ds.answers[:, 0], minlength=len(classes) + 1).tolist()
+        lines.append(f"{split}: {len(ds)} items, videos {vids}, per class {dict(zip(list(classes) + ['none'], obj))}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python benchmarks/needle/data.py N_TRAIN N_TEST
+    import sys
+    import time
+
+    torch.set_num_threads(2)
+    n_tr, n_te = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (1400, 600)
+    t = time.time()
+    s = build(GenConfig(), n_tr, n_te)
+    print(stats(s))
+    print(f"done in {time.time() - t:.0f} s")
