@@ -80,7 +80,7 @@ def test_intra_only_keyframes_are_intra_anchors(video):
     assert torch.equal(out.positions[key0], full.positions[(full.frames == 0) & ~full.dynamic])  # same anchors...
     # ...but not updated by later frames: exactly the intra stage's output (the kept set differs:
     # without inter-frame OT, "changed" is judged by cosine, not by the plan)
-    intra = aggregate_intra(x[:1], x[:1].norm(dim=-1), out.positions[key0].unsqueeze(0))
+    intra = aggregate_intra(x[:1], x[:1].norm(dim=-1), out.positions[key0].unsqueeze(0), lam=cfg.lam_intra)
     torch.testing.assert_close(out.tokens[key0], intra.tokens[0])
     assert not torch.allclose(full.tokens[key0], out.tokens[key0])
     assert out.sizes.sum() < F * N  # merged later-frame tokens were dropped
