@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ot import sinkhorn
+from .ot import sinkhorn_
 
 __all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
 
@@ -82,17 +82,18 @@ def aggregate_intra(
         weights = (1.0 - cost).clamp_(min=0.0) * valid.unsqueeze(-1)  # (F, M, N)
         plan = weights / weights.sum(1, keepdim=True).clamp_min(1e-12) * col_mass.unsqueeze(1)
     else:
-        plan = sinkhorn(cost, reg, n_iters, a=row_mass, b=col_mass, tol=tol).to(x.dtype)  # (F, M, N)
-    plan = plan * (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
+        # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
+        plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)
+        del cost
+    plan.mul_((~is_anchor).unsqueeze(1))  # only a full frame has mass on anchor columns
     if mass == "unit":
-        plan = plan * counts.to(x.dtype).view(f, 1, 1)
+        plan.mul_(counts.to(x.dtype).view(f, 1, 1))
     recv = plan.sum(-1, keepdim=True)  # (F, M, 1)
-    # (a + lam * ctx) / (1 + lam * recv), in place on ctx: M/N of the input is the largest temporary
-    tokens = torch.bmm(plan, x)  # (F, M, d) ctx: anchor columns carry zero plan, only the others count
-    tokens.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
-    del a
-    # (F, N); padding rows have zero plan and never win (nor can cost's pads under "cosine")
-    owner = plan.argmax(dim=1) if merge != "cosine" else cost.masked_fill(~valid.unsqueeze(-1), 3.0).argmin(dim=1)
+    # (a + lam * ctx) / (1 + lam * recv) in a's storage: M/N of the input is the only big temporary.
+    # ctx = plan @ x: anchor columns carry zero plan, so only the other tokens contribute
+    tokens = a.baddbmm_(plan, x, alpha=lam).div_(recv.mul_(lam).add_(1.0))  # (F, M, d)
+    # (F, N); padding rows have zero plan (cosine: zero weight) and never win
+    owner = plan.argmax(dim=1)
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
     sizes.scatter_add_(1, owner, torch.ones_like(owner))

@@ -45,20 +45,30 @@ def sinkhorn(
     below tol for every problem of the batch (checked every 10 iterations).
     Returns the plan T (..., m, n) in float32 (float64 for float64 cost): T 1 = a, T^T 1 ~ b.
     """
-    cost, a, b, dtype = _check(cost, reg, n_iters, a, b, tol)
+    work, a, b, dtype = _check(cost, reg, n_iters, a, b, tol)
+    if work is cost:  # never overwrite the caller's tensor
+        work = work.clone()
+    return sinkhorn_(work, reg, n_iters, a, b, tol)
+
+
+def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
+    """``sinkhorn`` on checked inputs that may overwrite ``cost`` (float32/64, finite) to save memory.
+
+    a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage.
+    """
     m, n = cost.shape[-2:]
     cmin = cost.amin(dim=(-2, -1), keepdim=True)
     cmax = cost.amax(dim=(-2, -1), keepdim=True)
     r = float(((cmax - cmin) / reg).max()) if cost.numel() else 0.0
     r += math.log(max(m, n)) + _log_ratio(a) + _log_ratio(b)
-    shifted = cost - cmin  # same plan, kernel entries in [exp(-range/reg), 1]
-    if r <= _SAFE_EXP[dtype]:
+    shifted = cost.sub_(cmin)  # same plan, kernel entries in [exp(-range/reg), 1]
+    if r <= _SAFE_EXP[cost.dtype]:
         return _sinkhorn_scaling(shifted, reg, n_iters, a, b, tol)
     return _sinkhorn_log(shifted, reg, n_iters, a, b, tol)
 
 
 def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
-    kernel = torch.exp(cost / -reg)  # (..., m, n)
+    kernel = cost.div_(-reg).exp_()  # (..., m, n), in place: cost is ours
     # both products are written as row vector @ matrix, with the transpose stored contiguously:
     # on CPU that is several times faster than batched matrix @ column vector
     kernel_t = kernel.transpose(-1, -2).contiguous()  # (..., n, m)
@@ -72,7 +82,8 @@ def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tens
             col = v * (u @ kernel)
             if float((col - bb).abs().sum(-1).max()) < tol:
                 break
-    return u.transpose(-1, -2) * kernel * v
+    del kernel_t
+    return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
 
 
 def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
