@@ -7,29 +7,58 @@ The sampling rule is the one lmms-eval uses for LLaVA-OneVision (its default
 
 so the first and the last frame are always kept and the indices in between are
 floored, not rounded.  Matching it exactly means the frames we compress are the
-frames an lmms-eval run would have fed the model.
+frames an lmms-eval run would have fed the model.  A video with fewer frames than
+asked gives every frame once (``frame_indices``), never repeats; still images are
+refused.
 
 PyAV is imported inside the functions, so ``import aot`` works without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["VideoFrames", "sample_indices", "read_frames"]
+__all__ = ["VideoFrames", "VideoInfo", "frame_indices", "sample_indices", "probe_video", "read_frames"]
+
+# containers FFmpeg uses for single pictures; such a file is a still image whatever it decodes to
+_IMAGE_FORMATS = ("image2", "image2pipe")
+_VIDEO_HINT = "aot needs a video with at least 2 frames (e.g. .mp4, .mkv, .avi, .webm, .mov)"
+
+
+class VideoInfo(NamedTuple):
+    """What :func:`probe_video` reads from the header, without decoding."""
+
+    total_frames: int  # frames in the first video stream (header count, else demuxed packets), >= 2
+    fps: float  # average frame rate of the stream, 0.0 when the container does not say
 
 
 class VideoFrames(NamedTuple):
     """Frames decoded by :func:`read_frames`."""
 
-    frames: np.ndarray  # (F, H, W, 3) uint8 RGB
-    indices: np.ndarray  # (F,) int64, position of each frame in the decoded stream
+    frames: np.ndarray  # (F, H, W, 3) uint8 RGB, F = min(requested, total_frames)
+    indices: np.ndarray  # (F,) int64, position of each frame in the decoded stream, strictly increasing
     fps: float  # average frame rate of the stream, 0.0 when the container does not say
     total_frames: int  # frames the indices were sampled from
+    requested: int  # frames asked for; more than F when the video is shorter
+
+    @property
+    def sampling(self) -> str:
+        """What was done, in one sentence, e.g. "video has 68 frames; sampled all 68 (asked for 500)"."""
+        return describe_sampling(self.total_frames, self.requested)
+
+
+def describe_sampling(total_frames: int, requested: int) -> str:
+    """One sentence saying which frames :func:`frame_indices` takes from a video."""
+    if requested < total_frames:
+        return f"video has {total_frames} frames; sampled {requested} uniformly (lmms-eval's rule)"
+    if requested == total_frames:
+        return f"video has {total_frames} frames; sampled all {total_frames}"
+    return f"video has {total_frames} frames; sampled all {total_frames} (asked for {requested})"
 
 
 def _check_count(value, name: str, minimum: int) -> int:
@@ -41,17 +70,31 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def frame_indices(total_frames: int, num_frames: int) -> list[int]:
+    """The frames to decode: lmms-eval's uniform rule, every frame at most once.
+
+    ``num_frames <= total_frames``: ``np.linspace(0, total_frames - 1, num_frames, dtype=int)``,
+    both ends kept, interior positions floored; distinct because the step is >= 1.
+    ``num_frames > total_frames``: every frame once, ``range(total_frames)``; the caller gets
+    fewer frames than asked (repeating frames would only cost encoding time and tell the
+    compressor nothing; lmms-eval's PyAV loader clamps the same way).
+
+    Returns ``min(num_frames, total_frames)`` strictly increasing ints. This is the rule the demo
+    and the model adapters share.
+    """
+    total_frames = _check_count(total_frames, "total_frames", 1)
+    num_frames = _check_count(num_frames, "num_frames", 1)
+    if num_frames >= total_frames:
+        return list(range(total_frames))
+    return [int(i) for i in np.linspace(0, total_frames - 1, num_frames, dtype=int)]
+
+
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
-    """Uniformly spaced frame indices, exactly as lmms-eval's LLaVA-OneVision loader.
+    """lmms-eval's raw formula ``np.linspace(0, total_frames - 1, num_frames, dtype=int)`` as int64.
 
-    ``np.linspace(0, total_frames - 1, num_frames, dtype=int)``: both ends
-    included, positions floored by the int cast.
-
-    When ``num_frames > total_frames`` the indices repeat (e.g. 3 frames, 5
-    wanted -> ``[0, 0, 1, 1, 2]``), like lmms-eval's default decord backend; its
-    PyAV backend instead clamps ``num_frames`` to ``total_frames``.  Repeating
-    keeps the output length fixed at ``num_frames``, which the compression code
-    downstream relies on.
+    Unlike :func:`frame_indices` it repeats frames when ``num_frames > total_frames`` (e.g. 3
+    frames, 5 wanted -> ``[0, 0, 1, 1, 2]``, like lmms-eval's decord backend). Kept for code that
+    needs exactly ``num_frames`` indices over a range known to be long enough.
 
     Returns an int64 array of shape ``(num_frames,)``.
     """
@@ -65,13 +108,29 @@ def _not_a_video(path: Path, reason: str) -> ValueError:
     return ValueError(f"{str(path)!r} is not a readable video: {reason}")
 
 
+def _still_image(path: Path, reason: str) -> ValueError:
+    return ValueError(f"{str(path)!r} is a still image ({reason}); {_VIDEO_HINT}")
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    """FFmpeg's message without the raw errno ("[Errno 1094995529] ...")."""
+    return getattr(err, "strerror", None) or str(err)
+
+
 def _count_frames(path: Path) -> tuple[int, float]:
-    """(frame count, fps) of the first video stream; the count is from the header when present."""
+    """(frame count, fps) of the first video stream; the count is from the header when present.
+
+    Raises ValueError for a file without a video stream and for a still image (an image
+    container such as JPEG or PNG).
+    """
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise _not_a_video(path, "it has no video stream")
+        fmt = container.format.name
+        if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
+            raise _still_image(path, f"FFmpeg reads it as an image, format {fmt}")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
@@ -81,6 +140,47 @@ def _count_frames(path: Path) -> tuple[int, float]:
         # packets instead.  Size-0 packets are the demuxer's end-of-stream flush.
         count = sum(1 for packet in container.demux(stream) if packet.size > 0)
         return count, fps
+
+
+def _checked_path(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video file not found: {str(path)!r}")
+    if not path.is_file():
+        raise _not_a_video(path, "it is not a regular file")
+    return path
+
+
+@contextlib.contextmanager
+def _ffmpeg_errors(path: Path):
+    """Turn FFmpeg's errors into ours: which file, what was expected, no raw errno."""
+    import av
+
+    try:
+        yield
+    except PermissionError as err:
+        raise PermissionError(f"cannot read {str(path)!r}: {_ffmpeg_reason(err)}") from None
+    except av.FFmpegError as err:
+        # FFmpeg's own message (e.g. "Invalid data found when processing input") is kept as the
+        # cause; ours says which file and what was expected.
+        raise _not_a_video(path, _ffmpeg_reason(err)) from err
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Frame count and rate of a video from its header, without decoding (cheap: run it first).
+
+    Raises FileNotFoundError if ``path`` does not exist, PermissionError if it cannot be read,
+    ValueError if it is not a video (not a media file, no video stream, no frames) or is a still
+    image (an image format, or a single frame).
+    """
+    path = _checked_path(path)
+    with _ffmpeg_errors(path):
+        total, fps = _count_frames(path)
+    if total < 1:
+        raise _not_a_video(path, "its video stream has no frames")
+    if total == 1:
+        raise _still_image(path, "a single frame")
+    return VideoInfo(total, fps)
 
 
 def _decode_wanted(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
@@ -114,55 +214,40 @@ def _decode_wanted(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray
 
 
 def read_frames(path: str | os.PathLike, num_frames: int = 32) -> VideoFrames:
-    """Decode ``num_frames`` uniformly sampled RGB frames from a video file.
+    """Decode up to ``num_frames`` uniformly sampled RGB frames from a video file.
 
-    The frame count is the stream header's ``frames`` when positive, otherwise
-    the number of demuxed video packets.  Indices come from
-    :func:`sample_indices`.  Frames are decoded sequentially from the start
-    (no seeking, so indices are exact even for streams with sparse keyframes)
-    and only the sampled ones are kept.
+    The frame count comes from :func:`probe_video`; indices from :func:`frame_indices`, so a
+    video shorter than ``num_frames`` gives every frame once (``result.sampling`` says so).
+    Frames are decoded sequentially from the start (no seeking, so indices are exact even for
+    streams with sparse keyframes) and only the sampled ones are kept.
 
-    If the decoder yields fewer frames than counted (headers can over-count,
-    e.g. a trailing packet that decodes to nothing), the count is clamped to
-    the frames actually decoded and the indices are re-sampled over that
-    range; this needs a second decoding pass, only in that case.
+    If the decoder yields fewer frames than counted (headers can over-count, e.g. a trailing
+    packet that decodes to nothing), the count is clamped to the frames actually decoded and the
+    indices are re-sampled over that range; this needs a second decoding pass, only in that case.
 
-    Returns :class:`VideoFrames` with ``frames`` of shape ``(num_frames, H, W, 3)``.
+    Returns :class:`VideoFrames` with ``frames`` of shape ``(min(num_frames, total), H, W, 3)``.
 
-    Raises ``FileNotFoundError`` if ``path`` does not exist, ``ValueError`` if
-    it is not a decodable video (no video stream, not a media file, no frame
-    decodes) or if ``num_frames < 1``.
+    Raises ``FileNotFoundError`` if ``path`` does not exist, ``PermissionError`` if it cannot be
+    read, ``ValueError`` if it is not a decodable video (no video stream, not a media file, no
+    frame decodes), if it is a still image, or if ``num_frames < 1``.
     """
-    import av
-
     num_frames = _check_count(num_frames, "num_frames", 1)
+    total, fps = probe_video(path)
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"video file not found: {str(path)!r}")
-    if not path.is_file():
-        raise _not_a_video(path, "it is not a regular file")
-
-    try:
-        total, fps = _count_frames(path)
-        if total < 1:
-            raise _not_a_video(path, "its video stream has no frames")
-        indices = sample_indices(total, num_frames)
+    with _ffmpeg_errors(path):
+        indices = np.asarray(frame_indices(total, num_frames), dtype=np.int64)
         kept, decoded = _decode_wanted(path, indices)
         if decoded < 1:
             raise _not_a_video(path, "no frame could be decoded")
         if decoded <= int(indices.max()):
             # Fewer frames than the header promised: sample over what exists.
+            if decoded == 1:
+                raise _still_image(path, "only one frame decodes")
             total = decoded
-            indices = sample_indices(total, num_frames)
+            indices = np.asarray(frame_indices(total, num_frames), dtype=np.int64)
             kept, _ = _decode_wanted(path, indices)
             if any(int(i) not in kept for i in indices):
                 raise _not_a_video(path, "decoding stopped at a different frame on a second pass")
-    except (PermissionError, FileNotFoundError):
-        raise  # access problems are not about the content; keep their own type
-    except av.FFmpegError as err:
-        # FFmpeg's own message (e.g. "Invalid data found when processing input")
-        # is kept as the cause; ours says which file and what was expected.
-        raise _not_a_video(path, str(err)) from err
 
     frames = np.stack([kept[int(i)] for i in indices])  # (F, H, W, 3)
-    return VideoFrames(frames=frames, indices=indices, fps=fps, total_frames=total)
+    return VideoFrames(frames=frames, indices=indices, fps=fps, total_frames=total, requested=num_frames)

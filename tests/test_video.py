@@ -10,7 +10,8 @@ import pytest
 av = pytest.importorskip("av")
 
 from aot import video  # noqa: E402
-from aot.video import read_frames, sample_indices  # noqa: E402
+from aot.demo import sample_video  # noqa: E402
+from aot.video import frame_indices, probe_video, read_frames, sample_indices  # noqa: E402
 
 # CI clones the repo next to ../shared, which holds the real test videos.
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -74,7 +75,7 @@ def test_sample_indices_rejects_non_integers():
 
 
 def test_bigbuckbunny_32_of_132_frames():
-    clip = read_frames(real_video("bigbuckbunny.mp4"), 32)
+    clip = read_frames(sample_video(), 32)  # ships in aot/assets: never skipped
     assert clip.total_frames == 132
     np.testing.assert_array_equal(clip.indices, np.linspace(0, 131, 32, dtype=int))
     assert clip.frames.shape == (32, 720, 1280, 3)
@@ -133,11 +134,41 @@ def test_fewer_decoded_frames_than_counted(tmp_path, monkeypatch):
     np.testing.assert_array_equal(gray_levels(clip.frames), clip.indices)
 
 
-def test_more_frames_than_the_video_has_repeats(tmp_path):
+def test_more_frames_than_the_video_has_gives_every_frame_once(tmp_path):
     path = write_gray_video(tmp_path / "gray.mp4", 3)
     clip = read_frames(path, 5)
-    np.testing.assert_array_equal(clip.indices, [0, 0, 1, 1, 2])
-    np.testing.assert_array_equal(gray_levels(clip.frames), [0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(clip.indices, [0, 1, 2])
+    np.testing.assert_array_equal(gray_levels(clip.frames), [0, 1, 2])
+    assert clip.requested == 5 and clip.total_frames == 3
+    assert clip.sampling == "video has 3 frames; sampled all 3 (asked for 5)"
+
+
+def test_sampling_sentence():
+    clip = read_frames(sample_video(), 32)
+    assert clip.requested == 32 and clip.sampling.startswith("video has 132 frames; sampled 32 uniformly")
+    assert read_frames(sample_video(), 500).sampling == "video has 132 frames; sampled all 132 (asked for 500)"
+
+
+# --------------------------------------------------------------------------- frame_indices
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7, 68, 132, 1000])
+@pytest.mark.parametrize("num", [1, 2, 5, 32, 68, 500])
+def test_frame_indices_is_linspace_or_every_frame_once(total, num):
+    got = frame_indices(total, num)
+    assert isinstance(got, list) and all(type(i) is int for i in got)
+    if num <= total:
+        assert got == np.linspace(0, total - 1, num, dtype=int).tolist()
+    else:
+        assert got == list(range(total))
+    assert len(got) == min(num, total) and len(set(got)) == len(got) and got == sorted(got)
+
+
+def test_frame_indices_rejects_bad_counts():
+    with pytest.raises(ValueError, match="num_frames must be >= 1, got 0"):
+        frame_indices(10, 0)
+    with pytest.raises(TypeError, match="num_frames"):
+        frame_indices(10, 2.5)
 
 
 # --------------------------------------------------------------------------- errors
@@ -175,6 +206,47 @@ def test_missing_file(tmp_path):
     path = tmp_path / "missing.mp4"
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         read_frames(path)
+
+
+def test_still_images_are_refused(tmp_path):
+    from PIL import Image
+
+    for name in ("photo.jpg", "photo.png"):
+        path = tmp_path / name
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+        for call in (probe_video, read_frames):
+            with pytest.raises(ValueError, match="is a still image") as info:
+                call(path)
+            assert name in str(info.value) and "needs a video with at least 2 frames" in str(info.value)
+
+
+def test_one_frame_video_is_a_still_image(tmp_path):
+    path = write_gray_video(tmp_path / "one.mp4", 1)
+    with pytest.raises(ValueError, match=r"one.mp4' is a still image \(a single frame\)"):
+        read_frames(path, 32)
+
+
+def test_unreadable_file_message_has_no_raw_errno(tmp_path):
+    path = tmp_path / "garbage.mp4"
+    path.write_bytes(b"\x00\x01 not a video" * 100)
+    with pytest.raises(ValueError) as info:
+        read_frames(path)
+    msg = str(info.value)
+    assert "garbage.mp4" in msg and "not a readable video" in msg
+    assert "Errno" not in msg and "1094995529" not in msg
+
+
+def test_permission_error_is_reworded(tmp_path, monkeypatch):
+    av_error = av.error.PermissionError(13, "Permission denied", str(tmp_path / "x.mp4"))
+
+    def refuse(path):
+        raise av_error
+
+    path = write_gray_video(tmp_path / "x.mp4", 3)
+    monkeypatch.setattr(video, "_count_frames", refuse)
+    with pytest.raises(PermissionError, match="cannot read .*x.mp4.*Permission denied") as info:
+        read_frames(path)
+    assert "Errno" not in str(info.value)
 
 
 def test_num_frames_must_be_positive(tmp_path):
