@@ -44,31 +44,41 @@ def sinkhorn(
     default uniform 1/m and 1/n. tol: stop early once the L1 error of the column marginal is
     below tol for every problem of the batch (checked every 10 iterations).
     Returns the plan T (..., m, n) in float32 (float64 for float64 cost): T 1 = a, T^T 1 ~ b.
+    Differentiable: when cost, a or b require grad (and grad mode is on) the plan carries their
+    graph (the iterations are unrolled, nothing is done in place).
     """
     work, a, b, dtype = _check(cost, reg, n_iters, a, b, tol)
-    if work is cost:  # never overwrite the caller's tensor
+    if work is cost and not _tracks_grad(work, a, b):  # never overwrite the caller's tensor
         work = work.clone()
     return sinkhorn_(work, reg, n_iters, a, b, tol)
+
+
+def _tracks_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
     """``sinkhorn`` on checked inputs that may overwrite ``cost`` (float32/64, finite) to save memory.
 
-    a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage.
+    a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage, except
+    when an input requires grad: then nothing is overwritten and the plan is differentiable.
     """
     m, n = cost.shape[-2:]
+    grad = _tracks_grad(cost, a, b)
     cmin = cost.amin(dim=(-2, -1), keepdim=True)
     cmax = cost.amax(dim=(-2, -1), keepdim=True)
-    r = float(((cmax - cmin) / reg).max()) if cost.numel() else 0.0
+    # the route choice is a number, not part of the graph: detach before reading it
+    r = float(((cmax - cmin) / reg).max().detach()) if cost.numel() else 0.0
     r += math.log(max(m, n)) + _log_ratio(a) + _log_ratio(b)
-    shifted = cost.sub_(cmin)  # same plan, kernel entries in [exp(-range/reg), 1]
+    shifted = cost - cmin if grad else cost.sub_(cmin)  # same plan, kernel entries in [exp(-range/reg), 1]
     if r <= _SAFE_EXP[cost.dtype]:
-        return _sinkhorn_scaling(shifted, reg, n_iters, a, b, tol)
+        return _sinkhorn_scaling(shifted, reg, n_iters, a, b, tol, grad)
     return _sinkhorn_log(shifted, reg, n_iters, a, b, tol)
 
 
-def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
-    kernel = cost.div_(-reg).exp_()  # (..., m, n), in place: cost is ours
+def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, grad: bool = False) -> Tensor:
+    # (..., m, n); in place when cost is ours and no graph is recorded
+    kernel = cost.div(-reg).exp() if grad else cost.div_(-reg).exp_()
     # both products are written as row vector @ matrix, with the transpose stored contiguously:
     # on CPU that is several times faster than batched matrix @ column vector
     kernel_t = kernel.transpose(-1, -2).contiguous()  # (..., n, m)
@@ -80,9 +90,11 @@ def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tens
         u = aa / (v @ kernel_t)  # (..., 1, m)
         if tol is not None and ((it + 1) % _CHECK_EVERY == 0):
             col = v * (u @ kernel)
-            if float((col - bb).abs().sum(-1).max()) < tol:
+            if float((col - bb).abs().sum(-1).max().detach()) < tol:
                 break
     del kernel_t
+    if grad:
+        return kernel * u.transpose(-1, -2) * v
     return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
 
 
@@ -96,13 +108,13 @@ def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, 
         f = log_a - torch.logsumexp(scaled + g.unsqueeze(-2), dim=-1)
         if tol is not None and ((it + 1) % _CHECK_EVERY == 0):
             col = torch.logsumexp(scaled + f.unsqueeze(-1) + g.unsqueeze(-2), dim=-2).exp()
-            if float((col - b).abs().sum(-1).max()) < tol:
+            if float((col - b).abs().sum(-1).max().detach()) < tol:
                 break
     return torch.exp(scaled + f.unsqueeze(-1) + g.unsqueeze(-2))
 
 
 def _log_ratio(marginal: Tensor) -> float:
-    pos = marginal[marginal > 0]
+    pos = marginal.detach()[marginal.detach() > 0]
     return float(pos.max().log() - pos.min().log()) if pos.numel() else 0.0
 
 

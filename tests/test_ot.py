@@ -108,3 +108,35 @@ def test_bad_input(kwargs, exc, words):
     with pytest.raises(exc, match=None) as info:
         aot.sinkhorn(**kwargs)
     assert words in str(info.value)
+
+
+def test_requires_grad_input_no_warning_same_plan_and_gradients(recwarn):
+    # issue 7: a cost with requires_grad made float() on it warn; the plan must not change
+    cost = torch.rand(3, 6, 5)
+    plain = aot.sinkhorn(cost, reg=0.1, n_iters=50)
+    tracked = cost.clone().requires_grad_()
+    plan = aot.sinkhorn(tracked, reg=0.1, n_iters=50, tol=1e-9)
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
+    torch.testing.assert_close(plan.detach(), aot.sinkhorn(cost, reg=0.1, n_iters=50, tol=1e-9), rtol=0, atol=0)
+    torch.testing.assert_close(aot.sinkhorn(tracked, reg=0.1, n_iters=50).detach(), plain, rtol=0, atol=0)
+    plan.sum().backward()  # no in-place op breaks the graph
+    assert tracked.grad is not None and torch.isfinite(tracked.grad).all()
+    assert torch.equal(tracked.detach(), cost)  # the caller's tensor is untouched
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # scaling route, log route
+def test_sinkhorn_gradient_is_correct(scale):
+    cost = (torch.rand(2, 3, 4, dtype=torch.float64) * scale).requires_grad_()
+    a = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda c: aot.sinkhorn(c, reg=0.5, n_iters=20, a=a), (cost,))
+
+
+def test_compress_with_requires_grad_input_does_not_warn(recwarn):
+
+
+    x = torch.randn(8, 49, 16)
+    scores = torch.rand(8, 49)
+    ref = aot.compress(x, scores, config=aot.AOTConfig(retention=0.2))
+    out = aot.compress(x.clone().requires_grad_(), scores, config=aot.AOTConfig(retention=0.2))
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
+    torch.testing.assert_close(out.tokens.detach(), ref.tokens, rtol=0, atol=0)
