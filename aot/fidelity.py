@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Fidelity", "fidelity"]
+__all__ = ["Fidelity", "fidelity", "full_readout"]
 
 
 class Fidelity(NamedTuple):
@@ -44,14 +44,31 @@ def _p05(v: Tensor) -> float:
     return float(torch.quantile(v, 0.05))
 
 
-def fidelity(x: Tensor, tokens: Tensor, sizes: Tensor, assignment: Tensor, *, chunk: int = 1024) -> Fidelity:
-    """x: (F, N, d) original tokens; tokens (R, d), sizes (R,), assignment (F*N,) from a compression."""
+def full_readout(x: Tensor, *, chunk: int = 1024) -> Tensor:
+    """The attention readout over the full set, (F*N, d) float32, for x (F, N, d).
+
+    It depends on x only: compute it once per video and pass it to :func:`fidelity` as ``full``
+    when comparing several compressions of the same tokens (the costliest part: (F*N)^2 d).
+    """
+    flat = x.reshape(-1, x.shape[-1]).float()
+    return _readout(flat, flat, None, chunk)
+
+
+def fidelity(x: Tensor, tokens: Tensor, sizes: Tensor, assignment: Tensor, *, chunk: int = 1024,
+             full: Tensor | None = None) -> Fidelity:
+    """x: (F, N, d) original tokens; tokens (R, d), sizes (R,), assignment (F*N,) from a compression.
+
+    full: :func:`full_readout` of x, if already computed (same result, less work).
+    """
     flat = x.reshape(-1, x.shape[-1]).float()  # (F*N, d)
     y = tokens.float()
     absorbed = y[assignment.clamp(min=0)]
     cos = torch.nn.functional.cosine_similarity(flat, absorbed, dim=-1)
     cos = torch.where(assignment >= 0, cos, torch.zeros_like(cos))
-    full = _readout(flat, flat, None, chunk)
+    if full is None:
+        full = _readout(flat, flat, None, chunk)
+    elif full.shape != flat.shape:
+        raise ValueError(f"full must be the full-set readout of x, shape {tuple(flat.shape)}, got {tuple(full.shape)}")
     comp = _readout(flat, y, None, chunk)
     sized = _readout(flat, y, sizes.float().log(), chunk)
     rcos = torch.nn.functional.cosine_similarity(full, comp, dim=-1)

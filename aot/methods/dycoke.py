@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..compress import Compressed
+from ..config import budget
 from .common import assemble, check_retention, even_split, run, top_by_score
 from .registry import Method, register
 
@@ -54,16 +55,23 @@ def dycoke_reference(t: int) -> int | None:
     return {0: None, 1: t - 1, 2: t - 2, 3: t - 1}[t % 4]
 
 
+def check_floor(config: DyCokeConfig, f: int, n: int) -> None:
+    """Raise ValueError when the budget is below DyCoke's floor: ceil(F / 4) whole frames of N tokens."""
+    whole = -(-f // 4)  # frames 0, 4, 8, ...: the first of every group of 4
+    total = budget(config.retention, f, n)
+    if total < whole * n:
+        raise ValueError(
+            f"DyCoke keeps the first frame of every group of 4 whole ({whole} frames x {n} tokens = {whole * n}), "
+            f"more than the budget of {total} tokens (retention={config.retention}, F={f}, N={n}); "
+            f"use retention >= {whole / f:.4g}")
+
+
 def _dycoke_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: DyCokeConfig) -> Compressed:
     f, n, d = x.shape
     dev = x.device
     compared = [t for t in range(f) if t % 4]
     base = (f - len(compared)) * n
-    if total < base:
-        raise ValueError(
-            f"DyCoke keeps the first frame of every group of 4 whole ({f - len(compared)} frames x {n} tokens = {base}), "
-            f"more than the budget of {total} tokens (retention={config.retention}, F={f}, N={n}); "
-            f"use retention >= {(f - len(compared)) / f:.4g}")
+    check_floor(config, f, n)
     keep = dict(zip(compared, even_split(total - base, len(compared))))
     poss = []
     for t in range(f):
@@ -82,4 +90,4 @@ def _dycoke_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, conf
 
 register(Method("dycoke", dycoke, DyCokeConfig,
                 "DyCoke TTM: groups of 4 frames, later frames keep the tokens least like the reference cell; "
-                "needs retention >= ceil(F/4)/F"))
+                "needs retention >= ceil(F/4)/F", checker=check_floor))

@@ -6,6 +6,9 @@
 Every method takes tokens (F, N, d) or (B, F, N, d), scores (F, N) (+ optional local_scores and
 grid) and its own frozen config dataclass (which always has a ``retention`` field), and returns
 an ``aot.Compressed``.
+
+``method.check(config, frames, tokens_per_frame)`` says, before any decoding or encoding, whether
+the method can produce the exact budget for F x N tokens (a ValueError naming what would work).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..compress import Compressed
+from ..config import budget
 
 __all__ = ["Method", "register", "get", "names"]
 
@@ -27,18 +31,42 @@ class Method:
     summary: str  # one line for --help and tables
     preset: dict[str, Any] = field(default_factory=dict)  # config overrides that define this name
     exact_budget: bool = True  # False when the method cannot hit every budget exactly (say why in summary)
+    # extra feasibility rule checker(config, frames, tokens_per_frame) -> None, raising ValueError
+    checker: Callable[[Any, int, int], None] | None = None
 
     def config(self, **overrides) -> Any:
         """This method's config: its preset, then ``overrides`` (e.g. retention=0.1)."""
         return self.config_cls(**{**self.preset, **overrides})
 
-    def __call__(self, x, scores, *, local_scores=None, grid=None, config=None) -> Compressed:
+    def effective_config(self, config=None) -> Any:
+        """The config this method actually runs with: ``config`` (default: ``self.config()``)
+        with the preset's switches applied over it (an ablation's switches always apply)."""
         if config is None:
-            config = self.config()
-        elif not isinstance(config, self.config_cls):
+            return self.config()
+        if not isinstance(config, self.config_cls):
             raise TypeError(f"method {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}")
-        elif self.preset:
-            config = replace(config, **self.preset)  # an ablation's switches always apply
+        return replace(config, **self.preset) if self.preset else config
+
+    def check(self, config, frames: int, tokens_per_frame: int) -> None:
+        """Raise ValueError if this method cannot compress F x N tokens under ``config``.
+
+        Needs only the shapes, so callers run it before decoding or encoding anything. Every
+        method: the exact budget keeps at least one token; then the method's own rule
+        (``checker``: e.g. DyCoke's floor of one whole frame in four, AOT's one token per clip).
+        """
+        config = self.effective_config(config)
+        for name, value in (("frames", frames), ("tokens_per_frame", tokens_per_frame)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        total = budget(config.retention, frames, tokens_per_frame)
+        if total == 0:
+            raise ValueError(f"retention={config.retention} keeps 0 of {frames * tokens_per_frame} tokens "
+                             f"(F={frames}, N={tokens_per_frame}); use retention >= {1 / (frames * tokens_per_frame):.4g}")
+        if self.checker is not None and total < frames * tokens_per_frame:
+            self.checker(config, frames, tokens_per_frame)
+
+    def __call__(self, x, scores, *, local_scores=None, grid=None, config=None) -> Compressed:
+        config = self.effective_config(config)
         return self.fn(x, scores, local_scores=local_scores, grid=grid, config=config)
 
 
