@@ -79,7 +79,7 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
         if field.name in exclude:
             continue
         default = field.default
-        shown = "x".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "x".join(map(str, default)) if isinstance(default, tuple) else "none" if default is None else default
         group.add_argument(_flag(field.name), dest=field.name, metavar=field.name.upper(),
                            type=lambda raw, n=field.name: _parse_value(n, raw), default=argparse.SUPPRESS,
                            help=f"{_FIELD_HELP.get(field.name, '')} (default: {shown})")

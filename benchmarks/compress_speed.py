@@ -9,7 +9,12 @@ Peak memory is read in a child process from the kernel's peak-RSS counter (VmHWM
 /proc/self/clear_refs) with glibc told to serve every large block by mmap, so freed memory is
 returned at once and the counter sees the live working set.
 
+Every time is measured at ``--threads`` torch threads (default ``aot.runtime.default_threads()``),
+printed in the table's column titles. ``--busy K`` starts K busy-looping processes beside the
+measurement, to see what a loaded machine does to the times (README "Threads").
+
     python benchmarks/compress_speed.py [--reps 7] [--shapes 32x196x3584,...] [--device cpu]
+                                        [--threads N] [--busy K] [--no-memory]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 import torch
 
 import aot
+from aot.runtime import default_threads, torch_threads
 
 SHAPES = [(32, 196, 3584), (64, 169, 3584), (32, 729, 1152)]
 
@@ -63,7 +69,7 @@ def _status_kb(field: str) -> int:
 
 
 def memory_child(f: int, n: int, d: int) -> None:
-    """Runs in a child process: prints JSON with the peak extra bytes of one compress call."""
+    """Runs in a child process (its own torch threads): prints JSON with the peak extra bytes of one compress call."""
     x, scores = _inputs(f, n, d, "cpu")
     config = aot.AOTConfig(retention=0.1)
     aot.compress(x, scores, config=config)  # warm-up: thread pools, lazy inits
@@ -77,32 +83,59 @@ def memory_child(f: int, n: int, d: int) -> None:
                       "input": x.numel() * x.element_size(), "output": out_bytes}))
 
 
-def measure_memory(f: int, n: int, d: int) -> dict | None:
+def measure_memory(f: int, n: int, d: int, threads: int) -> dict | None:
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}"]
+    cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}", "--threads", str(threads)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
+def _busy(k: int) -> list[subprocess.Popen]:
+    """K processes spinning on a core each: a loaded machine, reproducibly."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="torch threads for every measurement (default: aot.runtime.default_threads())")
+    ap.add_argument("--busy", type=int, default=0, help="busy-looping processes to run beside the measurement")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.memory_child:
-        memory_child(*map(int, args.memory_child.split("x")))
-        return
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.busy < 0 or args.reps < 1:
+        ap.error("--threads and --reps must be >= 1, --busy >= 0")
+    with torch_threads(args.threads):
+        if args.memory_child:
+            memory_child(*map(int, args.memory_child.split("x")))
+            return
+        busy = _busy(args.busy)
+        try:
+            _report(args)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+
+
+def _report(args) -> None:
     shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     dev = args.device
+    t = _threads(torch.get_num_threads())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
+          f"{torch.__version__}, {t}, device {dev}, {args.busy} busy processes beside"
           + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
     print("retention 0.1, 100 Sinkhorn iterations, uniform clips, float32\n")
-    print("| F x N x d | tokens out | compress (ms) | dense matmul (ms) | ratio | peak extra memory / input |")
+    print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |")
     print("|---|---|---|---|---|---|")
     for f, n, d in shapes:
         x, scores = _inputs(f, n, d, dev)
@@ -112,7 +145,7 @@ def main() -> None:
         w = torch.randn(d, d, device=dev)
         flat = x.view(f * n, d)
         t_m = _median_time(lambda: flat @ w, args.reps, dev)
-        mem = measure_memory(f, n, d) if dev == "cpu" else None
+        mem = measure_memory(f, n, d, torch.get_num_threads()) if dev == "cpu" and not args.no_memory else None
         mem_s = f"{mem['extra'] / mem['input']:.2f}" if mem else "n/a"
         print(f"| {f} x {n} x {d} | {out.tokens.shape[0]} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | "
               f"{t_c / t_m:.3f} | {mem_s} |")

