@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..compress import Compressed
+from ..config import budget
 from .common import assemble, check_retention, even_split, run
 from .registry import Method, register
 
@@ -90,8 +91,17 @@ def pool_cells(h: int, w: int, s: int) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(cells)
 
 
+def check_one_per_frame(config: PoolingConfig, f: int, n: int) -> None:
+    """Pooling keeps at least one cell per frame: a budget below F tokens raises ValueError."""
+    total = budget(config.retention, f, n)
+    if total < f:
+        raise ValueError(f"pooling keeps at least one token per frame ({f} frames), more than the budget of "
+                         f"{total} tokens (retention={config.retention}, F={f}, N={n}); use retention >= {1 / n:.4g}")
+
+
 def _pooling_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: PoolingConfig) -> Compressed:
     f, n, d = x.shape
+    check_one_per_frame(config, f, n)
     h, w = grid
     dev = x.device
     cell_of = torch.empty(f, n, dtype=torch.long)
@@ -117,6 +127,7 @@ def _random_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, conf
 
 
 register(Method("pooling", pooling, PoolingConfig,
-                "uniform average pooling of each frame's grid to its share of the budget (reference point)"))
+                "uniform average pooling of each frame's grid to its share of the budget (reference point)",
+                checker=check_one_per_frame))
 register(Method("random", random_tokens, RandomConfig,
                 "uniformly random tokens over the whole video, the rest dropped (reference point; fixed seed)"))
