@@ -6,9 +6,9 @@ Threads (measured, README "Threads"): torch's CPU kernels run on an OpenMP pool 
 PyPI wheels). Every small op of the Sinkhorn loop is one parallel region that ends at a barrier.
 When another process competes for the cores, one of our threads is often descheduled, and the
 other waits for it at each barrier, spinning first: a compress call of 32x196x384 that takes
-~50 ms went to medians of 0.2-1.5 s (up to 12 s) at 2 threads beside one busy process on a
-2-core machine, and stayed at 50-130 ms at 1 thread. ``OMP_WAIT_POLICY=PASSIVE`` (set before
-torch is imported) softens it (80-240 ms) but one thread is still faster under load.
+~50 ms went to medians of 0.08-1.5 s (single calls up to 12 s) at 2 threads beside one busy
+process on a 2-core machine, and stayed at 48-126 ms at 1 thread. ``OMP_WAIT_POLICY=PASSIVE``
+(set before torch is imported) softens it (79-236 ms) but one thread is no slower under load.
 """
 
 from __future__ import annotations
