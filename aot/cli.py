@@ -216,11 +216,11 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import check_picture_path, run_demo
 
     _, base = method_config_from_args(args)
     json_path = output_path(args.json, "--json")
-    png = output_path(args.png, "--png")
+    png = None if str(args.png).lower() == "none" else check_picture_path(args.png, "--png")
     result = run_demo(args.video, frames=args.frames, retentions=args.retentions, config=base, png=png,
                       image_size=args.image_size, layers=args.layers, method=args.method,
                       progress=not args.no_progress, threads=args.threads)

@@ -56,6 +56,19 @@ def check_layers(layers) -> tuple[int, int]:
     return int(layers[0]), int(layers[1])
 
 
+def check_picture_path(path, flag: str = "png") -> Path:
+    """``path`` writable now, in an image format matplotlib can save (.png, .jpg, .pdf, .svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = check_output_path(path, flag)
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix and suffix not in kinds:
+        raise ValueError(f"{flag} {str(path)!r}: cannot draw a .{suffix} file; use one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}")
+    return path
+
+
 class DemoPlan(NamedTuple):
     """What :func:`plan_demo` checked and decided, before any decoding."""
 
@@ -89,7 +102,7 @@ def plan_demo(video=None, *, frames: int = 32, retentions=(0.1, 0.15, 0.2, 0.25)
     grid = token_grid(image_size)
     check_layers(layers)
     if png is not None:
-        check_output_path(png, "png")
+        check_picture_path(png)
     video = Path(video) if video is not None else sample_video()
     total = probe_video(video).total_frames
     f = len(frame_indices(total, frames))

@@ -89,6 +89,7 @@ def test_asking_more_frames_than_the_video_has(tmp_path, fake_vit, capsys):
     (["--json", "{tmp}/missing/r.json"], "the folder"),
     (["--png", "{tmp}/missing/a.png"], "does not exist"),
     (["--png", "{tmp}"], "is a folder, not a file name"),
+    (["--png", "{tmp}/a.xyz"], "cannot draw a .xyz file; use one of"),
     (["--json", "/proc/aot-check/r.json"], "--json"),
     (["--video", "{tmp}/photo.png"], "is a still image"),
     (["--video", "{tmp}/nothing.mp4"], "video file not found"),
