@@ -268,7 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NEGATIVE_VALUE_FLAGS = ("--layers",)  # their values may start with '-' (e.g. -2,5), which argparse takes for a flag
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--layers -2,5`` -> ``--layers=-2,5`` so argparse reads the value instead of failing."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in NEGATIVE_VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1][:1] == "-" \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -123,6 +123,15 @@ def test_bad_arguments_are_refused_when_parsed(no_expensive_steps, capsys, argv,
     assert message in capsys.readouterr().err
 
 
+def test_negative_layer_indices_as_documented(no_expensive_steps, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(aot.demo, "run_demo", lambda *a, **k: seen.update(k) or {})
+    assert main(["demo", "--layers", "-2,5", "--png", "none"]) == 0  # README: [--layers -2,5]
+    assert seen["layers"] == (-2, 5)
+    assert main(["demo", "--layers", "-1,-12", "--png", "none"]) == 0
+    assert seen["layers"] == (-1, -12)
+
+
 def test_library_plan_checks_the_same(tmp_path, no_expensive_steps):
     with pytest.raises(ValueError, match="use retention >= 0.25"):
         plan_demo(method="dycoke", retentions=(0.1,))
