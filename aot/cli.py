@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .flops import add_flops_parser
 
     add_flops_parser(sub)
+    from .run import add_run_parser
+
+    add_run_parser(sub)
     return parser
 
 
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from .flops import run_flops
 
         return run_flops(args)
+    if args.command == "run":
+        from .run import run_cli
+
+        return run_cli(args)
     if args.command == "methods":
         from . import methods
 
