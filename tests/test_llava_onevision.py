@@ -420,3 +420,20 @@ def test_clear_errors(proc):
     with pytest.raises(NotImplementedError, match="labels"):
         good = inputs(proc, texts=TEXTS[:1], seeds=(0,))
         model(**good, labels=good["input_ids"])
+
+
+def test_transformers_methods_relied_on_exist(monkeypatch):
+    """The adapter names every transformers method (and argument) it calls; they must be there."""
+    import inspect
+
+    from aot.models import llava_onevision as adapter
+    from transformers.models.llava_onevision import modeling_llava_onevision as mod
+
+    adapter.check_transformers()
+    for qual, args in adapter._RELIED_ON.items():
+        cls_name, meth = qual.split(".")
+        assert set(args) <= set(inspect.signature(getattr(getattr(mod, cls_name), meth)).parameters)
+    # and a transformers without the multimodal hook is refused with a message that names it
+    monkeypatch.setitem(adapter._RELIED_ON, "LlavaOnevisionModel.forward", ("input_ids", "no_such_argument"))
+    with pytest.raises(ImportError, match=r"LlavaOnevisionModel.forward\(no_such_argument\)"):
+        adapter.check_transformers()
