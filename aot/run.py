@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_run_parser", "run_cli", "answer", "STANDIN"]
+__all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN"]
 
 STANDIN = "aot:dinov2-smollm2"
 
@@ -102,22 +102,14 @@ def _dtype(name: str, device: str):
 def load(model_id: str, *, dtype, device: str):
     """(model, make_inputs(frames, question) -> dict, decode(ids) -> str) for a hub id, folder or the stand-in."""
     if model_id == STANDIN:
-        from .models.assembled import load_dinov2_smollm2, preprocess_frames
+        from .models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
 
         model, tok = load_dinov2_smollm2(dtype=dtype)
         model.to(device)
-        per_frame = 196
 
         def make_inputs(frames, question):
-            text = f"<video>\n{question}"
-            msgs = [{"role": "user", "content": text}]
-            prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) \
-                if getattr(tok, "chat_template", None) else text
-            prompt = prompt.replace("<video>", "<video>" * (len(frames) * per_frame + 1))
-            enc = tok(prompt, return_tensors="pt")
-            pixels = preprocess_frames(frames).unsqueeze(0).to(dtype)
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "pixel_values_videos": pixels}
+            return {**video_prompt(tok, question, len(frames)),
+                    "pixel_values_videos": preprocess_frames(frames).unsqueeze(0).to(dtype)}
 
         return model, make_inputs, lambda ids: tok.decode(ids, skip_special_tokens=True)
 
@@ -146,8 +138,9 @@ def load(model_id: str, *, dtype, device: str):
 
 
 @contextmanager
-def _lm_timer(model, device: str):
-    """Times every call of the language model: the first is the prefill, the rest decoding steps."""
+def module_timer(module, device: str):
+    """Times (s) every call of ``module``; for the language model the first is the prefill, the rest
+    decoding steps."""
     calls: list[float] = []
     starts: list[float] = []
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -160,8 +153,7 @@ def _lm_timer(model, device: str):
         sync()
         calls.append(time.perf_counter() - starts.pop())
 
-    lm = model.model.language_model
-    handles = [lm.register_forward_pre_hook(pre), lm.register_forward_hook(post)]
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     try:
         yield calls
     finally:
@@ -189,13 +181,14 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
         t_pre = time.perf_counter() - t0
-        with _lm_timer(model, device) as lm_calls, torch.inference_mode():
+        with module_timer(model.model.language_model, device) as lm_calls, torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         last = dict(model._aot.last)
     finally:
         unpatch(model)
     new = out[0, inputs["input_ids"].shape[1]:]
-    spec = flops.spec_from_config(model.config.to_dict())
+    text_cfg = model.config.to_dict()["text_config"]
+    spec = flops.spec_from_config(text_cfg)  # the LLM alone: Eq. 17 counts the language model
     n_in, n_out = last["tokens_in"], last["tokens_out"]
     times = {"decode": t_decode, "preprocess": t_pre, "vision tower": last["times"].get("vision", 0.0),
              "scores": last["times"].get("scores", 0.0), "compression": last["times"].get("compress", 0.0),
