@@ -437,3 +437,18 @@ def test_transformers_methods_relied_on_exist(monkeypatch):
     monkeypatch.setitem(adapter._RELIED_ON, "LlavaOnevisionModel.forward", ("input_ids", "no_such_argument"))
     with pytest.raises(ImportError, match=r"LlavaOnevisionModel.forward\(no_such_argument\)"):
         adapter.check_transformers()
+
+
+def test_beam_search_and_several_sequences(proc):
+    """generate's input expansion (beams, num_return_sequences) sees the compressed video once per row."""
+    model = hf_tiny.model()
+    inp = inputs(proc)
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    ref = model.generate(**inp, **kw)
+    aot.patch(model, aot.AOTConfig(retention=1.0), **LAYERS)
+    assert torch.equal(model.generate(**inp, **kw), ref)
+    aot.unpatch(model)
+    aot.patch(model, aot.AOTConfig(retention=0.25), **LAYERS)
+    seq = model.generate(**inp, **kw)
+    assert seq.shape == ref.shape
+    assert torch.equal(seq[:, :inp["input_ids"].shape[1]], inp["input_ids"].repeat_interleave(2, 0))

@@ -188,9 +188,12 @@ def _generate(self, *args, **kwargs):
     out = state.old_generate(*args, **new)
     # give back the caller's prompt in front of the new tokens, so out[:, input_ids.shape[1]:] works
     cut = new["input_ids"].shape[1]
+    seq = out if isinstance(out, Tensor) else out.sequences
+    prompt = original_ids.to(seq.device).repeat_interleave(seq.shape[0] // original_ids.shape[0], dim=0)
+    seq = torch.cat([prompt, seq[:, cut:]], dim=1)  # num_return_sequences: each prompt repeated in place
     if isinstance(out, Tensor):
-        return torch.cat([original_ids.to(out.device), out[:, cut:]], dim=1)
-    out.sequences = torch.cat([original_ids.to(out.sequences.device), out.sequences[:, cut:]], dim=1)
+        return seq
+    out.sequences = seq
     return out
 
 
