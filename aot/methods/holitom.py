@@ -172,13 +172,13 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
             pools.append(("dynamic", t, torch.nonzero(~is_static).flatten()))
     sizes = [cells.numel() for _, _, cells in pools]
     left = sum(sizes)  # P = F * N - tokens removed by temporal merging
-    if total <= left:
+    split = total > left  # the budget exceeds what temporal merging left
+    if not split:
         quotas = [Fraction(total * z, left) for z in sizes]
         rounded = [-(-total * z // left) if kind == "dynamic" else (2 * total * z + left) // (2 * left)
                    for (kind, _, _), z in zip(pools, sizes)]  # released: ceil for dynamic, round for static
         counts = settle(total, quotas, rounded, sizes)
-        extra = []
-    else:  # the budget exceeds what temporal merging left: keep every pool whole, split static cells
+    else:  # keep every pool whole; the extra tokens split static cells into runs of frames
         counts = sizes
         lengths = [windows[w][1] for kind, w, cells in pools if kind == "static" for _ in range(cells.numel())]
         extra = capped_split(total - left, [length - 1 for length in lengths])
@@ -190,7 +190,7 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         if kind == "static":
             s, length = windows[key]
             flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
-            if extra:
+            if split:
                 for j in range(cells.numel()):
                     t0 = s
                     for run_len in even_split(length, extra[cell_no + j] + 1):  # runs of consecutive frames
