@@ -7,5 +7,7 @@ from . import visionzip  # noqa: E402,F401  registers "visionzip"
 from . import fastvid  # noqa: E402,F401  registers "fastvid"
 from . import dycoke  # noqa: E402,F401  registers "dycoke"
 from . import baselines  # noqa: E402,F401  registers "pooling" and "random"
+from . import holitom  # noqa: E402,F401  registers "holitom"
+from . import flashvid  # noqa: E402,F401  registers "flashvid"
 
 __all__ = ["Method", "for_config", "get", "names", "register"]
