@@ -10,6 +10,7 @@ The core (this package's top level) is pure torch; model adapters live in ``aot.
 from .compress import Compressed, compress
 from .config import AOTConfig, budget
 from .ot import sinkhorn
+from .models.patch import patch, unpatch
 
-__all__ = ["AOTConfig", "Compressed", "budget", "compress", "sinkhorn"]
+__all__ = ["AOTConfig", "Compressed", "budget", "compress", "patch", "sinkhorn", "unpatch"]
 __version__ = "0.1.0"

@@ -257,7 +257,26 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return run_flops(args)
 
 
-SUBCOMMANDS = (_add_demo, _add_methods, _add_flops)  # each adds one subparser with its handler
+def _add_run(sub) -> None:
+    from .run import add_run_parser
+
+    run = add_run_parser(sub)
+    n = default_threads()  # the shared default (README "Threads") instead of torch's
+    run.set_defaults(handler=_cmd_run, threads=n)
+    for action in run._actions:
+        if "--threads" in action.option_strings:
+            action.help = (f"torch CPU threads for this run, restored afterwards (default: {n} here: "
+                           f"min(cores, 4), 1 when other work loads the machine)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_cli
+
+    output_path(args.json, "--json")
+    return run_cli(args)
+
+
+SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run)  # each adds one subparser with its handler
 
 
 def build_parser() -> argparse.ArgumentParser:

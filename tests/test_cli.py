@@ -117,8 +117,15 @@ def test_flops_json_checked_before_the_table(tmp_path, capsys):
 
 
 def test_every_computing_subcommand_has_threads():
+    from aot.runtime import default_threads
+
     sub = build_parser()._subparsers._group_actions[0].choices
-    assert "--threads" in sub["demo"].format_help()
+    for name in ("demo", "run"):
+        if name not in sub:
+            continue
+        assert "--threads" in sub[name].format_help()
+        required = ["--model", "m", "--video", "v", "--question", "q"] if name == "run" else []
+        assert sub[name].parse_args(required).threads == default_threads()
 
 
 def test_methods_listing_and_method_typo(capsys):

@@ -1,11 +1,13 @@
 """Token-compression methods selectable by name: AOT, its ablations, and the comparison methods."""
 
-from .registry import Method, get, names, register
+from .registry import Method, for_config, get, names, register
 
 from . import aot_method  # noqa: E402,F401  registers "aot" and the paper's ablations
 from . import visionzip  # noqa: E402,F401  registers "visionzip"
 from . import fastvid  # noqa: E402,F401  registers "fastvid"
 from . import dycoke  # noqa: E402,F401  registers "dycoke"
 from . import baselines  # noqa: E402,F401  registers "pooling" and "random"
+from . import holitom  # noqa: E402,F401  registers "holitom"
+from . import flashvid  # noqa: E402,F401  registers "flashvid"
 
-__all__ = ["Method", "get", "names", "register"]
+__all__ = ["Method", "for_config", "get", "names", "register"]

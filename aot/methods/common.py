@@ -17,7 +17,7 @@ from torch import Tensor
 from ..compress import Compressed, _check_inputs, _identity, prepare
 from ..config import _check_range
 
-__all__ = ["run", "even_split", "capped_split", "cosine_sim", "top_by_score", "assemble", "check_retention"]
+__all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention"]
 
 
 def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_scores, grid, config) -> Compressed:
@@ -62,6 +62,27 @@ def capped_split(total: int, caps: list[int]) -> list[int]:
             left -= take
         active = [i for i in active if alloc[i] < caps[i]]
     return alloc
+
+
+def settle(total: int, quotas, counts: list[int], caps: list[int]) -> list[int]:
+    """Move ``counts`` (a rounding of ``quotas``, 0 <= counts <= caps) to sum exactly ``total``.
+
+    One unit at a time: a surplus comes off the part rounded furthest above its quota, among the
+    parts holding two or more while any does (so no part is emptied while another could give),
+    ties to the later part; a shortfall goes to the part furthest below its quota that has room,
+    ties to the earlier part. Quotas may be Fractions (exact) or floats. Needs
+    sum(caps) >= total.
+    """
+    counts = list(counts)
+    while sum(counts) > total:
+        pool = [i for i, c in enumerate(counts) if c >= 2] or [i for i, c in enumerate(counts) if c >= 1]
+        i = max(pool, key=lambda i: (counts[i] - quotas[i], i))
+        counts[i] -= 1
+    while sum(counts) < total:
+        pool = [i for i, c in enumerate(counts) if c < caps[i]]
+        i = max(pool, key=lambda i: (quotas[i] - counts[i], -i))
+        counts[i] += 1
+    return counts
 
 
 def cosine_sim(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -> Tensor:

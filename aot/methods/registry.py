@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..compress import Compressed
 from ..config import budget
 
-__all__ = ["Method", "register", "get", "names"]
+__all__ = ["Method", "register", "get", "names", "for_config"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,14 @@ def get(name: str) -> Method:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def for_config(config) -> Method:
+    """The method whose own config class ``config`` is (an AOTConfig -> "aot": the ablation switches
+    live in the config, so a config made by an ablation's ``.config()`` runs that ablation)."""
+    for method in _REGISTRY.values():
+        if type(config) is method.config_cls and not method.preset:
+            return method
+    kinds = sorted({m.config_cls.__name__ for m in _REGISTRY.values()})
+    raise TypeError(f"config must be a method config ({', '.join(kinds)}), e.g. aot.AOTConfig(retention=0.1) "
+                    f"or aot.methods.get('visionzip').config(retention=0.1); got {type(config).__name__}")

@@ -1,0 +1,240 @@
+"""HoliTom (Shao et al., NeurIPS 2025): its pre-LLM stages, temporal segmentation + spatio-temporal merging.
+
+x (F, N, d) tokens (one video; a batch (B, F, N, d) is looped), scores (F, N) attention received
+(HoliTom: the vision tower's last layer, pooled like the tokens). Our reading of the paper and its
+released code (cokeshao/HoliTom, ``holitom/llava_arch.py``), step by step:
+
+1. Cell similarity: sim[t, n] = cos(x[t, n], x[t + 1, n]), (F - 1, N). A cell is static over
+   frames s..e when sim > T on every adjacent pair in between.
+2. Redundancy-aware temporal segmentation: cut the frames into consecutive windows (at most
+   ``max_window`` frames) that maximise the number of tokens temporal merging removes, by dynamic
+   programming; a window [s, e] removes gain = (cells static over s..e) * (e - s). Frame i ends the
+   best window among: frame i alone, then windows of 2, 3, ... frames, a longer one taken only if
+   strictly better (the released order, so ties go to the shorter window).
+3. Temporal merging: in a window of two or more frames each static cell becomes one token, the mean
+   of its L frames, sitting at the window's first frame. What is left is
+   P = F * N - (tokens removed) tokens: one static pool per window and one dynamic pool (the
+   window's non-static cells) per frame.
+4. Spatial merging, with the budget spread over the pools in proportion to their sizes
+   (HoliTom rescales the retention to R / P):
+   - a frame's dynamic pool keeps its top-attention tokens (the released default D = 0; with
+     ``context_share`` D > 0, that share of the pool's count goes to contextual tokens: the
+     DPC-kNN centres among the other dynamic tokens, merged like static clusters below);
+   - a window's static pool is clustered by DPC-kNN (distances ||a - b|| / sqrt(d); density
+     exp(-mean squared distance to the k nearest, self included), k = min(K, clusters) as
+     released, K = 7; score = density * distance to the nearest denser token), the top-scored
+     tokens are the centres, every other token joins its nearest centre (Euclidean) and a centre
+     with members becomes beta * centre + (1 - beta) * mean(members), beta = 0.6.
+   Tokens of a dynamic pool that are neither kept nor clustered are dropped (assignment -1), as
+   released (with D = 0 that is every non-top-attention dynamic token).
+Published settings: T = 0.65 at 10% retention and 0.8 above (``tau=None`` picks them), beta 0.6,
+K 7, D 0, window length up to 1024.
+
+Output: exactly round_half_up(retention * F * N) tokens ordered by (frame, position); static
+tokens sit at their window's first frame and are marked ``dynamic=False``, tokens of dynamic
+pools are ``dynamic=True``. Every budget from 1 token up is feasible.
+
+Where and why ours differs from the release:
+- Not here: HoliTom's third stage, the inner-LLM merging (similar visual tokens merged inside the
+  language model at a chosen layer), needs the LLM's hidden states; it waits for the model
+  adapters. The release reports 99.0% of the full LLaVA-OneVision-7B at 10% retention without it
+  ("HoliTom (w/o M)") against 99.1% with it.
+- Exact budget: the release gives every frame's dynamic pool ceil(n * R / P) tokens and every
+  static pool round(S * R / P) clusters, so its count drifts from the budget. Here the pools get
+  those same roundings and the difference to the exact budget is settled one token at a time
+  where the rounding moved furthest from proportional (``common.settle``: no dynamic pool is
+  emptied while another holds two or more).
+- When temporal merging removes so much that the budget exceeds P (a still video at 20-25%),
+  the release clamps its rescaled retention at 1 and returns only P tokens. Here every pool is kept
+  whole and the R - P extra tokens undo temporal merging evenly over the static cells (water
+  filling, capped at L - 1 per cell): a static cell with e extra tokens is split into e + 1 runs of
+  consecutive frames (lengths differing by at most one), each the mean of its run, sitting at its
+  run's first frame.
+- Ties: the release adds 1e-6 uniform noise to the densities; here an equal density counts the
+  lower index as denser, and every other tie also goes to the lower index, so results are
+  deterministic. The release's dominant count uses Python's round (half to even); here half up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from ..compress import Compressed
+from ..config import _check_range
+from .common import assemble, capped_split, check_retention, even_split, run, settle, top_by_score
+from .fastvid import dpc_knn_scores
+from .registry import Method, register
+
+__all__ = ["HoliTomConfig", "holitom", "holitom_windows", "dpc_knn_clusters"]
+
+
+@dataclass(frozen=True)
+class HoliTomConfig:
+    retention: float = 0.1  # rho in (0, 1]: output keeps exactly round_half_up(rho * F * N) tokens
+    tau: float | None = None  # T: a cell is static while adjacent-frame cosine > T; None: published 0.65 at rho <= 0.1, else 0.8
+    beta: float = 0.6  # weight kept on a cluster centre: beta * centre + (1 - beta) * mean(members)
+    k: int = 7  # K: DPC-kNN neighbours for the density, capped at the cluster count (as released)
+    context_share: float = 0.0  # D: share of a dynamic pool's tokens spent on DPC-kNN contextual tokens (released 0)
+    max_window: int = 1024  # longest temporal window in frames (released MAX_WINDOW_SIZE)
+
+    def __post_init__(self) -> None:
+        check_retention(self.retention)
+        if self.tau is not None:
+            _check_range("tau", self.tau, -1.0, 1.0)
+        _check_range("beta", self.beta, 0.0, 1.0)
+        _check_range("context_share", self.context_share, 0.0, 1.0)
+        for name in ("k", "max_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
+    @property
+    def threshold(self) -> float:
+        """T in use: ``tau``, or the published 0.65 at retention <= 10% and 0.8 above."""
+        if self.tau is not None:
+            return self.tau
+        return 0.65 if self.retention <= 0.1 + 1e-9 else 0.8
+
+
+def holitom(x, scores, *, local_scores=None, grid=None, config: HoliTomConfig = HoliTomConfig()) -> Compressed:
+    """HoliTom's pre-LLM stages to exactly round_half_up(retention * F * N) tokens; x (F, N, d) or (B, F, N, d)."""
+    return run(_holitom_one, HoliTomConfig, x, scores, local_scores, grid, config)
+
+
+def holitom_windows(static: Tensor, max_window: int) -> list[tuple[int, int]]:
+    """Step 2 on static (F - 1, N) bool (cell n unchanged from frame t to t + 1): (first frame, length) per window."""
+    f = static.shape[0] + 1
+    gain = [[0] * f for _ in range(f)]  # gain[s][e]: tokens removed by the window s..e
+    for s in range(f - 1):
+        cells = torch.cumprod(static[s:].long(), dim=0).sum(-1).tolist()  # cells static over s..s+1+j
+        for j, c in enumerate(cells):
+            gain[s][s + 1 + j] = c * (j + 1)
+    best = [0] * f  # best[i]: most tokens removed from frames 0..i
+    start = [0] * f
+    for i in range(f):
+        best[i], start[i] = (best[i - 1] if i else 0), i
+        for length in range(2, min(i + 1, max_window) + 1):
+            s = i - length + 1
+            v = (best[s - 1] if s else 0) + gain[s][i]
+            if v > best[i]:
+                best[i], start[i] = v, s
+    out, i = [], f - 1
+    while i >= 0:
+        out.append((start[i], i - start[i] + 1))
+        i = start[i] - 1
+    return out[::-1]
+
+
+def dpc_knn_clusters(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
+    """DPC-kNN on feat (m, d) into 1 <= c <= m clusters with k = min(k, c) neighbours.
+
+    Returns (centres (c,) row indices, ascending; owner (m,) slot in ``centres`` of each row's
+    nearest centre (Euclidean, ties to the lower slot), every centre owning itself).
+    """
+    m, d = feat.shape
+    centres = torch.sort(top_by_score(dpc_knn_scores(feat, min(k, c)), c)).values
+    dist = torch.cdist(feat, feat[centres], compute_mode="donot_use_mm_for_euclid_dist")
+    owner = dist.argmin(-1)
+    owner[centres] = torch.arange(c, device=feat.device)
+    return centres, owner
+
+
+def _beta_merge(feat: Tensor, centres: Tensor, owner: Tensor, beta: float) -> Tensor:
+    """beta * centre + (1 - beta) * mean(members other than the centre); a lone centre stays as it is."""
+    c, d = centres.numel(), feat.shape[1]
+    is_member = torch.ones(feat.shape[0], dtype=torch.bool, device=feat.device)
+    is_member[centres] = False
+    counts = torch.bincount(owner[is_member], minlength=c).to(feat.dtype).unsqueeze(1)
+    summed = torch.zeros(c, d, dtype=feat.dtype, device=feat.device).index_add_(0, owner[is_member], feat[is_member])
+    merged = beta * feat[centres] + (1 - beta) * summed / counts.clamp(min=1)
+    return torch.where(counts > 0, merged, feat[centres])
+
+
+def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: HoliTomConfig) -> Compressed:
+    f, n, d = x.shape
+    dev = x.device
+    unit = x / norms.unsqueeze(-1)
+    static = (unit[:-1] * unit[1:]).sum(-1) > config.threshold  # (F - 1, N)
+    windows = holitom_windows(static, config.max_window)
+
+    # pools: ("static", window, cells) once per window of >= 2 frames, ("dynamic", frame, cells) per frame
+    pools = []
+    for w, (s, length) in enumerate(windows):
+        is_static = static[s:s + length - 1].all(0) if length > 1 else torch.zeros(n, dtype=torch.bool, device=dev)
+        if is_static.any():
+            pools.append(("static", w, torch.nonzero(is_static).flatten()))
+        for t in range(s, s + length):
+            pools.append(("dynamic", t, torch.nonzero(~is_static).flatten()))
+    sizes = [cells.numel() for _, _, cells in pools]
+    left = sum(sizes)  # P = F * N - tokens removed by temporal merging
+    split = total > left  # the budget exceeds what temporal merging left
+    if not split:
+        quotas = [Fraction(total * z, left) for z in sizes]
+        rounded = [-(-total * z // left) if kind == "dynamic" else (2 * total * z + left) // (2 * left)
+                   for (kind, _, _), z in zip(pools, sizes)]  # released: ceil for dynamic, round for static
+        counts = settle(total, quotas, rounded, sizes)
+    else:  # keep every pool whole; the extra tokens split static cells into runs of frames
+        counts = sizes
+        lengths = [windows[w][1] for kind, w, cells in pools if kind == "static" for _ in range(cells.numel())]
+        extra = capped_split(total - left, [length - 1 for length in lengths])
+
+    toks, poss, dyn = [], [], []
+    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    row, cell_no = 0, 0
+    for (kind, key, cells), c in zip(pools, counts):
+        if kind == "static":
+            s, length = windows[key]
+            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
+            if split:
+                for j in range(cells.numel()):
+                    t0 = s
+                    for run_len in even_split(length, extra[cell_no + j] + 1):  # runs of consecutive frames
+                        toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
+                        poss.append(flat[t0 - s:t0 - s + 1, j])
+                        assignment[flat[t0 - s:t0 - s + run_len, j]] = row
+                        dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
+                        row += 1
+                        t0 += run_len
+                cell_no += cells.numel()
+                continue
+            if c == 0:  # released: a static pool rounded to 0 clusters is dropped
+                continue
+            means = x[s:s + length, cells].mean(0)  # (S, d)
+            centres, owner = dpc_knn_clusters(means, c, config.k)
+            toks.append(_beta_merge(means, centres, owner, config.beta))
+            poss.append(flat[0, centres])
+            assignment[flat] = row + owner.unsqueeze(0)
+            dyn.append(torch.zeros(c, dtype=torch.bool, device=dev))
+            row += c
+            continue
+        t = key
+        n_dom = min(c, math.floor(c * (1 - config.context_share) + 0.5))
+        n_ctx = c - n_dom
+        dom = cells[top_by_score(scores[t, cells], n_dom)]
+        toks.append(x[t, dom])
+        poss.append(dom + t * n)
+        assignment[dom + t * n] = torch.arange(row, row + n_dom, device=dev)
+        row += n_dom
+        if n_ctx:
+            keep = torch.ones(n, dtype=torch.bool, device=dev)
+            keep[dom] = False
+            keep_cells = torch.zeros(n, dtype=torch.bool, device=dev)
+            keep_cells[cells] = True
+            rest = torch.nonzero(keep & keep_cells).flatten()  # the pool's other cells, ascending
+            centres, owner = dpc_knn_clusters(x[t, rest], n_ctx, config.k)
+            toks.append(_beta_merge(x[t, rest], centres, owner, config.beta))
+            poss.append(rest[centres] + t * n)
+            assignment[rest + t * n] = row + owner
+            row += n_ctx
+        dyn.append(torch.ones(c, dtype=torch.bool, device=dev))
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))
+
+
+register(Method("holitom", holitom, HoliTomConfig,
+                "HoliTom (pre-LLM): DP temporal windows, static cells averaged then DPC-kNN clustered, "
+                "top-attention dynamic tokens (no inner-LLM merging)"))

@@ -1,0 +1,49 @@
+"""``aot.patch`` / ``aot.unpatch``: dispatch to the adapter of a model's family.
+
+Nothing here imports transformers; the adapter module is imported when a model of its family is
+patched. Supported classes are listed in ``SUPPORTED``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+__all__ = ["patch", "unpatch", "SUPPORTED"]
+
+# model class name -> adapter module (one file per model family)
+SUPPORTED = {
+    "LlavaOnevisionForConditionalGeneration": "aot.models.llava_onevision",
+}
+
+
+def _adapter(model):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"aot.patch takes a loaded model (torch.nn.Module), got {type(model).__name__}")
+    for cls in type(model).__mro__:
+        if cls.__name__ in SUPPORTED:
+            return importlib.import_module(SUPPORTED[cls.__name__])
+    raise TypeError(f"aot.patch does not support {type(model).__name__}; supported model classes: "
+                    f"{', '.join(SUPPORTED)} (LLaVA-OneVision and LLaVA-Video checkpoints load as "
+                    f"LlavaOnevisionForConditionalGeneration)")
+
+
+def patch(model: nn.Module, config, **options) -> nn.Module:
+    """Make ``model`` compress the visual tokens of every video it is given, with ``config``'s method.
+
+    ``config``: any registered method's config (``aot.AOTConfig(retention=0.1)``,
+    ``aot.methods.get("visionzip").config(retention=0.1)``, ...). After the call, plain usage is
+    unchanged: ``model.generate(**processor(text=..., videos=..., return_tensors="pt"))`` and
+    ``model(**inputs)``. Options (LLaVA-OneVision): ``method`` (a registry name, when the config
+    class alone does not say), ``video_layout`` ("onevision" | "llava-video"), ``positions``
+    ("contiguous" | "original"), ``local_layer`` (5) and ``global_layer`` (-2) of the vision tower
+    that score the anchors, ``chunk`` (queries per score chunk). ``model._aot.last`` reports what
+    the last call did (token counts, stage times). Returns the model.
+    """
+    return _adapter(model).patch(model, config, **options)
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo ``aot.patch``: the model behaves exactly as before it was patched."""
+    return _adapter(model).unpatch(model)

