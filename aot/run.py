@@ -167,11 +167,16 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     """Decode, patch, generate; returns the answer, token counts, stage times (s) and FLOPs."""
     from . import flops
     from .models.patch import patch, unpatch
-    from .video import read_frames
+    from . import methods
+    from .models.llava_onevision import llm_grid
+    from .video import probe_video, read_frames
 
     patch(model, config, method=method, video_layout=video_layout, positions=positions,
           local_layer=layers[0], global_layer=layers[1])  # checks layers and config before any decoding
     try:
+        h, w = llm_grid(model, video_layout)
+        sampled = min(frames, probe_video(video).total_frames)  # every frame at most once
+        methods.get(method).check(config, sampled, h * w)  # e.g. DyCoke's floor, before decoding
         t0 = time.perf_counter()
         clip = read_frames(video, frames)
         t_decode = time.perf_counter() - t0
@@ -195,7 +200,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
              "prefill": lm_calls[0] if lm_calls else 0.0, "decoding": sum(lm_calls[1:])}
     return {
         "answer": decode(new), "video": str(video), "frames_sampled": len(clip.frames),
-        "frames_in_video": int(getattr(clip, "total_frames", len(clip.frames))),
+        "frames_in_video": int(clip.total_frames), "frames_asked": frames, "sampling": clip.sampling,
         "method": method, "config": config.__dict__ if hasattr(config, "__dict__") else str(config),
         "video_tokens_in": n_in, "video_tokens_out": n_out, "llm_video_tokens": last["llm_video_tokens"][0],
         "prompt_tokens_in": last["prompt_length_in"], "prompt_tokens_out": last["prompt_length_out"],
@@ -210,9 +215,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
 
 def _print(res: dict) -> None:
     print(f"answer: {res['answer']!r}")
-    asked, got, total = res.get("frames_asked", res["frames_sampled"]), res["frames_sampled"], res["frames_in_video"]
-    note = f"; the video has only {total} frames, each sampled once (asked for {asked})" if got < asked else ""
-    print(f"video: {res['video']} ({got} of {total} frames sampled{note})")
+    print(f"video: {res['video']} ({res['sampling']})")
     print(f"method: {res['method']}; video tokens {res['video_tokens_in']} -> {res['video_tokens_out']} "
           f"(+{res['llm_video_tokens'] - res['video_tokens_out']} newline); prompt {res['prompt_tokens_in']} "
           f"-> {res['prompt_tokens_out']} tokens; {res['new_tokens']} new tokens")
@@ -256,7 +259,6 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, NotImplementedError) as err:
         print(f"aot run: error: {err}", file=sys.stderr)
         return 2
-    res["frames_asked"] = args.frames
     _print(res)
     if args.json:
         with open(args.json, "w") as fh:

@@ -69,3 +69,32 @@ def test_run_rejects_an_unsupported_model(tmp_path, capsys):
     rc = main(["run", "--model", str(tmp_path), "--video", str(sample_video()), "--question", "hi"])
     err = capsys.readouterr().err
     assert rc == 2 and "Qwen2ForCausalLM" in err and "LlavaOnevisionForConditionalGeneration" in err
+
+
+def test_run_on_a_video_shorter_than_the_frames_asked(checkpoint, tmp_path, capsys):
+    """carphone has 120 frames: asking for 200 samples each of them once and says so."""
+    from pathlib import Path
+
+    video = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "carphone_pristine.mp4"
+    out = tmp_path / "short.json"
+    rc = main(["run", "--model", str(checkpoint), "--video", str(video), "--question", "what moves ?",
+               "--frames", "200", "--retention", "0.1", "--layers", "1,-2", "--max-new-tokens", "1",
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    assert res["frames_sampled"] == 120 and res["video_tokens_in"] == 120 * 16
+    assert "video has 120 frames; sampled all 120 (asked for 200)" in text
+
+
+def test_run_checks_the_method_budget_before_decoding(checkpoint, capsys, monkeypatch):
+    import aot.video
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded before the budget check")
+
+    monkeypatch.setattr(aot.video, "read_frames", no_decoding)
+    rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "hi",
+               "--frames", "8", "--method", "dycoke", "--retention", "0.1", "--layers", "1,-2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "DyCoke" in err and "use retention >= 0.25" in err, err

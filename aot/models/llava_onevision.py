@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from .scores import attention_received, hf_qk, record_scores
 from .splice import lay_out_video, splice_prompt
 
-__all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention"]
+__all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid"]
 
 VIDEO_LAYOUTS = ("onevision", "llava-video")
 # methods of transformers' classes this adapter calls, with the arguments it passes
@@ -230,6 +230,8 @@ def _rewrite(model: nn.Module, kwargs: dict) -> dict:
         raise ValueError(f"pixel_values_videos must be (videos, frames, 3, H, W), got {tuple(pixels.shape)}")
     cfg = inner.config
     n_videos, frames = pixels.shape[:2]
+    h, w = llm_grid(model, state.video_layout)
+    state.method.check(state.config, frames, h * w)  # an infeasible budget fails before the tower runs
     times: dict[str, float] = {}
     dev = pixels.device
 
@@ -334,6 +336,15 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
     deep = pool(patch_scores("global").reshape(-1, side * side)).reshape(n_videos, frames, n)
     feats = feats.reshape(n_videos, frames, n, -1)
     return feats, local.to(feats.device), deep.to(feats.device), (h, w), per_video
+
+
+def llm_grid(model, video_layout: str = "onevision") -> tuple[int, int]:
+    """(h, w) of the LLM-facing grid of one frame: ceil(side / 2) for transformers' bilinear pooling,
+    floor(side / 2) for LLaVA-Video's average pooling (side = image_size // patch_size)."""
+    vc = model.model.config.vision_config
+    side = vc.image_size // vc.patch_size
+    h = -(-side // 2) if video_layout == "onevision" else side // 2
+    return h, h
 
 
 def _pad_token_id(model) -> int:
