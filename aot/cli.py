@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .run import add_run_parser
 
     add_run_parser(sub)
+    from .eval.runner import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         from .run import run_cli
 
         return run_cli(args)
+    if args.command == "eval":
+        from .eval.runner import eval_cli
+
+        return eval_cli(args)
     if args.command == "methods":
         from . import methods
 
