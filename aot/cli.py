@@ -257,16 +257,20 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return run_flops(args)
 
 
-def _add_run(sub) -> None:
-    from .run import add_run_parser
-
-    run = add_run_parser(sub)
-    n = default_threads()  # the shared default (README "Threads") instead of torch's
-    run.set_defaults(handler=_cmd_run, threads=n)
-    for action in run._actions:
+def _with_threads_default(parser: argparse.ArgumentParser, handler) -> None:
+    """A subcommand whose parser has its own --threads gets the shared default (README "Threads")."""
+    n = default_threads()
+    parser.set_defaults(handler=handler, threads=n)
+    for action in parser._actions:
         if "--threads" in action.option_strings:
             action.help = (f"torch CPU threads for this run, restored afterwards (default: {n} here: "
                            f"min(cores, 4), 1 when other work loads the machine)")
+
+
+def _add_run(sub) -> None:
+    from .run import add_run_parser
+
+    _with_threads_default(add_run_parser(sub), _cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -276,7 +280,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run)  # each adds one subparser with its handler
+def _add_eval(sub) -> None:
+    from .eval.runner import add_eval_parser
+
+    _with_threads_default(add_eval_parser(sub), _cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.runner import eval_cli
+
+    return eval_cli(args)
+
+
+SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval)  # each adds one subparser with its handler
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,369 @@
+"""``aot eval``: multiple-choice video QA (MVBench/VideoMME style) over a grid of methods and
+retentions, batched, resumable, with a Markdown table and a plot.
+
+    aot eval --questions qa.jsonl --model llava-hf/llava-onevision-qwen2-7b-ov-hf \\
+             --methods aot,visionzip --retention 0.1,0.25 --batch-size 4 --out results/
+
+Every answer is appended to the cache (``--cache``, default ``OUT/answers.jsonl``) as one JSON
+line the moment its batch finishes: question id, method, retention, the method's full config,
+predicted letter, raw reply, visual tokens the LLM received, time. A rerun with the same settings
+computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
+the table). A cache line belongs to a setting (model, frames, generation length, layout,
+positions, layers, prompt, method config) and to the question's content (video, question,
+options), so changing any of them recomputes just those answers and keeps the old lines.
+
+Outputs in ``--out``: ``results.md`` (accuracy with a 95% Wilson interval, mean visual tokens,
+mean LLM prefill FLOPs of the visual tokens (paper Eq. 17, ``aot.flops``), seconds of ``generate``
+per sample), ``results.json`` and ``accuracy.png`` (accuracy against retention, one line per
+method, vanilla dashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["add_eval_parser", "eval_cli", "wilson", "read_cache", "render"]
+
+PROMPT_VERSION = "mvbench-v1"  # bump when the prompt or the parsing changes: cached answers are then stale
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    from ..run import STANDIN
+
+    p = subparsers.add_parser("eval", help="multiple-choice video QA over a grid of methods and retentions "
+                                           "(resumable; Markdown table and plot)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--questions", required=True, help="JSONL: id, video, question, options, answer (a letter)")
+    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video "
+                                                  f"checkpoint, or {STANDIN}")
+    p.add_argument("--methods", default="aot", help="comma-separated methods (see `aot methods`)")
+    p.add_argument("--retention", default="0.1,0.25", help="comma-separated retentions for every method")
+    p.add_argument("--no-vanilla", action="store_true", help="skip the uncompressed model (retention 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a config field for every method that has it, e.g. --set n_iters=50 (repeatable)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (lmms-eval's rule)")
+    p.add_argument("--batch-size", type=int, default=1, help="questions per generate call (left padding)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (MVBench: 16)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--out", default="aot_eval", help="folder for results.md, results.json, accuracy.png")
+    p.add_argument("--cache", default=None, help="answers JSONL (default OUT/answers.jsonl)")
+    p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"))
+    p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"))
+    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default 5,-2)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str  # registry name or "vanilla"
+    retention: float
+    config: dict  # the full config (plain JSON)
+    key: str  # hash of everything that changes an answer except the question
+    method_obj: object = None
+    config_obj: object = None
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n ((0, 1) for n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends (no rounding residue)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _floats(raw: str, what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} needs comma-separated numbers, got {raw!r}") from None
+    if not vals:
+        raise ValueError(f"{what} is empty")
+    return vals
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set needs FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_grid(args, layers) -> list[Setting]:
+    import dataclasses
+
+    from .. import methods
+    from .engine import VANILLA, config_dict, method_config
+
+    overrides = _overrides(args.overrides)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    retentions = _floats(args.retention, "--retention")
+    used = set()
+    base = {"model": args.model, "frames": args.frames, "max_new_tokens": args.max_new_tokens,
+            "video_layout": args.video_layout, "positions": args.positions, "layers": list(layers),
+            "prompt": PROMPT_VERSION}
+
+    def key(method: str, cfg: dict) -> str:
+        blob = json.dumps({**base, "method": method, "config": cfg}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    grid = [] if args.no_vanilla else [Setting(VANILLA, 1.0, {}, key(VANILLA, {}))]
+    for name in names:
+        m = methods.get(name)
+        fields = {f.name for f in dataclasses.fields(m.config_cls)}
+        mine = {k: v for k, v in overrides.items() if k in fields and k != "retention"}
+        used |= set(mine)
+        for r in retentions:
+            _, cfg = method_config(name, r, mine)
+            d = config_dict(cfg)
+            grid.append(Setting(name, float(r), d, key(name, d), m, cfg))
+    unused = set(overrides) - used
+    if unused:
+        raise ValueError(f"--set {', '.join(sorted(unused))}: no method in --methods has such a config field"
+                         + (" (set retention with --retention)" if "retention" in unused else ""))
+    if not grid:
+        raise ValueError("nothing to run: no --methods and --no-vanilla")
+    return grid
+
+
+# --------------------------------------------------------------------------------------- cache
+
+def read_cache(path: Path) -> tuple[dict[tuple[str, str, str], dict], int]:
+    """{(setting key, question id, content hash): entry}, and the number of unreadable lines (a line
+    cut by a killed run is skipped and recomputed)."""
+    entries: dict[tuple[str, str, str], dict] = {}
+    bad = 0
+    if not path.is_file():
+        return entries, 0
+    with open(path, encoding="utf-8") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                e = json.loads(raw)
+                entries[(e["key"], str(e["id"]), e["question_hash"])] = e
+            except (json.JSONDecodeError, KeyError, TypeError):
+                bad += 1
+    return entries, bad
+
+
+def _append(path: Path, lines: list[dict]) -> None:
+    # a killed run can leave a line without its newline: start on a fresh line
+    needs_nl = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        if needs_nl:
+            fh.write("\n")
+        for e in lines:
+            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        fh.flush()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1)
+
+
+# --------------------------------------------------------------------------------------- run
+
+def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .. import flops
+    from ..run import _dtype, load
+    from ..video import read_frames
+    from .engine import collate, generate_batch, pad_token_id
+    from .questions import extract_letter, mvbench_prompt
+
+    pending = {s.key: {q.id for q in questions if (s.key, q.id, q.content_hash) not in cache} for s in grid}
+    todo = sum(len(v) for v in pending.values())
+    total = len(grid) * len(questions)
+    print(f"aot eval: {len(questions)} questions x {len(grid)} settings = {total} answers; "
+          f"{total - todo} cached, {todo} to compute", flush=True)
+    if todo == 0:
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
+    pad = pad_token_id(model)
+    spec = flops.spec_from_config(model.config.to_dict()["text_config"]).llm
+    need = [q for q in questions if any(q.id in pending[s.key] for s in grid)]
+    bar = tqdm(total=todo, unit="answer", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        for start in range(0, len(need), args.batch_size):
+            batch = need[start:start + args.batch_size]
+            t0 = time.perf_counter()
+            prepared = {}
+            for q in batch:
+                clip = read_frames(q.video, args.frames)
+                prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options))
+            read_s = (time.perf_counter() - t0) / len(batch)
+            for s in grid:
+                rows = [q for q in batch if q.id in pending[s.key]]
+                if not rows:
+                    continue
+                inputs = collate([prepared[q.id] for q in rows], pad)
+                res = generate_batch(model, inputs, decode, method=s.method_obj, config=s.config_obj,
+                                     gen_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
+                                     video_layout=args.video_layout, positions=args.positions, layers=layers)
+                lines = []
+                for i, q in enumerate(rows):
+                    lines.append({
+                        "id": q.id, "question_hash": q.content_hash, "key": s.key, "method": s.method,
+                        "retention": s.retention, "config": s.config,
+                        "pred": extract_letter(res.texts[i], len(q.options)), "raw": res.texts[i],
+                        "visual_tokens": res.visual_tokens[i], "prompt_tokens": res.prompt_tokens[i],
+                        "new_tokens": res.new_tokens[i],
+                        "prefill_tflops": flops.prefill_flops(spec, res.visual_tokens[i]) / 1e12,
+                        "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
+                        "model": args.model, "frames": args.frames, "device": device,
+                    })
+                _append(cache_path, lines)
+                bar.update(len(rows))
+    finally:
+        bar.close()
+    return todo
+
+
+# --------------------------------------------------------------------------------------- report
+
+def summarize(questions, grid, cache) -> list[dict]:
+    rows = []
+    for s in grid:
+        got = [(q, cache.get((s.key, q.id, q.content_hash))) for q in questions]
+        got = [(q, e) for q, e in got if e is not None]
+        n = len(got)
+        k = sum(1 for q, e in got if e["pred"] == q.answer)
+        lo, hi = wilson(k, n)
+        mean = lambda key: (sum(e[key] for _, e in got) / n) if n else float("nan")  # noqa: E731
+        rows.append({"method": s.method, "retention": s.retention, "n": n, "of": len(questions), "correct": k,
+                     "accuracy": k / n if n else float("nan"), "ci95": [lo, hi],
+                     "visual_tokens": mean("visual_tokens"), "prefill_tflops": mean("prefill_tflops"),
+                     "time_s": mean("time_s"), "config": s.config, "key": s.key})
+    return rows
+
+
+def markdown(rows: list[dict], title: str = "") -> str:
+    head = ("| method | retention | answered | accuracy % (95% CI) | visual tokens | prefill TFLOPs | "
+            "s / sample |\n|---|---:|---:|---|---:|---:|---:|\n")
+    body = ""
+    for r in rows:
+        acc = (f"{100 * r['accuracy']:.1f} ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f})"
+               if r["n"] else "-")
+        fl = r["prefill_tflops"]
+        body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {acc} | {r['visual_tokens']:.1f} | "
+                 f"{fl:.4g} | {r['time_s']:.3g} |\n")
+    notes = ("\nAccuracy: predicted letter (lmms-eval MVBench rule) equals the answer; interval: Wilson, 95%. "
+             "Visual tokens: video tokens the LLM received per sample, newlines included. Prefill TFLOPs: "
+             "paper Eq. 17 over the visual tokens, LLM only. s / sample: `generate` wall time of a batch "
+             "divided by its size (video decoding excluded).\n")
+    configs = "\nFull method configs:\n\n" + "".join(
+        f"- {r['method']} @ {r['retention']:g}: `{json.dumps(r['config'], sort_keys=True)}`\n"
+        for r in rows if r["config"])
+    return (f"# {title}\n\n" if title else "") + head + body + notes + configs
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "vanilla"]
+    for m in methods:
+        rs = sorted((r for r in rows if r["method"] == m and r["n"]), key=lambda r: r["retention"])
+        if not rs:
+            continue
+        x = [r["retention"] for r in rs]
+        y = [100 * r["accuracy"] for r in rs]
+        err = [[max(0.0, 100 * (r["accuracy"] - r["ci95"][0])) for r in rs],
+               [max(0.0, 100 * (r["ci95"][1] - r["accuracy"])) for r in rs]]  # >= 0 despite rounding
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+    for r in rows:
+        if r["method"] == "vanilla" and r["n"]:
+            ax.axhline(100 * r["accuracy"], color="k", ls="--", lw=1, label="vanilla")
+            ax.axhspan(100 * r["ci95"][0], 100 * r["ci95"][1], color="k", alpha=0.08)
+    ax.set_xlabel("retention (fraction of visual tokens kept)")
+    ax.set_ylabel("accuracy %")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(questions, grid, cache, out: Path, title: str) -> list[dict]:
+    rows = summarize(questions, grid, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(rows, title))
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out / "accuracy.png", title)
+    return rows
+
+
+def _layers(raw):
+    from ..run import _layers as parse
+
+    return parse(raw)
+
+
+def eval_cli(args: argparse.Namespace) -> int:
+    import torch
+
+    from .questions import load_questions
+
+    try:
+        if args.frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {args.frames}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        layers = _layers(args.layers)
+        grid = build_grid(args, layers)
+        questions = load_questions(args.questions)[: args.limit]
+        out = Path(args.out)
+        cache_path = Path(args.cache) if args.cache else out / "answers.jsonl"
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache, bad = read_cache(cache_path)
+        if bad:
+            print(f"aot eval: {bad} unreadable line(s) in {cache_path} (a killed write?) skipped; "
+                  f"those answers are recomputed", file=sys.stderr)
+        old = torch.get_num_threads()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            computed = _run(args, questions, grid, cache_path, cache, layers)
+        finally:
+            torch.set_num_threads(old)
+        if computed:
+            cache, _ = read_cache(cache_path)
+        rows = render(questions, grid, cache, out, f"{Path(args.questions).name} - {args.model}")
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+        print(f"aot eval: error: {err}", file=sys.stderr)
+        return 2
+    print(markdown(rows).split("\nAccuracy:")[0])
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'}; answers in {cache_path}")
+    return 0
