@@ -457,3 +457,32 @@ def test_transformers_methods_relied_on_exist(monkeypatch):
     monkeypatch.setitem(adapter._RELIED_ON, "Qwen2_5_VLModel.get_rope_index", ("input_ids", "no_such_argument"))
     with pytest.raises(ImportError, match=r"Qwen2_5_VLModel.get_rope_index\(no_such_argument\)"):
         adapter.check_transformers()
+
+
+def test_beam_search_and_several_sequences(proc):
+    """generate's expansion (beams, num_return_sequences) repeats the 4-row position ids per row."""
+    model = hq.model()
+    inp = inputs(proc)
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    ref = model.generate(**inp, **kw)
+    aot.patch(model, aot.AOTConfig(retention=1.0))
+    assert torch.equal(model.generate(**inp, **kw), ref)
+    aot.unpatch(model)
+    aot.patch(model, aot.AOTConfig(retention=0.25))
+    seq = model.generate(**inp, **kw)
+    assert seq.shape == ref.shape
+    assert torch.equal(seq[:, :inp["input_ids"].shape[1]], inp["input_ids"].repeat_interleave(2, 0))
+
+
+def test_the_tower_runs_once_per_call(proc):
+    model = hq.model()
+    inp = inputs(proc)
+    calls = []
+    model.model.visual.register_forward_pre_hook(lambda m, a: calls.append(1))
+    aot.patch(model, aot.AOTConfig(retention=0.25))
+    model.generate(**inp, max_new_tokens=3, do_sample=False)
+    assert len(calls) == 1
+    with torch.no_grad():
+        model(**inp)
+    assert len(calls) == 2
+    assert set(model._aot.last["times"]) == {"vision", "scores", "compress"}
