@@ -486,3 +486,14 @@ def test_the_tower_runs_once_per_call(proc):
         model(**inp)
     assert len(calls) == 2
     assert set(model._aot.last["times"]) == {"vision", "scores", "compress"}
+
+
+def test_aot_run_says_qwen_is_for_aot_patch_only(tmp_path, capsys):
+    """Registered for aot.patch, Qwen2.5-VL is not loaded by aot run yet: a clear refusal, no traceback."""
+    from aot.cli import main
+    from aot.demo import sample_video
+
+    hq.model().save_pretrained(tmp_path)
+    rc = main(["run", "--model", str(tmp_path), "--video", str(sample_video()), "--question", "hi"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Qwen2_5_VLForConditionalGeneration works with aot.patch" in err and "Traceback" not in err

@@ -34,7 +34,6 @@ and a wrapper of the instance's ``generate``, as for LLaVA-OneVision:
 from __future__ import annotations
 
 import inspect
-import math
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +43,7 @@ from torch import Tensor, nn
 
 from .llava_onevision import _pad_token_id, _timer
 from .scores import attention_received
-from .splice import VideoSlots, gather_positions, splice_prompt
+from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "check_transformers", "default_layers", "segment_received"]
 
@@ -272,7 +271,6 @@ def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
     times: dict[str, float] = {}
 
     # the prompt first: a hand-edited prompt fails before any work (slots are filled in below)
-    from .splice import placeholder_blocks
     placeholder_blocks(input_ids, cfg.video_token_id, per_video, len(grids))
 
     # 1. the tower once, two blocks scored by hooks
