@@ -123,8 +123,11 @@ def load(model_id: str, *, dtype, device: str):
         raise ValueError(f"cannot load --model {model_id!r} (a hub id needs the hub to be reachable, or a "
                          f"local folder with config.json): {str(err).splitlines()[0]}") from None
     arch = (getattr(cfg, "architectures", None) or [type(cfg).__name__])
-    if not any(a in SUPPORTED for a in arch) and cfg.model_type != "llava_onevision":
-        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; supported: {', '.join(SUPPORTED)}")
+    runnable = "LlavaOnevisionForConditionalGeneration"  # aot run loads and prompts this class only
+    if runnable not in arch and cfg.model_type != "llava_onevision":
+        other = (f" ({', '.join(a for a in arch if a in SUPPORTED)} works with aot.patch from Python, "
+                 f"not yet in aot run)" if any(a in SUPPORTED for a in arch) else "")
+        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; aot run supports {runnable}{other}")
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_id, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_id)
 

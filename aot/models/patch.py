@@ -15,6 +15,7 @@ __all__ = ["patch", "unpatch", "SUPPORTED"]
 # model class name -> adapter module (one file per model family)
 SUPPORTED = {
     "LlavaOnevisionForConditionalGeneration": "aot.models.llava_onevision",
+    "Qwen2_5_VLForConditionalGeneration": "aot.models.qwen2_5_vl",
 }
 
 
@@ -26,7 +27,7 @@ def _adapter(model):
             return importlib.import_module(SUPPORTED[cls.__name__])
     raise TypeError(f"aot.patch does not support {type(model).__name__}; supported model classes: "
                     f"{', '.join(SUPPORTED)} (LLaVA-OneVision and LLaVA-Video checkpoints load as "
-                    f"LlavaOnevisionForConditionalGeneration)")
+                    f"LlavaOnevisionForConditionalGeneration; Qwen2.5-VL as Qwen2_5_VLForConditionalGeneration)")
 
 
 def patch(model: nn.Module, config, **options) -> nn.Module:
@@ -39,7 +40,9 @@ def patch(model: nn.Module, config, **options) -> nn.Module:
     class alone does not say), ``video_layout`` ("onevision" | "llava-video"), ``positions``
     ("contiguous" | "original"), ``local_layer`` (5) and ``global_layer`` (-2) of the vision tower
     that score the anchors, ``chunk`` (queries per score chunk). ``model._aot.last`` reports what
-    the last call did (token counts, stage times). Returns the model.
+    the last call did (token counts, stage times). Qwen2.5-VL: ``method``, ``local_layer`` /
+    ``global_layer`` (default: the first and last of the tower's ``fullatt_block_indexes``) and
+    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. Returns the model.
     """
     return _adapter(model).patch(model, config, **options)
 

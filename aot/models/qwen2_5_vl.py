@@ -1,0 +1,361 @@
+"""AOT (or any registered method) inside transformers' ``Qwen2_5_VLForConditionalGeneration``.
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(...)
+    aot.patch(model, aot.AOTConfig(retention=0.1))
+    inputs = processor(text=prompt, videos=frames, return_tensors="pt")
+    out = model.generate(**inputs)          # unchanged usage; out starts with inputs["input_ids"]
+
+How (transformers 5.x, read from 5.24; checked in ``check_transformers``): every call that carries
+``pixel_values_videos`` is rewritten before the model sees it, by a forward pre-hook (``model(...)``)
+and a wrapper of the instance's ``generate``, as for LLaVA-OneVision:
+
+* The videos are encoded once with the model's own ``get_video_features`` while two blocks of the
+  vision tower are scored by hooks: q and k recomputed from the block's input (with its rotary
+  embedding), the attention each patch receives reduced segment by segment of ``cu_seqlens`` (a
+  window-attention block attends within its window, a full-attention block within its temporal
+  slice), in query chunks, no map kept, the tower keeps SDPA. A patch's score is the attention it
+  receives summed over the queries of its slice and averaged over heads, divided by the slice's
+  patch count (so every slice's scores sum to 1 for both kinds of block). Scores are taken from the
+  window-permuted order back to the processor's order (the inverse of ``get_vision_window_index``'s
+  permutation, as the tower does for its output) and averaged over every 2x2 merge group, so they
+  sit on the LLM-facing grid.
+* AOT's "frames" are the temporal slices (``temporal_patch_size`` = 2 frames each) and the grid is
+  (h / 2, w / 2) per slice; each video is compressed on its own grid (videos may differ in length
+  and size).
+* The compressed tokens go in as precomputed encoder outputs (``mm_encoder_outputs={"video": ...}``)
+  with a prompt whose video placeholders and attention mask shrink to match (``aot.models.splice``).
+* 3-D M-RoPE: the (t, h, w) position ids of the *uncompressed* prompt are computed with the model's
+  own ``get_rope_index``; every kept token takes those of the column it came from (an anchor: its
+  keyframe cell, a kept token its own, ``Compressed.positions``), text keeps its own, and decoding
+  continues where the uncompressed prompt would (``rope_deltas`` set for the shorter prompt;
+  ``generate`` gets the 4-row position ids it builds itself: text positions, then t, h, w).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .llava_onevision import _pad_token_id, _timer
+from .scores import attention_received
+from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
+
+__all__ = ["patch", "unpatch", "PatchState", "check_transformers", "default_layers", "segment_received"]
+
+_RELIED_ON = {
+    "Qwen2_5_VLModel.get_video_features": ("pixel_values_videos", "video_grid_thw"),
+    "Qwen2_5_VLModel.get_image_features": ("pixel_values", "image_grid_thw"),
+    "Qwen2_5_VLModel.get_rope_index": ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw",
+                                       "second_per_grid_ts", "attention_mask"),
+    "Qwen2_5_VLModel.forward": ("input_ids", "attention_mask", "position_ids", "mm_encoder_outputs"),
+    "Qwen2_5_VLForConditionalGeneration.forward": ("input_ids", "pixel_values_videos", "video_grid_thw",
+                                                   "attention_mask", "position_ids", "mm_encoder_outputs"),
+    "Qwen2_5_VLVisionAttention.forward": ("hidden_states", "cu_seqlens", "position_embeddings"),
+}
+
+
+def check_transformers() -> None:
+    """Raise an ImportError naming what is missing if the installed transformers lacks a method (or
+    an argument, or the window-index helper) this adapter relies on (transformers >= 5.0, < 6)."""
+    import transformers
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as mod
+
+    missing = []
+    for qual, args in _RELIED_ON.items():
+        cls_name, meth = qual.split(".")
+        fn = getattr(getattr(mod, cls_name, None), meth, None)
+        if fn is None:
+            missing.append(qual)
+            continue
+        params = inspect.signature(fn).parameters
+        missing += [f"{qual}({a})" for a in args if a not in params]
+    for name in ("get_vision_window_index", "apply_rotary_pos_emb_vision"):
+        if getattr(mod, name, None) is None:
+            missing.append(f"modeling_qwen2_5_vl.{name}")
+    if missing:
+        raise ImportError(f"transformers {transformers.__version__} lacks what aot.patch relies on: "
+                          f"{', '.join(missing)}; install transformers>=5.0,<6")
+
+
+@dataclass
+class PatchState:
+    """Everything aot.patch keeps on a model (``model._aot``)."""
+
+    method: Any
+    config: Any
+    local_layer: int
+    global_layer: int
+    chunk: int | None
+    handle: Any = None
+    had_generate: bool = False
+    old_generate: Any = None
+    last: dict = field(default_factory=dict)
+
+
+def default_layers(vision_config) -> tuple[int, int]:
+    """(local, global) score blocks: the first and the last full-attention block
+    (``fullatt_block_indexes``; Qwen2.5-VL-3B/7B/72B: 7 and 31 of 32). See the README for why."""
+    full = sorted(int(i) for i in vision_config.fullatt_block_indexes)
+    if not full:
+        raise ValueError("the vision tower has no full-attention block; pass local_layer= and global_layer=")
+    return full[0], full[-1]
+
+
+def _block(tower: nn.Module, layer: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"vision layer indices must be ints, got {layer!r}")
+    n = len(tower.blocks)
+    if not -n <= layer < n:
+        raise ValueError(f"vision layer {layer} is out of range: the tower has {n} blocks, "
+                         f"so use an index in [-{n}, {n - 1}]")
+    return layer % n
+
+
+def patch(model: nn.Module, config, *, method: str | None = None, local_layer: int | None = None,
+          global_layer: int | None = None, chunk: int | None = 256, **options) -> nn.Module:
+    """Make a loaded Qwen2_5_VLForConditionalGeneration compress its videos; see aot.patch.
+
+    ``local_layer`` / ``global_layer``: vision blocks whose attention gives the local and global
+    anchor scores (default: the first and the last of ``fullatt_block_indexes``)."""
+    from .. import methods
+
+    check_transformers()
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    if options:
+        raise TypeError(f"options not supported for Qwen2.5-VL: {', '.join(sorted(options))} "
+                        f"(positions are the model's own 3-D M-RoPE, gathered)")
+    if not isinstance(model, Qwen2_5_VLForConditionalGeneration):
+        raise TypeError(f"expected a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
+    if getattr(model, "_aot", None) is not None:
+        raise ValueError("this model is already patched; call aot.unpatch(model) first")
+    m = methods.get(method) if method is not None else methods.for_config(config)
+    if not isinstance(config, m.config_cls):
+        raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
+    tower = model.model.visual
+    d_local, d_global = default_layers(tower.config)
+    local_layer = _block(tower, d_local if local_layer is None else local_layer)
+    global_layer = _block(tower, d_global if global_layer is None else global_layer)
+    state = PatchState(m, config, local_layer, global_layer, chunk)
+    state.had_generate = "generate" in model.__dict__
+    state.old_generate = model.generate
+    state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    model.generate = types.MethodType(_generate, model)
+    model._aot = state
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    state = getattr(model, "_aot", None)
+    if state is None:
+        raise ValueError("this model is not patched by aot")
+    state.handle.remove()
+    if state.had_generate:
+        model.generate = state.old_generate
+    else:
+        del model.generate
+    del model._aot
+    model.model.rope_deltas = None
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+    if args:
+        names = list(inspect.signature(module.forward).parameters)
+        kwargs = {**dict(zip(names, args)), **kwargs}
+    if kwargs.get("pixel_values_videos") is None:
+        return ((), kwargs) if args else None
+    if kwargs.get("labels") is not None:
+        raise NotImplementedError("labels with a compressing model: compression changes the sequence "
+                                  "length, so labels no longer line up; compute the loss unpatched")
+    return (), _rewrite(module, kwargs, for_generate=False)
+
+
+def _generate(self, *args, **kwargs):
+    state: PatchState = self._aot
+    if args:
+        kwargs = {"input_ids": args[0], **kwargs}
+        args = args[1:]
+    if kwargs.get("pixel_values_videos") is None:
+        return state.old_generate(*args, **kwargs)
+    original_ids = kwargs["input_ids"]
+    new = _rewrite(self, kwargs, for_generate=True)
+    out = state.old_generate(*args, **new)
+    cut = new["input_ids"].shape[1]
+    seq = out if isinstance(out, Tensor) else out.sequences
+    prompt = original_ids.to(seq.device).repeat_interleave(seq.shape[0] // original_ids.shape[0], dim=0)
+    seq = torch.cat([prompt, seq[:, cut:]], dim=1)
+    if isinstance(out, Tensor):
+        return seq
+    out.sequences = seq
+    return out
+
+
+def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | None = 256) -> Tensor:
+    """Attention each token receives inside its segment, summed over the segment's queries and
+    averaged over heads: q, k (heads, T, dh) (rotary applied), cu_seqlens (S + 1,) -> (T,) float32.
+
+    Segments are those of a Qwen2.5-VL vision block (windows, or temporal slices); a token receives
+    nothing from queries outside its segment, exactly as the block attends."""
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    out = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e > s:
+            out[s:e] = attention_received(q[None, :, s:e], k[None, :, s:e], chunk=chunk)[0] * (e - s)
+    return out
+
+
+def _score_hook(records: list, chunk, times):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    def hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cu = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
+        pos = kwargs.get("position_embeddings", args[2] if len(args) > 2 else None)
+        if hidden is None or cu is None or pos is None:
+            raise RuntimeError("aot: the vision attention was called without hidden_states, cu_seqlens and "
+                               "position_embeddings; this transformers version is not supported")
+        with _timer(times, "scores", hidden.device), torch.no_grad():
+            t = hidden.shape[0]
+            q, k, _ = module.qkv(hidden).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            if abs(float(module.scaling) - q.shape[-1] ** -0.5) > 1e-6:
+                raise ValueError(f"{type(module).__name__} scales attention by {module.scaling}, not 1/sqrt(head_dim)")
+            q, k = apply_rotary_pos_emb_vision(q, k, *pos)
+            records.append(segment_received(q.transpose(0, 1), k.transpose(0, 1), cu, chunk=chunk))
+
+    return hook
+
+
+def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    state: PatchState = model._aot
+    inner = model.model
+    cfg = model.config
+    kwargs = dict(kwargs)
+    pixels = kwargs.pop("pixel_values_videos")
+    thw = kwargs.pop("video_grid_thw", None)
+    seconds = kwargs.pop("second_per_grid_ts", None)
+    types_ = kwargs.pop("mm_token_type_ids", None)
+    mm = dict(kwargs.pop("mm_encoder_outputs", None) or {})
+    if mm.get("video") is not None:
+        raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
+    if thw is None:
+        raise ValueError("pixel_values_videos needs video_grid_thw (pass the processor's output unchanged)")
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError("a compressing model needs input_ids with the processor's video placeholders "
+                         "(inputs_embeds alone cannot be shortened)")
+    if kwargs.get("position_ids") is not None:
+        raise ValueError("do not pass position_ids with a video: aot computes them for the shortened prompt")
+    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+        raise NotImplementedError("a video in a call that continues a cache: start from the prompt")
+    merge = inner.visual.spatial_merge_size
+    grids = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in thw.tolist()]
+    clip = getattr(state.config, "clip_length", None)
+    for v, (t, h, w) in enumerate(grids):  # infeasible budgets fail before the tower runs
+        if isinstance(clip, int) and clip > t:
+            raise ValueError(f"video {v} has {t} temporal slices ({2 * t} frames; AOT's frames are Qwen2.5-VL's "
+                             f"slices of 2 frames), fewer than the clip length of {clip} asked for; "
+                             f"use clip_length <= {t} or a longer video")
+        state.method.check(state.config, t, h * w)
+    per_video = [t * h * w for t, h, w in grids]
+    attention_mask = kwargs.get("attention_mask")
+    times: dict[str, float] = {}
+
+    # the prompt first: a hand-edited prompt fails before any work (slots are filled in below)
+    placeholder_blocks(input_ids, cfg.video_token_id, per_video, len(grids))
+
+    # 1. the tower once, two blocks scored by hooks
+    tower = inner.visual
+    rec = {"local": [], "global": []}
+    handles = [tower.blocks[state.local_layer].attn.register_forward_pre_hook(
+                   _score_hook(rec["local"], state.chunk, times), with_kwargs=True),
+               tower.blocks[state.global_layer].attn.register_forward_pre_hook(
+                   _score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
+    try:
+        with _timer(times, "vision", pixels.device), torch.no_grad():
+            enc = inner.get_video_features(pixels, thw, return_dict=True)
+    finally:
+        for hnd in handles:
+            hnd.remove()
+    times["vision"] -= times.get("scores", 0.0)
+    feats = list(enc.pooler_output)  # per video (t * h * w, d), processor order
+    local = _to_llm_grid(rec["local"][0], thw, tower)
+    deep = _to_llm_grid(rec["global"][0], thw, tower)
+
+    # 2. compress every video on its own grid
+    outs = []
+    with _timer(times, "compress", pixels.device), torch.no_grad():
+        for v, (t, h, w) in enumerate(grids):
+            x = feats[v].reshape(1, t, h * w, -1)
+            o = state.method(x, deep[v].reshape(1, t, h * w).to(x.device),
+                             local_scores=local[v].reshape(1, t, h * w).to(x.device), grid=(h, w),
+                             config=state.config)
+            outs.append((o.tokens[0], o.positions[0]))
+    slots = [VideoSlots(p, n) for (_, p), n in zip(outs, per_video)]
+
+    # 3. the shortened prompt and its positions (gathered from the uncompressed prompt's M-RoPE)
+    spliced = splice_prompt(input_ids, attention_mask, token_id=cfg.video_token_id, per_video=per_video,
+                            videos=slots, pad_token_id=_pad_token_id(model))
+    if types_ is None:  # the processor's mm_token_type_ids, rebuilt from the ids when not given
+        types_ = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
+    full_pos, full_delta = inner.get_rope_index(
+        input_ids, mm_token_type_ids=types_, image_grid_thw=kwargs.get("image_grid_thw"), video_grid_thw=thw,
+        second_per_grid_ts=seconds, attention_mask=attention_mask)
+    dev = input_ids.device
+    pos = gather_positions(full_pos, spliced.source).to(dev)
+    new_mask = spliced.attention_mask.to(dev)
+    real_in = (attention_mask.sum(-1) if attention_mask is not None
+               else torch.full((input_ids.shape[0],), input_ids.shape[1], device=dev))
+    delta = full_delta.to(dev) + (real_in.to(dev) - new_mask.sum(-1)).unsqueeze(1)
+    inner.rope_deltas = delta  # a manual continuation (cache, no position_ids) decodes at the right place
+    if for_generate:  # generate's own layout: text positions (for the mask), then t, h, w
+        text = (new_mask.long().cumsum(-1) - 1).masked_fill(new_mask == 0, 0)
+        pos = torch.cat([text[None], pos])
+    video = BaseModelOutputWithPooling(pooler_output=tuple(tok for tok, _ in outs))
+    mm["video"] = video
+    if kwargs.get("pixel_values") is not None and mm.get("image") is None:
+        mm["image"] = inner.get_image_features(kwargs.pop("pixel_values"), kwargs.get("image_grid_thw"),
+                                               return_dict=True)
+    kwargs.pop("image_grid_thw", None)
+    kwargs["input_ids"] = spliced.input_ids.to(dev)
+    kwargs["attention_mask"] = new_mask
+    kwargs["position_ids"] = pos
+    kwargs["mm_encoder_outputs"] = mm
+    tokens_in = sum(per_video)
+    state.last = {
+        "method": state.method.name, "videos": len(grids), "frames": [t for t, _, _ in grids],
+        "grid": [(h, w) for _, h, w in grids], "tokens_in": tokens_in,
+        "tokens_out": sum(int(tok.shape[0]) for tok, _ in outs),
+        "llm_video_tokens": spliced.video_lengths, "placeholders_in": per_video,
+        "prompt_length_in": int(input_ids.shape[1]), "prompt_length_out": int(spliced.input_ids.shape[1]),
+        "rope_deltas": delta.flatten().tolist(), "times": times, "device": str(pixels.device),
+    }
+    return kwargs
+
+
+def _to_llm_grid(raw: Tensor, thw: Tensor, tower: nn.Module) -> list[Tensor]:
+    """Scores of a block, (T,) over the window-permuted patches, summed over queries -> per video
+    (t, h / 2 * w / 2) on the LLM grid: per-slice normalised, un-permuted, averaged per merge group."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import get_vision_window_index
+
+    unit = tower.spatial_merge_unit
+    window_index, _ = get_vision_window_index(thw, spatial_merge_size=tower.spatial_merge_size,
+                                              window_size=tower.window_size, patch_size=tower.patch_size)
+    groups = raw.reshape(-1, unit).mean(-1)  # (T / 4,) merge groups, permuted order
+    groups = groups[torch.argsort(window_index.to(groups.device))]  # processor order, as the tower's output
+    out, first = [], 0
+    for t, h, w in thw.tolist():
+        n = t * h * w // unit
+        per_slice = groups[first: first + n].reshape(t, -1) / (h * w)  # sum over the slice's queries / patches
+        out.append(per_slice * unit)  # a merge group's mean: x 4 so every slice's scores sum to 1
+        first += n
+    return out
