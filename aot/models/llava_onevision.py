@@ -89,6 +89,9 @@ class PatchState:
     global_layer: int
     chunk: int | None
     handle: Any = None  # the forward pre-hook
+    pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the language model's layers
+    llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the language model
+    pending: Any = None  # in-LLM methods: (visual, query) of the prefill about to reach the language model
     had_generate: bool = False  # an instance attribute `generate` existed before patching
     old_generate: Any = None
     last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
@@ -143,6 +146,8 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
     state.had_generate = "generate" in model.__dict__
     state.old_generate = model.generate
     state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    if m.in_llm:
+        _attach_pruner(model, state)
     model.generate = types.MethodType(_generate, model)
     model._aot = state
     return model
@@ -153,6 +158,10 @@ def unpatch(model: nn.Module) -> nn.Module:
     if state is None:
         raise ValueError("this model is not patched by aot")
     state.handle.remove()
+    for h in state.llm_handles:
+        h.remove()
+    if state.pruner is not None:
+        state.pruner.remove()
     if state.had_generate:
         model.generate = state.old_generate
     else:
@@ -168,11 +177,17 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     if args:  # positional arguments of forward -> keywords, so the rewrite sees them by name
         names = list(inspect.signature(module.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
+    state: PatchState = module._aot
+    if state.pruner is not None:
+        state.pending = None
     if kwargs.get("pixel_values_videos") is None:
         return ((), kwargs) if args else None
     if kwargs.get("labels") is not None:
         raise NotImplementedError("labels with a compressing model: compression changes the sequence "
                                   "length, so labels no longer line up; compute the loss unpatched")
+    if state.pruner is not None:
+        _announce(module, state, kwargs)
+        return ((), kwargs) if args else None
     return (), _rewrite(module, kwargs)
 
 
@@ -181,8 +196,8 @@ def _generate(self, *args, **kwargs):
     if args:  # generate(inputs, ...) -> input_ids
         kwargs = {"input_ids": args[0], **kwargs}
         args = args[1:]
-    if kwargs.get("pixel_values_videos") is None:
-        return state.old_generate(*args, **kwargs)
+    if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
+        return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
     original_ids = kwargs["input_ids"]
     new = _rewrite(self, kwargs)
     out = state.old_generate(*args, **new)
@@ -277,6 +292,54 @@ def _rewrite(model: nn.Module, kwargs: dict) -> dict:
         "times": times, "device": str(dev),
     }
     return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# in-LLM methods (FastV, PDrop): the video goes in whole; the language model prunes it
+
+
+def _attach_pruner(model: nn.Module, state: PatchState) -> None:
+    from .inllm import InLLMPruner
+
+    lm = model.model.language_model
+    state.pruner = InLLMPruner(lm.layers)
+    n_layers = len(lm.layers)
+    state.method.schedule(state.config, 1, n_layers)  # the layers fit this model: fail at patch time
+
+    def start(_module, _args, _kwargs):
+        if state.pending is not None:
+            visual, query, stages = state.pending
+            state.pending = None
+            state.pruner.expect(visual, query, stages)
+
+    def finish(_module, _args, _kwargs, _output):
+        if state.pruner.plan is None:
+            return
+        state.pruner.done()
+        rep = state.pruner.last
+        counts = [c for _, c in rep["stages"]]
+        state.last = {"method": state.method.name, "stage": "llm", "tokens_in": rep["visual_tokens"],
+                      "tokens_out": counts[-1] if counts else rep["visual_tokens"],
+                      "schedule": rep["stages"], "times": {"compress": rep["seconds"]}}
+
+    state.llm_handles = [lm.register_forward_pre_hook(start, with_kwargs=True),
+                         lm.register_forward_hook(finish, with_kwargs=True, always_call=True)]
+
+
+def _announce(model: nn.Module, state: PatchState, kwargs: dict) -> None:
+    """A call with a video: tell the pruner which positions are video tokens and which token ranks."""
+    from .inllm import last_prompt_token
+
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError("in-LLM pruning needs input_ids with the processor's video placeholders")
+    if kwargs.get("mm_encoder_outputs") is not None and (kwargs["mm_encoder_outputs"] or {}).get("video") is not None:
+        raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
+    visual = input_ids == model.model.config.video_token_id
+    counts = visual.sum(1)
+    query = last_prompt_token(kwargs.get("attention_mask"), tuple(input_ids.shape), input_ids.device)
+    stages = state.method.schedule(state.config, int(counts.max()), len(model.model.language_model.layers))
+    state.pending = (visual, query, stages)
 
 
 def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict):
