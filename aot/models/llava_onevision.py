@@ -180,14 +180,19 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     state: PatchState = module._aot
     if state.pruner is not None:
         state.pending = None
+        # generate (transformers 5) encodes the video once and passes it as mm_encoder_outputs["video"]
+        if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video") \
+                is not None:
+            if kwargs.get("labels") is not None:
+                raise NotImplementedError("labels with an in-LLM pruning model: the pruned positions have no "
+                                          "logits; compute the loss unpatched")
+            _announce(module, state, kwargs)
+        return ((), kwargs) if args else None
     if kwargs.get("pixel_values_videos") is None:
         return ((), kwargs) if args else None
     if kwargs.get("labels") is not None:
         raise NotImplementedError("labels with a compressing model: compression changes the sequence "
                                   "length, so labels no longer line up; compute the loss unpatched")
-    if state.pruner is not None:
-        _announce(module, state, kwargs)
-        return ((), kwargs) if args else None
     return (), _rewrite(module, kwargs)
 
 
@@ -333,8 +338,6 @@ def _announce(model: nn.Module, state: PatchState, kwargs: dict) -> None:
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
         raise ValueError("in-LLM pruning needs input_ids with the processor's video placeholders")
-    if kwargs.get("mm_encoder_outputs") is not None and (kwargs["mm_encoder_outputs"] or {}).get("video") is not None:
-        raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
     visual = input_ids == model.model.config.video_token_id
     counts = visual.sum(1)
     query = last_prompt_token(kwargs.get("attention_mask"), tuple(input_ids.shape), input_ids.device)
