@@ -179,7 +179,7 @@ class InLLMPruner:
     def done(self) -> None:
         plan, self.plan = self.plan, None
         if plan is not None:
-            self.last = {"visual_tokens": int(plan.visual.sum(1)[0]),
+            self.last = {"visual_tokens": int(plan.visual.sum(1)[0]), "length": int(plan.visual.shape[1]),
                          "stages": [(st.prune_before, c) for st, c in zip(plan.stages, plan.counts)],
                          "seconds": plan.seconds}
 

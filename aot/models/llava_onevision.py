@@ -325,7 +325,12 @@ def _attach_pruner(model: nn.Module, state: PatchState) -> None:
         counts = [c for _, c in rep["stages"]]
         state.last = {"method": state.method.name, "stage": "llm", "tokens_in": rep["visual_tokens"],
                       "tokens_out": counts[-1] if counts else rep["visual_tokens"],
-                      "schedule": rep["stages"], "times": {"compress": rep["seconds"]}}
+                      "schedule": rep["stages"], "times": {"compress": rep["seconds"]},
+                      # the prompt reaches the LLM whole (the newline is one of the video's tokens)
+                      "llm_video_tokens": [counts[-1] if counts else rep["visual_tokens"]],
+                      "prompt_length_in": rep["length"],
+                      "prompt_length_out": rep["length"] - rep["visual_tokens"] + (counts[-1] if counts else
+                                                                                    rep["visual_tokens"])}
 
     state.llm_handles = [lm.register_forward_pre_hook(start, with_kwargs=True),
                          lm.register_forward_hook(finish, with_kwargs=True, always_call=True)]
