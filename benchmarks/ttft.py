@@ -56,7 +56,7 @@ def one_row(model, inputs, device, method=None, retention=1.0):
                 inputs["pixel_values_videos"].shape[1] * 196
         last = model._aot.last
         if last.get("stage") == "llm":  # pruned inside the prefill: its time is part of lm[0]
-            return {"vision tower": sum(tower), "scores": 0.0, "compression": last["times"]["compress"],
+            return {"vision tower": last["times"]["vision"], "scores": 0.0, "compression": last["times"]["compress"],
                     "prefill": lm[0] - last["times"]["compress"]}, last["tokens_out"]
         t = last["times"]
         return {"vision tower": t["vision"], "scores": t.get("scores", 0.0), "compression": t["compress"],

@@ -114,6 +114,7 @@ def test_run_in_llm_method_reports_its_layer_schedule(tmp_path, capsys):
     res = json.loads(out.read_text())
     n, kept = 8 * 16 + 1, aot.budget(0.25, 1, 8 * 16 + 1)  # the video's placeholders, newline included
     assert res["video_tokens_in"] == n and res["video_tokens_out"] == kept and res["new_tokens"] == 2
+    assert res["times_s"]["vision tower"] > 0 and res["times_s"]["compression"] > 0
     d, m = 64, 128
     layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
     assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(2 * layer(n) + 2 * layer(kept))

@@ -180,6 +180,7 @@ class InLLMPruner:
         plan, self.plan = self.plan, None
         if plan is not None:
             self.last = {"visual_tokens": int(plan.visual.sum(1)[0]), "length": int(plan.visual.shape[1]),
+                         "batch": int(plan.visual.shape[0]),
                          "stages": [(st.prune_before, c) for st, c in zip(plan.stages, plan.counts)],
                          "seconds": plan.seconds}
 
@@ -220,7 +221,8 @@ class InLLMPruner:
             from transformers import DynamicCache
 
             if not isinstance(cache, DynamicCache):
-                raise NotImplementedError(f"in-LLM pruning needs a DynamicCache (the default), got {type(cache).__name__}")
+                raise NotImplementedError(f"in-LLM pruning needs a DynamicCache (the default), "
+                                          f"got {type(cache).__name__}")
             if cache.get_seq_length() > 0:
                 raise NotImplementedError("in-LLM pruning needs the prefill to start on an empty cache")
         plan.record = CacheRecord(hidden.shape[1])

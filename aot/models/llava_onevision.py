@@ -317,23 +317,44 @@ def _attach_pruner(model: nn.Module, state: PatchState) -> None:
             state.pending = None
             state.pruner.expect(visual, query, stages)
 
+    tower = {"seconds": 0.0, "start": None}  # the vision tower's time since the last pruned prefill
+
+    def tower_start(module, _args):
+        _sync(module)
+        tower["start"] = time.perf_counter()
+
+    def tower_end(module, _args, _output):
+        if tower["start"] is not None:
+            _sync(module)
+            tower["seconds"] += time.perf_counter() - tower["start"]
+            tower["start"] = None
+
     def finish(_module, _args, _kwargs, _output):
         if state.pruner.plan is None:
             return
         state.pruner.done()
+        vision, tower["seconds"] = tower["seconds"], 0.0
         rep = state.pruner.last
         counts = [c for _, c in rep["stages"]]
         state.last = {"method": state.method.name, "stage": "llm", "tokens_in": rep["visual_tokens"],
                       "tokens_out": counts[-1] if counts else rep["visual_tokens"],
-                      "schedule": rep["stages"], "times": {"compress": rep["seconds"]},
+                      "schedule": rep["stages"], "times": {"vision": vision, "compress": rep["seconds"]},
                       # the prompt reaches the LLM whole (the newline is one of the video's tokens)
-                      "llm_video_tokens": [counts[-1] if counts else rep["visual_tokens"]],
+                      "llm_video_tokens": [counts[-1] if counts else rep["visual_tokens"]] * rep["batch"],
                       "prompt_length_in": rep["length"],
                       "prompt_length_out": rep["length"] - rep["visual_tokens"] + (counts[-1] if counts else
                                                                                     rep["visual_tokens"])}
 
+    vt = model.model.vision_tower
     state.llm_handles = [lm.register_forward_pre_hook(start, with_kwargs=True),
-                         lm.register_forward_hook(finish, with_kwargs=True, always_call=True)]
+                         lm.register_forward_hook(finish, with_kwargs=True, always_call=True),
+                         vt.register_forward_pre_hook(tower_start), vt.register_forward_hook(tower_end)]
+
+
+def _sync(module: nn.Module) -> None:
+    p = next(module.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        torch.cuda.synchronize(p.device)
 
 
 def _announce(model: nn.Module, state: PatchState, kwargs: dict) -> None:
