@@ -90,6 +90,10 @@ def plan_demo(video=None, *, frames: int = 32, retentions=(0.1, 0.15, 0.2, 0.25)
     from .video import frame_indices, probe_video
 
     runner = methods.get(method)
+    if runner.in_llm:
+        raise ValueError(f"method {method!r} prunes inside the language model, and the demo shows compression "
+                         f"before it; use a pre-LLM method ({', '.join(methods.names(stage='pre-llm'))}) or run "
+                         f"{method!r} in a model with aot.patch")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
     retentions = tuple(retentions)

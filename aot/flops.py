@@ -26,7 +26,8 @@ from .config import budget
 
 __all__ = ["LLMSpec", "VisionSpec", "ModelSpec", "CostRow", "PRESETS", "layer_flops", "prefill_flops",
            "decode_flops", "vision_flops", "spec_from_config", "get_spec", "report", "markdown",
-           "add_flops_parser", "run_flops"]
+           "schedule_prefill_flops", "inllm_tokens_per_layer", "InLLMRow", "IN_LLM_DEFAULTS", "inllm_report",
+           "inllm_markdown", "add_flops_parser", "run_flops"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,88 @@ def prefill_flops(spec: LLMSpec, n_tokens: int) -> int:
     """Prefill FLOPs of the LLM over ``n_tokens`` tokens, paper Eq. 17 (T identical layers)."""
     _check_count("n_tokens", n_tokens)
     return spec.layers * layer_flops(n_tokens, spec.hidden, spec.ffn)
+
+
+def schedule_prefill_flops(spec: LLMSpec, tokens_per_layer) -> int:
+    """Prefill FLOPs when layer i processes ``tokens_per_layer[i]`` tokens (in-LLM pruning: FastV, PDrop).
+
+    Eq. 17 with n_i per layer: sum_i 4 n_i d^2 + 2 n_i^2 d + 2 n_i d m. One entry per layer."""
+    tokens = list(tokens_per_layer)
+    if len(tokens) != spec.layers:
+        raise ValueError(f"tokens_per_layer has {len(tokens)} entries; {spec.name} has {spec.layers} layers")
+    for n in tokens:
+        _check_count("tokens per layer", n)
+    return sum(layer_flops(n, spec.hidden, spec.ffn) for n in tokens)
+
+
+def inllm_tokens_per_layer(method, config, n_visual: int, n_layers: int, text_tokens: int = 0) -> list[int]:
+    """Tokens each layer processes under an in-LLM method's schedule (``aot.methods`` name or Method)."""
+    from . import methods
+
+    m = methods.get(method) if isinstance(method, str) else method
+    if not m.in_llm:
+        raise ValueError(f"method {m.name!r} compresses before the LLM; use report() for it")
+    _check_count("n_visual", n_visual)
+    _check_count("text_tokens", text_tokens)
+    stages = m.schedule(config, n_visual, n_layers)
+    tokens, visual = [], n_visual
+    for i in range(n_layers):
+        for st in stages:
+            if st.prune_before == i:
+                visual = min(visual, st.keep)
+        tokens.append(visual + text_tokens)
+    return tokens
+
+
+@dataclass(frozen=True)
+class InLLMRow:
+    """One in-LLM setting's prefill cost (visual tokens + text tokens per layer)."""
+
+    method: str
+    config: dict
+    schedule: list  # [(first layer of a stage, visual tokens from it on)], layer 0 first
+    llm_tflops: float
+    vs_vanilla: float  # LLM prefill / LLM prefill with every visual token in every layer
+
+
+# (method, config fields): FastV's published default (K=2, R=50%), FastV at the AOT paper's Table 1
+# cost (K=2, R=80%: 9.3 TFLOPs on LLaVA-OV-7B), PDrop's published default (layers 8/16/24, lambda 0.5)
+IN_LLM_DEFAULTS = (("fastv", {"retention": 0.5}), ("fastv", {"retention": 0.2}), ("pdrop", {}))
+
+
+def inllm_report(model: str | ModelSpec | LLMSpec, frames: int | None = None, tokens_per_frame: int | None = None,
+                 settings=IN_LLM_DEFAULTS, text_tokens: int = 0) -> list[InLLMRow]:
+    """LLM prefill FLOPs of in-LLM methods (per-layer token counts), as the paper's FastV/PDrop rows."""
+    from . import methods
+
+    spec = get_spec(model)
+    frames = spec.frames if frames is None else frames
+    tokens_per_frame = spec.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
+    if frames is None or tokens_per_frame is None:
+        raise ValueError(f"{spec.name} has no default frames/tokens per frame; pass both")
+    _check_count("frames", frames, low=1)
+    _check_count("tokens_per_frame", tokens_per_frame, low=1)
+    n_visual = frames * tokens_per_frame
+    vanilla = prefill_flops(spec.llm, n_visual + text_tokens)
+    rows = []
+    for name, fields in settings:
+        m = methods.get(name)
+        cfg = m.config(**fields)
+        tokens = inllm_tokens_per_layer(m, cfg, n_visual, spec.llm.layers, text_tokens)
+        sched = [(i, t - text_tokens) for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1]]
+        f = schedule_prefill_flops(spec.llm, tokens)
+        rows.append(InLLMRow(name, dict(cfg.__dict__), sched, f / 1e12, f / vanilla if vanilla else 0.0))
+    return rows
+
+
+def inllm_markdown(rows: list[InLLMRow]) -> str:
+    head = ["method", "config", "visual tokens from layer", "LLM prefill TFLOPs", "vs vanilla"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---:|---:|"]
+    for r in rows:
+        cfg = ", ".join(f"{k}={v}" for k, v in r.config.items())
+        sched = ", ".join(f"{n} from {i}" for i, n in r.schedule)
+        lines.append(f"| {r.method} | {cfg} | {sched} | {r.llm_tflops:.2f} | {r.vs_vanilla:.1%} |")
+    return "\n".join(lines)
 
 
 def decode_flops(spec: LLMSpec, n_context: int, n_new: int) -> int:
@@ -298,6 +381,8 @@ def add_flops_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text-tokens", type=int, default=0, help="text tokens added to the prefill (default: 0)")
     p.add_argument("--decode-tokens", type=int, default=0, help="generated tokens, Eq. 18 (default: 0)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--in-llm", action="store_true", help="also the in-LLM methods' prefill FLOPs (FastV K=2 at "
+                                                         "R=50%% and 80%%, PDrop 8/16/24 lambda 0.5)")
     return p
 
 
@@ -315,9 +400,19 @@ def run_flops(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {frames} frames x {per} tokens, {args.text_tokens} text tokens, "
           f"{args.decode_tokens} decoded tokens")
     print(markdown(rows))
+    inllm = []
+    if getattr(args, "in_llm", False):
+        try:
+            inllm = inllm_report(spec, args.frames, args.tokens_per_frame, text_tokens=args.text_tokens)
+        except ValueError as err:
+            print(f"aot flops: error: {err}", file=sys.stderr)
+            return 2
+        print("\nin-LLM pruning (every visual token enters the LLM; layers from the stage on see fewer):")
+        print(inllm_markdown(inllm))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"model": spec.name, "frames": frames, "tokens_per_frame": per, "text_tokens": args.text_tokens,
-                       "decode_tokens": args.decode_tokens, "rows": [asdict(r) for r in rows]}, fh, indent=2)
+                       "decode_tokens": args.decode_tokens, "rows": [asdict(r) for r in rows],
+                       **({"in_llm_rows": [asdict(r) for r in inllm]} if inllm else {})}, fh, indent=2)
         print(f"wrote {args.json}")
     return 0

@@ -201,6 +201,13 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     times = {"decode": t_decode, "preprocess": t_pre, "vision tower": last["times"].get("vision", 0.0),
              "scores": last["times"].get("scores", 0.0), "compression": last["times"].get("compress", 0.0),
              "prefill": lm_calls[0] if lm_calls else 0.0, "decoding": sum(lm_calls[1:])}
+    visual_out = flops.prefill_flops(spec.llm, n_out) / 1e12
+    prompt_out = flops.prefill_flops(spec.llm, last["prompt_length_out"]) / 1e12
+    if last.get("stage") == "llm":  # pruned inside the LLM: layers before each stage see more tokens
+        m = methods.get(method)
+        text = last["prompt_length_in"] - n_in
+        visual_out, prompt_out = (flops.schedule_prefill_flops(spec.llm, flops.inllm_tokens_per_layer(
+            m, m.effective_config(config), n_in, spec.llm.layers, extra)) / 1e12 for extra in (0, text))
     return {
         "answer": decode(new), "video": str(video), "frames_sampled": len(clip.frames),
         "frames_in_video": int(clip.total_frames), "frames_asked": frames, "sampling": clip.sampling,
@@ -209,9 +216,9 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         "prompt_tokens_in": last["prompt_length_in"], "prompt_tokens_out": last["prompt_length_out"],
         "new_tokens": int(new.numel()), "times_s": times,
         "prefill_tflops_visual": {"vanilla": flops.prefill_flops(spec.llm, n_in) / 1e12,
-                                  "compressed": flops.prefill_flops(spec.llm, n_out) / 1e12},
+                                  "compressed": visual_out},
         "prefill_tflops_prompt": {"vanilla": flops.prefill_flops(spec.llm, last["prompt_length_in"]) / 1e12,
-                                  "compressed": flops.prefill_flops(spec.llm, last["prompt_length_out"]) / 1e12},
+                                  "compressed": prompt_out},
         "device": device, "threads": torch.get_num_threads(),
     }
 

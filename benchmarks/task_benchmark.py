@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     import aot.methods as M
 
     if args.methods is None:
-        names = M.names()
+        names = M.names(stage="pre-llm")  # in-LLM methods (fastv, pdrop) need a language model
     elif args.methods.strip().lower() == "none":
         names = []
     else:
@@ -206,7 +206,9 @@ def main(argv=None) -> int:
     if len({v.label for v in variants}) != len(variants):
         raise SystemExit("duplicate method / variant labels")
     for v in variants:
-        M.get(v.method)  # fail early on a typo
+        if M.get(v.method).in_llm:  # fails early on a typo too
+            raise SystemExit(f"{v.method} prunes inside the language model; this benchmark compresses before it "
+                             f"(pre-LLM methods: {', '.join(M.names(stage='pre-llm'))})")
 
     from needle.evaluate import correctness
 

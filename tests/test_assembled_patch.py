@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import aot
+import aot.methods
 from aot.models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
 from aot.video import read_frames
 
@@ -83,3 +84,32 @@ def test_real_weights_lm_receives_the_compressed_tokens(setup):
     assert emb.shape[0] == ids.numel() - (FRAMES * 196 - r)
     assert torch.allclose(emb[start:start + r], want.tokens, atol=1e-4)
     assert torch.equal(emb[start + r], inner.image_newline.to(emb.dtype))
+
+
+def test_real_weights_in_llm_methods(setup):
+    """FastV / PDrop on a real Llama-architecture LLM (SmolLM2, 30 layers): retention 1.0 is the
+    unpatched model; PDrop's published schedule prunes at 8/16/24 and the cache holds it."""
+    model, inputs = setup
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+    aot.patch(model, aot.methods.get("fastv").config(retention=1.0))
+    try:
+        with torch.inference_mode():
+            assert torch.equal(model(**inputs).logits, ref)
+    finally:
+        aot.unpatch(model)
+    aot.patch(model, aot.methods.get("pdrop").config())
+    try:
+        with torch.inference_mode():
+            out = model(**inputs)
+        seq = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        last = model._aot.last
+    finally:
+        aot.unpatch(model)
+    n = FRAMES * 196 + 1
+    assert last["tokens_in"] == n and last["schedule"] == [(8, aot.budget(0.5, 1, n)), (16, aot.budget(0.25, 1, n)),
+                                                           (24, aot.budget(0.125, 1, n))]
+    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    length = inputs["input_ids"].shape[1]
+    assert lengths[:8] == [length] * 8 and lengths[24:] == [length - n + aot.budget(0.125, 1, n)] * 6
+    assert seq.shape[1] == length + 2

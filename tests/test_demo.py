@@ -96,6 +96,7 @@ def test_asking_more_frames_than_the_video_has(tmp_path, fake_vit, capsys):
     (["--video", "{tmp}/garbage.mp4"], "Invalid data found"),
     (["--method", "aot-paper", "--lam-intra", "0.1"], "'aot-paper' fixes --lam-intra"),
     (["--method", "visionzip", "--anchor-share", "0.5"], "--anchor-share applies to AOT methods only"),
+    (["--method", "fastv"], "'fastv' prunes inside the language model"),
 ])
 def test_mistakes_are_refused_before_decoding(tmp_path, no_expensive_steps, capsys, argv, message):
     from PIL import Image

@@ -198,3 +198,24 @@ def test_wilson_by_hand():
     assert wilson(0, 0) == (0.0, 1.0)
     lo, hi = wilson(0, 6)
     assert lo == 0.0 and hi == pytest.approx(0.3903, abs=1e-4)
+
+
+def test_eval_runs_an_in_llm_method_with_its_layer_schedule(tmp_path, capsys):
+    """aot eval --methods fastv: answers in a batch of two; prefill FLOPs counted per layer."""
+    ckpt = tmp_path / "tiny4"
+    hf_tiny.model(text_layers=4).save_pretrained(ckpt)
+    hf_tiny.processor().save_pretrained(ckpt)
+    qs = tmp_path / "qa.jsonl"
+    write_questions(qs, 2)
+    rc = main(["eval", "--questions", str(qs), "--model", str(ckpt), "--methods", "fastv", "--retention", "0.25",
+               "--frames", "8", "--batch-size", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "out"),
+               "--threads", "1", "--no-progress", "--no-vanilla"])
+    assert rc == 0, capsys.readouterr()
+    entries, _ = read_cache(tmp_path / "out" / "answers.jsonl")
+    n, kept = 8 * 16 + 1, aot.budget(0.25, 1, 8 * 16 + 1)
+    d, m = 64, 128
+    layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
+    assert len(entries) == 2
+    for e in entries.values():
+        assert e["method"] == "fastv" and e["visual_tokens"] == kept and e["batch"] == 2
+        assert e["prefill_tflops"] == pytest.approx(2 * layer(n) + 2 * layer(kept))

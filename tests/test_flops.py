@@ -5,6 +5,8 @@ import math
 
 import pytest
 
+import aot.methods
+
 from aot.config import budget
 from aot.flops import (PRESETS, LLMSpec, VisionSpec, add_flops_parser, decode_flops, get_spec,
                        layer_flops, prefill_flops, report, run_flops, spec_from_config, vision_flops)
@@ -213,3 +215,57 @@ def test_cli_presets_config_and_errors(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "unknown model preset 'nope'" in err and "qwen2.5-vl-7b" in err
     assert _run(["--config", str(tmp_path / "missing.json")]) == 2
+
+
+# --- in-LLM pruning (FastV, PDrop): a layer schedule ------------------------------------------
+
+def _hand_layer(n, d=3584, m=18944):  # Qwen2-7B, written out: 4 n d^2 + 2 n^2 d + 2 n d m
+    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+
+def test_schedule_prefill_flops_is_the_sum_over_layers():
+    from aot.flops import LLMSpec, schedule_prefill_flops
+
+    spec = LLMSpec(3, 8, 16)
+    # layer over 10 tokens: 4*10*64 + 2*100*8 + 2*10*8*16 = 6720; over 4: 1024 + 256 + 1024 = 2304
+    assert schedule_prefill_flops(spec, [10, 10, 4]) == 2 * 6720 + 2304
+    with pytest.raises(ValueError, match="has 2 entries; llm has 3 layers"):
+        schedule_prefill_flops(spec, [1, 2])
+
+
+def test_fastv_reproduces_the_papers_row():
+    """Table 1: FastV 9.3 T, 22.8% on LLaVA-OV-7B (32 x 196 = 6272 visual tokens): K = 2, R = 80%."""
+    from aot.flops import inllm_report, inllm_tokens_per_layer, schedule_prefill_flops, PRESETS
+
+    spec = PRESETS["llava-onevision-7b"].llm
+    tokens = inllm_tokens_per_layer("fastv", aot.methods.get("fastv").config(retention=0.2), 6272, 28)
+    assert tokens == [6272] * 2 + [1254] * 26  # budget(0.2, 1, 6272) = round(1254.4)
+    f = schedule_prefill_flops(spec, tokens)
+    assert f == 2 * _hand_layer(6272) + 26 * _hand_layer(1254)
+    assert f"{f / 1e12:.1f}" == "9.3" and f"{f / (28 * _hand_layer(6272)):.1%}" == "22.8%"
+    rows = {(r.method, r.config["retention"]): r for r in inllm_report("llava-onevision-7b")}
+    assert rows["fastv", 0.2].llm_tflops == f / 1e12
+    assert rows["fastv", 0.5].schedule == [(0, 6272), (2, 3136)]
+    # Table 2: FastV 17.1 T on LLaVA-Video-7B (64 x 169 = 10816) with the same K and R
+    lv = {(r.method, r.config["retention"]): r for r in inllm_report("llava-video-7b")}
+    assert f"{lv['fastv', 0.2].llm_tflops:.1f}" == "17.1"
+
+
+def test_pdrop_published_defaults_and_why_not_the_papers_row():
+    from aot.flops import inllm_report
+
+    row = [r for r in inllm_report("llava-onevision-7b") if r.method == "pdrop"][0]
+    assert row.schedule == [(0, 6272), (8, 3136), (16, 1568), (24, 784)]
+    want = 8 * (_hand_layer(6272) + _hand_layer(3136) + _hand_layer(1568)) + 4 * _hand_layer(784)
+    assert row.llm_tflops == want / 1e12 and f"{want / 1e12:.1f}" == "20.0"
+    # the paper's PDrop row (10.5 T) is below what its first 8 full layers alone cost: not reachable with 8/16/24
+    assert 8 * _hand_layer(6272) / 1e12 > 11.6 > 10.5
+
+
+def test_flops_cli_in_llm_rows(capsys):
+    from aot.cli import main
+
+    assert main(["flops", "--in-llm"]) == 0
+    out = capsys.readouterr().out
+    assert "| fastv | retention=0.2, k=2 | 6272 from 0, 1254 from 2 | 9.31 | 22.8% |" in out
+    assert "| pdrop | retention=0.5, layers=(8, 16, 24) |" in out

@@ -170,7 +170,7 @@ def _compact_ids(inp, i, per_video, video_id, width):
     return torch.tensor([hf_tiny.tokenizer().pad_token_id] * (width - len(row)) + row)
 
 
-@pytest.mark.parametrize("name", sorted(aot.methods.names()))
+@pytest.mark.parametrize("name", aot.methods.names(stage="pre-llm"))  # in-LLM ones: tests/test_inllm.py
 def test_every_registered_method_runs_inside_the_model(proc, name):
     model = hf_tiny.model()
     inp = inputs(proc)

@@ -21,7 +21,7 @@ def _runs(method, config, f, n):
         return str(err)
 
 
-@pytest.mark.parametrize("name", M.names())
+@pytest.mark.parametrize("name", M.names(stage="pre-llm"))  # in-LLM methods run only inside a model
 def test_check_agrees_with_the_run(name):
     """check() refuses exactly the (F, N, retention) the method itself refuses, with the same message."""
     method = M.get(name)

@@ -98,3 +98,26 @@ def test_run_checks_the_method_budget_before_decoding(checkpoint, capsys, monkey
                "--frames", "8", "--method", "dycoke", "--retention", "0.1", "--layers", "1,-2"])
     err = capsys.readouterr().err
     assert rc == 2 and "DyCoke" in err and "use retention >= 0.25" in err, err
+
+
+def test_run_in_llm_method_reports_its_layer_schedule(tmp_path, capsys):
+    """aot run --method fastv: the whole prompt reaches the LLM; FLOPs are counted per layer."""
+    path = tmp_path / "tiny4"
+    hf_tiny.model(text_layers=4).save_pretrained(path)
+    hf_tiny.processor().save_pretrained(path)
+    out = tmp_path / "run.json"
+    rc = main(["run", "--model", str(path), "--video", str(sample_video()), "--question", "what moves ?",
+               "--frames", "8", "--retention", "0.25", "--method", "fastv", "--max-new-tokens", "2",
+               "--json", str(out), "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    n, kept = 8 * 16 + 1, aot.budget(0.25, 1, 8 * 16 + 1)  # the video's placeholders, newline included
+    assert res["video_tokens_in"] == n and res["video_tokens_out"] == kept and res["new_tokens"] == 2
+    assert res["times_s"]["vision tower"] > 0 and res["times_s"]["compression"] > 0
+    d, m = 64, 128
+    layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(2 * layer(n) + 2 * layer(kept))
+    text_tokens = res["prompt_tokens_in"] - n
+    assert res["prefill_tflops_prompt"]["compressed"] == pytest.approx(
+        2 * layer(n + text_tokens) + 2 * layer(kept + text_tokens))

@@ -164,6 +164,16 @@ def read_cache(path: Path) -> tuple[dict[tuple[str, str, str], dict], int]:
     return entries, bad
 
 
+def _prefill_tflops(flops, spec, setting, res, i: int) -> float:
+    """LLM prefill TFLOPs of the visual tokens; in-LLM methods (FastV, PDrop) by their layer schedule."""
+    m = setting.method_obj
+    if m is not None and m.in_llm:
+        tokens = flops.inllm_tokens_per_layer(m, m.effective_config(setting.config_obj), res.last["tokens_in"],
+                                              spec.layers)
+        return flops.schedule_prefill_flops(spec, tokens) / 1e12
+    return flops.prefill_flops(spec, res.visual_tokens[i]) / 1e12
+
+
 def _append(path: Path, lines: list[dict]) -> None:
     # a killed run can leave a line without its newline: start on a fresh line
     needs_nl = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
@@ -231,7 +241,7 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
                         "pred": extract_letter(res.texts[i], len(q.options)), "raw": res.texts[i],
                         "visual_tokens": res.visual_tokens[i], "prompt_tokens": res.prompt_tokens[i],
                         "new_tokens": res.new_tokens[i],
-                        "prefill_tflops": flops.prefill_flops(spec, res.visual_tokens[i]) / 1e12,
+                        "prefill_tflops": _prefill_tflops(flops, spec, s, res, i),
                         "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
                         "model": args.model, "frames": args.frames, "device": device,
                     })

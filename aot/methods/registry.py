@@ -33,6 +33,11 @@ class Method:
     exact_budget: bool = True  # False when the method cannot hit every budget exactly (say why in summary)
     # extra feasibility rule checker(config, frames, tokens_per_frame) -> None, raising ValueError
     checker: Callable[[Any, int, int], None] | None = None
+    # "pre-llm": compresses the visual tokens before the LLM (called as fn(x, scores, ...));
+    # "llm": prunes inside the language model (FastV, PDrop); it only runs through aot.patch, and
+    # ``schedule(config, n_visual, n_layers)`` gives its stages (aot.methods.inllm.Stage).
+    stage: str = "pre-llm"
+    schedule: Callable[[Any, int, int], list] | None = None
 
     def config(self, **overrides) -> Any:
         """This method's config: its preset, then ``overrides`` (e.g. retention=0.1)."""
@@ -65,7 +70,16 @@ class Method:
         if self.checker is not None and total < frames * tokens_per_frame:
             self.checker(config, frames, tokens_per_frame)
 
+    @property
+    def in_llm(self) -> bool:
+        """True for methods that prune inside the language model (they run only through aot.patch)."""
+        return self.stage == "llm"
+
     def __call__(self, x, scores, *, local_scores=None, grid=None, config=None) -> Compressed:
+        if self.in_llm:
+            raise TypeError(f"method {self.name!r} prunes inside the language model, so it cannot compress "
+                            f"tokens on their own; run it through aot.patch(model, config) "
+                            f"(pre-LLM methods: {', '.join(names(stage='pre-llm'))})")
         config = self.effective_config(config)
         return self.fn(x, scores, local_scores=local_scores, grid=grid, config=config)
 
@@ -74,6 +88,10 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    if method.stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {method.stage!r}")
+    if (method.stage == "llm") != (method.schedule is not None):
+        raise ValueError("an in-LLM method (stage='llm') needs a schedule, and only it")
     if method.name in _REGISTRY:
         raise ValueError(f"method {method.name!r} is already registered")
     _REGISTRY[method.name] = method
@@ -90,8 +108,16 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}{hint}; choose one of: {', '.join(names())}") from None
 
 
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+STAGES = ("pre-llm", "llm")
+
+
+def names(stage: str | None = None) -> list[str]:
+    """Registered names, sorted; ``stage="pre-llm"`` or ``"llm"`` selects one kind."""
+    if stage is None:
+        return sorted(_REGISTRY)
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES} or None, got {stage!r}")
+    return sorted(n for n, m in _REGISTRY.items() if m.stage == stage)
 
 
 def for_config(config) -> Method:
