@@ -356,7 +356,7 @@ def test_batch_equals_one_at_a_time(proc):
         assert torch.allclose(scores[i], sc1[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(aot.methods.names()))
+@pytest.mark.parametrize("name", sorted(aot.methods.names(stage="pre-llm")))
 def test_every_registered_method_runs_inside_the_model(proc, name):
     model = hq.model()
     inp = inputs(proc, videos=[hq.frames(8, seed=0), hq.frames(8, seed=1, height=48)])
@@ -497,3 +497,12 @@ def test_aot_run_says_qwen_is_for_aot_patch_only(tmp_path, capsys):
     rc = main(["run", "--model", str(tmp_path), "--video", str(sample_video()), "--question", "hi"])
     err = capsys.readouterr().err
     assert rc == 2 and "Qwen2_5_VLForConditionalGeneration works with aot.patch" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", sorted(aot.methods.names(stage="llm")))
+def test_in_llm_methods_are_refused_for_now(name):
+    model = hq.model()
+    method = aot.methods.get(name)
+    with pytest.raises(NotImplementedError, match="LlavaOnevisionForConditionalGeneration only"):
+        aot.patch(model, method.config(), method=name)
+    assert getattr(model, "_aot", None) is None

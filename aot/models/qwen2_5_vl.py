@@ -135,6 +135,11 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     if getattr(model, "_aot", None) is not None:
         raise ValueError("this model is already patched; call aot.unpatch(model) first")
     m = methods.get(method) if method is not None else methods.for_config(config)
+    if getattr(m, "in_llm", False):  # FastV/PDrop need an M-RoPE-aware scoring hook: not wired here yet
+        raise NotImplementedError(
+            f"method {m.name!r} prunes inside the language model, which aot.patch supports for "
+            f"LlavaOnevisionForConditionalGeneration only so far; for Qwen2.5-VL use a pre-LLM method: "
+            f"{', '.join(methods.names(stage='pre-llm'))}")
     if not isinstance(config, m.config_cls):
         raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
     tower = model.model.visual
