@@ -19,13 +19,14 @@ forward, with glibc serving large blocks by mmap so freed memory leaves RSS at o
 the peak over the RSS before the forward (weights and input excluded); "over sdpa" subtracts the
 sdpa variant's extra.  With ``--device cuda``: torch.cuda.max_memory_allocated in-process.
 
-Time: medians of ``--reps`` forwards, variants interleaved (sdpa, ours, eager-all, eager-two,
-sdpa, ...) in one process, so a busy machine slows them alike.  ``ours`` also reports the time
-spent inside its hooks, measured in the same forwards (less sensitive to noise than a
-difference of two medians).
+Time: medians of ``--reps`` forwards, variants interleaved in one process (in the given order,
+reversed every other round), so a busy machine slows them alike.  Both wall time and the
+process's CPU time are recorded: with one thread the CPU time hardly depends on what else runs
+on the machine, the wall time does.  ``ours`` also reports the time spent inside its hooks,
+measured in the same forwards (less sensitive to noise than a difference of two medians).
 
     python benchmarks/score_memory.py [--threads 1] [--frames 8] [--reps 3] [--chunk 256]
-        [--device cpu] [--variants sdpa,ours,eager-all,eager-two] [--num-layers 27]
+        [--device cpu] [--variants sdpa,ours,eager-all,eager-two] [--num-layers 27] [--no-memory]
 """
 
 from __future__ import annotations
@@ -264,6 +265,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--num-layers", type=int, default=27, help="tower depth (27 = so400m; fewer for a smoke run)")
+    ap.add_argument("--no-memory", action="store_true", help="time only")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -290,7 +292,7 @@ def main() -> None:
     # memory: fresh processes on CPU, in-process on CUDA
     memory: dict[str, int | None] = {}
     model = None
-    for variant in variants:
+    for variant in [] if args.no_memory else variants:
         if dev == "cpu":
             need = eager_maps_bytes(args.frames, args.num_layers) if variant == "eager-all" else 0
             avail = _available_bytes()
@@ -310,20 +312,22 @@ def main() -> None:
     model = model or build_tower(args.num_layers, device=dev)
     x = pixels(args.frames, device=dev)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_times: dict[str, list[float]] = {v: [] for v in variants}
     hook_times: list[float] = []
     scores: dict[str, dict[str, Tensor]] = {}
     with torch.inference_mode():
         for variant in variants:
             RUNNERS[variant](model, x[:1], args.chunk)  # warm-up
         for rep in range(args.reps):
-            for variant in variants:
-                if variant == "eager-all" and memory.get("eager-all") is None and dev == "cpu":
-                    continue  # not enough memory for every map
+            for variant in variants if rep % 2 == 0 else variants[::-1]:
+                if variant == "eager-all" and variant in memory and memory[variant] is None and dev == "cpu":
+                    continue  # skipped above: not enough memory for every map
                 _sync(dev)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 got, in_hooks = RUNNERS[variant](model, x, args.chunk)
                 _sync(dev)
                 times[variant].append(time.perf_counter() - start)
+                cpu_times[variant].append(time.process_time() - start_cpu)
                 if variant == "ours":
                     hook_times.append(in_hooks)
                 if rep == 0 and got:
@@ -332,7 +336,8 @@ def main() -> None:
             print(f"  rep {rep + 1}/{args.reps}: " + ", ".join(f"{v} {t[-1]:.1f} s" for v, t in times.items() if t))
 
     med = {v: statistics.median(t) for v, t in times.items() if t}
-    base_t, base_m = med["sdpa"], memory.get("sdpa")
+    med_cpu = {v: statistics.median(t) for v, t in cpu_times.items() if t}
+    base_t, base_c, base_m = med["sdpa"], med_cpu["sdpa"], memory.get("sdpa")
 
     def mib(b):
         return "n/a" if b is None else f"{b / 2**20:.0f}"
@@ -341,19 +346,22 @@ def main() -> None:
         return None if b is None or base_m is None else b - base_m
 
     print()
-    print("| variant | peak extra memory (MiB) | over sdpa (MiB) | time (s, median) | time / sdpa |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | peak extra memory (MiB) | over sdpa (MiB) | wall time (s) | / sdpa | CPU time (s) | / sdpa |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for v in variants:
-        t = f"{med[v]:.2f} | {med[v] / base_t:.3f}" if v in med else "n/a | n/a"
+        t = "n/a | n/a | n/a | n/a"
+        if v in med:
+            t = f"{med[v]:.1f} | {med[v] / base_t:.3f} | {med_cpu[v]:.1f} | {med_cpu[v] / base_c:.3f}"
         print(f"| {v} | {mib(memory.get(v))} | {mib(over(memory.get(v))) if v != 'sdpa' else '-'} | {t} |")
 
     summary = {"threads": torch.get_num_threads(), "device": dev, "frames": args.frames, "chunk": args.chunk,
-               "torch": torch.__version__, "memory": memory, "time_median": med, "times": times}  # fmt: skip
+               "torch": torch.__version__, "memory": memory, "time_median": med, "cpu_time_median": med_cpu,
+               "times": times, "cpu_times": cpu_times, "hook_times": hook_times}  # fmt: skip
     if "ours" in med:
         hook_share = statistics.median(hook_times) / base_t
         summary["ours_hook_time_over_sdpa"] = hook_share
-        print(f"\nours: extra time {med['ours'] / base_t - 1:+.1%} (medians), time inside the score hooks "
-              f"{hook_share:.1%} of the sdpa forward (target <= 10%)")  # fmt: skip
+        print(f"\nours: extra time {med['ours'] / base_t - 1:+.1%} wall, {med_cpu['ours'] / base_c - 1:+.1%} CPU "
+              f"(medians); time inside the score hooks {hook_share:.1%} of the sdpa forward (target <= 10%)")  # fmt: skip
     for ref in ("eager-all", "eager-two"):
         ours_m, ref_m = over(memory.get("ours")), over(memory.get(ref))
         if ours_m is not None and ref_m:
