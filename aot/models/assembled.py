@@ -61,6 +61,7 @@ __all__ = [
     "SMOLLM2_GGUF",
     "TOKENS_PER_FRAME",
     "VIDEO_TOKEN",
+    "clear_cache",
     "find_smollm2",
     "load_dinov2_smollm2",
     "preprocess_frames",
@@ -122,7 +123,7 @@ def _vision_tower():
         state["embeddings.position_embeddings"] = source.embeddings.interpolate_pos_encoding(
             probe, IMAGE_SIZE, IMAGE_SIZE
         ).clone()  # (1, 1 + 729, 384)
-    tower.load_state_dict(state, strict=False)  # mask_token: not in the ONNX, never used
+    tower.load_state_dict(state)  # same config as load_dinov2's but the size: the same keys
     return tower.eval()
 
 
@@ -187,10 +188,12 @@ def load_dinov2_smollm2(
     from :func:`preprocess_frames` and ``input_ids`` with F * 196 + 1
     ``<video>`` tokens (:func:`video_prompt`).
 
-    The first call takes ~30 s (reading the GGUF file); the assembled model is
-    cached per (dtype, seed) and every call returns a deep copy (~1 s), so a
-    caller may patch or modify its model freely.  Eval mode, CPU; move it with
-    ``.to()``.
+    The first call takes 30-45 s on 2 busy cores (reading the GGUF file, most
+    of it in transformers' GGUF parser); the assembled model is cached per
+    (dtype, seed) and every call returns a deep copy (1-3 s), so a caller may
+    patch or modify its model freely.  :func:`clear_cache` frees the cached
+    copies.  Eval mode, CPU; move it with ``.to()``; with a ``dtype`` other
+    than float32, cast ``pixel_values_videos`` to it too (transformers does not).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32, torch.bfloat16), got {dtype!r}")
@@ -198,6 +201,12 @@ def load_dinov2_smollm2(
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     model, tokenizer = _assembled(dtype, seed)
     return copy.deepcopy(model), copy.deepcopy(tokenizer)
+
+
+def clear_cache() -> None:
+    """Drop the cached SmolLM2 and assembled models (~1.2 GB in float32); the next load reads the GGUF again."""
+    _assembled.cache_clear()
+    _smollm2.cache_clear()
 
 
 # --------------------------------------------------------------------------- inputs

@@ -62,21 +62,32 @@ def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256) -> Tens
         softmax(q k^T / sqrt(dh), dim=-1).mean(heads).mean(queries)
 
     Each row of the softmax sums to 1, so each output row sums to 1 as well.
-    Queries are processed ``chunk`` at a time in float32 (half-precision
-    softmax over hundreds of keys loses the small values we rank by), so the
-    peak extra memory is O(B * heads * chunk * Tk) rather than the full
-    T x T map.  ``chunk=None`` takes all queries at once.
+    Computed in float32 (half-precision softmax over hundreds of keys loses
+    the small values we rank by), one batch element and ``chunk`` queries at
+    a time, in one reused (heads, chunk, Tk) buffer: the peak extra memory is
+    O(heads * chunk * Tk), whatever the batch, never the T x T map.
+    ``chunk=None`` takes all queries of a batch element at once.
     """
     _check_qk(q, k)
     _check_chunk(chunk)
     batch, heads, tq, dh = q.shape
-    step = tq if chunk is None else chunk
-    scale = dh**-0.5
-    kt = k.float().transpose(-1, -2)  # (B, heads, dh, Tk)
-    total = q.new_zeros((batch, k.shape[2]), dtype=torch.float32)  # (B, Tk)
-    for start in range(0, tq, step):
-        logits = (q[:, :, start : start + step].float() * scale) @ kt  # (B, heads, c, Tk)
-        total += logits.softmax(dim=-1).sum(dim=(1, 2))
+    tk = k.shape[2]
+    step = tq if chunk is None else min(chunk, tq)
+    total = q.new_zeros((batch, tk), dtype=torch.float32)  # (B, Tk)
+    buffer = q.new_empty(heads * step * tk, dtype=torch.float32)  # logits of one chunk, reused
+    for b in range(batch):
+        kt = (k[b].float() * dh**-0.5).transpose(-1, -2)  # (heads, dh, Tk), the scale folded in once
+        for start in range(0, tq, step):
+            qc = q[b, :, start : start + step].float()  # (heads, c, dh)
+            rows = heads * qc.shape[1]
+            logits = torch.matmul(qc, kt, out=buffer[: rows * tk].view(heads, -1, tk))  # (heads, c, Tk)
+            # softmax in place: exp of the max-shifted logits, normalised below
+            logits -= logits.amax(dim=-1, keepdim=True)
+            logits.exp_()
+            inverse = logits.sum(dim=-1).reciprocal_()  # (heads, c): 1 / row sums
+            # sum of the normalised rows over heads and queries as one vector-matrix product,
+            # so no normalised copy of the chunk is made
+            total[b] += (inverse.view(1, rows) @ logits.view(rows, tk))[0]
     return total / (heads * tq)
 
 
