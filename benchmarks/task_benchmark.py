@@ -1,21 +1,26 @@
-"""Task benchmark: video needle-in-a-haystack questions answered from compressed DINOv2 tokens.
+"""Task benchmark (version 2): video needle-in-a-haystack questions answered from compressed DINOv2 tokens.
 
 Similarity scores mislead on real DINOv2 tokens (random selection already scores ~0.99 on
 coverage metrics), and no trained video LLM runs here, so methods are compared on a task: a small
 reader (benchmarks/needle/reader.py), trained once on FULL tokens of the train videos, answers
-three questions about test videos (which object was pasted in, in which quarter of the video, in
-which quadrant of the frame) from each method's compressed tokens, without retraining.  Accuracy
-is reported relative to the reader's accuracy on the full tokens (= 100%).
+five questions (which object was pasted in, in which quarter of the video, in which quadrant of
+the frame, which of two objects came first, was an object shown once or twice) from each
+method's compressed tokens, without retraining.  Accuracy is reported relative to the reader's
+accuracy on the full tokens (= 100%).
 
-    python benchmarks/task_benchmark.py                      # all methods, retentions 0.1..0.25
-    python benchmarks/task_benchmark.py --methods aot,random --retentions 0.1
-    python benchmarks/task_benchmark.py --variant lit=aot:mass=literal --variant a7=aot:anchor_share=0.7
-    python benchmarks/task_benchmark.py --data-only          # just generate/cache the items
+Splits (by video, see needle/data.py): train (reader only), val (every default and benchmark
+choice is made here), test (reported once), persist (test videos, needles that stay 6-12 frames:
+a probe, not part of the headline).
 
-Data, encoded tokens, the trained reader and per-(method, config, retention) results are cached
-under benchmarks/.cache (keyed by hashes of what produces them), so reruns are fast.  The
-full-size data generation (DINOv2 on ~5,400 frames) takes ~45 min on 2 busy CPU cores.
-Outputs: a Markdown table on stdout, ``--out`` (PNG plot) and the same path with ``.json``.
+    python benchmarks/task_benchmark.py                       # all methods on test, retentions 0.1..0.25
+    python benchmarks/task_benchmark.py --split val --methods none --variant a8=aot:anchor_share=0.8
+    python benchmarks/task_benchmark.py --random-seeds 5      # + random with seeds 1..4 (noise)
+    python benchmarks/task_benchmark.py --data-only           # just generate/cache the items
+
+Data, encoded tokens, the trained reader and per-(split, method, config, retention) results are
+cached under benchmarks/.cache (keyed by hashes of what produces them), so reruns are fast.  The
+data generation (DINOv2 at 224 px on ~5,800 frames) takes ~50 min on one busy CPU thread.
+Outputs: Markdown tables on stdout, ``--out`` (PNG plot) and the same path with ``.json``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needle import data as D  # noqa: E402
 from needle import reader as RD  # noqa: E402
-from needle.evaluate import Result, Variant, evaluate, paired_diff, parse_variant, predict_method, relative  # noqa: E402
+from needle.evaluate import (Result, Variant, correctness, evaluate, group_accuracy, items_needed,  # noqa: E402
+                             paired_diff, parse_variant, relative, score_se)
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "task_benchmark.png"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "task_v2.png"
 
 # the paper's orderings: (worse, better, retention or None for every retention, description)
 CHECKS = [
@@ -72,8 +78,13 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:K=V,...",
                    help="an extra row: a method with config overrides, e.g. lit=aot:mass=literal (repeatable)")
     p.add_argument("--retentions", default="0.1,0.15,0.2,0.25")
-    p.add_argument("--n-train", type=int, default=1400)
-    p.add_argument("--n-test", type=int, default=600)
+    p.add_argument("--split", default="test", help="comma-separated splits to evaluate on: val, test, persist")
+    p.add_argument("--reference", default="aot", help="label every paired difference is taken against")
+    p.add_argument("--random-seeds", type=int, default=1, help="run `random` with seeds 0..N-1 (rows random@s)")
+    p.add_argument("--n-train", type=int, default=D.DEFAULT_COUNTS["train"])
+    p.add_argument("--n-val", type=int, default=D.DEFAULT_COUNTS["val"])
+    p.add_argument("--n-test", type=int, default=D.DEFAULT_COUNTS["test"])
+    p.add_argument("--n-persist", type=int, default=D.DEFAULT_COUNTS["persist"])
     p.add_argument("--seed", type=int, default=0, help="data seed (the reader uses --reader-seed)")
     p.add_argument("--reader-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=RD.ReaderConfig.epochs)
@@ -83,35 +94,91 @@ def parse_args(argv=None):
     p.add_argument("--data-only", action="store_true", help="generate/cache the data, print its stats, stop")
     p.add_argument("--retrain", action="store_true", help="ignore a cached reader")
     p.add_argument("--no-result-cache", action="store_true", help="recompute every (method, retention)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--item-limit", action="append", default=[], metavar="LABEL=N",
+                   help="evaluate LABEL on the first N items of the split only (slow methods); paired statistics "
+                        "against it use those N items (repeatable)")
+    p.add_argument("--cached-only", action="store_true", help="report only (method, retention) pairs already cached")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
-def markdown(results: list[Result], retentions: list[float], full_acc: dict) -> str:
+def _fmt(v, nd=1):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def markdown(results: list[Result], retentions: list[float], full_acc: dict, full_correct) -> str:
     qs = list(D.QUESTIONS) + ["mean"]
     lines = ["| method | retention | " + " | ".join(qs) + " |", "|---|---|" + "---|" * len(qs)]
     for r in results:
-        cells = [f"{r.rel[q]:.1f}" for q in qs] if r.rel else [r.note or "n/a"] + [""] * (len(qs) - 1)
+        cells = [_fmt(r.rel[q]) for q in qs] if r.rel else [r.note or "n/a"] + [""] * (len(qs) - 1)
         lines.append(f"| {r.label} | {r.retention:g} | " + " | ".join(cells) + " |")
-    # compact pivot of the mean
     labels = list(dict.fromkeys(r.label for r in results))
     by = {(r.label, r.retention): r for r in results}
     piv = ["| method | " + " | ".join(f"{x:g}" for x in retentions) + " | avg |", "|---|" + "---|" * (len(retentions) + 1)]
     for lab in labels:
-        vals = [by[(lab, x)].rel["mean"] if (lab, x) in by and by[(lab, x)].rel else None for x in retentions]
-        ok = [v for v in vals if v is not None]
-        avg = f"{sum(ok) / len(ok):.1f}" if ok else "n/a"
-        piv.append(f"| {lab} | " + " | ".join(f"{v:.1f}" if v is not None else "n/a" for v in vals) + f" | {avg} |")
-    head = ("Full tokens (absolute accuracy = 100%): " + ", ".join(f"{q} {100 * full_acc[q]:.1f}%" for q in qs))
+        vals, cells = [], []
+        for x in retentions:
+            r = by.get((lab, x))
+            if r is None or not r.rel:
+                cells.append("n/a")
+                continue
+            vals.append(r.rel["mean"])
+            n = len(r.correct)
+            cells.append(f"{r.rel['mean']:.1f} ± {score_se(r.correct, prefix_accuracy(full_correct, n)):.1f}"
+                         + (f" (n={n})" if n < len(full_correct) else ""))
+        avg = f"{sum(vals) / len(vals):.1f}" if vals else "n/a"
+        piv.append(f"| {lab} | " + " | ".join(cells) + f" | {avg} |")
+    head = "Full tokens (absolute accuracy = 100%): " + ", ".join(f"{q} {_fmt(100 * full_acc[q])}%" for q in qs)
     return "\n".join([head, "", "Relative accuracy (% of full-token accuracy), per question:", ""] + lines
-                     + ["", "Mean relative accuracy, method x retention:", ""] + piv)
+                     + ["", "Mean relative accuracy ± s.e. (items resampled), method x retention:", ""] + piv)
 
 
-def validation(results: list[Result], retentions: list[float]) -> str:
+def prefix_accuracy(correct, n: int) -> dict[str, float]:
+    """Per-question accuracy (fraction) of the first n items' correctness lists (-1 = not asked)."""
+    C = torch.as_tensor(correct[:n])
+    out = {}
+    for q, name in enumerate(D.QUESTIONS[: C.shape[1]]):
+        c = C[:, q]
+        c = c[c >= 0]
+        out[name] = float(c.float().mean()) if len(c) else float("nan")
+    asked = [v for v in out.values() if not math.isnan(v)]
+    out["mean"] = sum(asked) / len(asked) if asked else float("nan")
+    return out
+
+
+def paired_table(results: list[Result], retentions: list[float], full_correct, ref: str) -> tuple[str, list]:
+    """Every method against ``ref``: paired difference (ref - method, % of full), 95% interval, and
+    the test items needed for that difference to be 2 paired s.e.  A method run on fewer items
+    (--item-limit) is compared on those items, relative to full tokens on them."""
     by = {(r.label, r.retention): r for r in results}
-    out = ["Validation against the paper's orderings (measured, never tuned; Δ = better - worse in mean accuracy points,",
-           "paired over test items, ± 1 s.e.; |Δ| < 2 s.e. is reported as a tie within noise):", ""]
+    rows, data = [], []
+    for lab in dict.fromkeys(r.label for r in results):
+        if lab == ref:
+            continue
+        cells = []
+        for x in retentions:
+            a, b = by.get((ref, x)), by.get((lab, x))
+            if a is None or b is None or a.correct is None or b.correct is None:
+                cells.append("n/a")
+                continue
+            n = min(len(a.correct), len(b.correct))
+            d, se = paired_diff(a.correct[:n], b.correct[:n], prefix_accuracy(full_correct, n))
+            need = items_needed(d, se, n)
+            data.append({"method": lab, "retention": x, "n": n, "diff": d, "se": se, "ci95": [d - 1.96 * se, d + 1.96 * se],
+                         "items_needed_2se": need})
+            cells.append(f"{d:+.1f} [{d - 1.96 * se:+.1f}, {d + 1.96 * se:+.1f}] need {need if need is not None else '∞'}"
+                         + (f" (on {n})" if n < len(full_correct) else ""))
+        rows.append(f"| {lab} | " + " | ".join(cells) + " |")
+    head = [f"Paired difference {ref} - method (points of % of full), 95% interval, and items needed for |Δ| = 2 s.e.:", "",
+            "| method | " + " | ".join(f"{x:g}" for x in retentions) + " |", "|---|" + "---|" * len(retentions)]
+    return "\n".join(head + rows), data
+
+
+def validation(results: list[Result], retentions: list[float], full_correct) -> str:
+    by = {(r.label, r.retention): r for r in results}
+    out = ["The paper's orderings (measured, never tuned; Δ = better - worse, % of full, paired over items,",
+           "± 1 s.e.; |Δ| < 2 s.e. is reported as a tie within noise):", ""]
     for worse, better, at, desc in CHECKS:
         rets = [at] if at is not None else retentions
         parts, verdicts = [], []
@@ -119,7 +186,8 @@ def validation(results: list[Result], retentions: list[float]) -> str:
             a, b = by.get((better, x)), by.get((worse, x))
             if a is None or b is None or a.correct is None or b.correct is None:
                 continue
-            d, se = paired_diff(a.correct, b.correct)
+            n = min(len(a.correct), len(b.correct))
+            d, se = paired_diff(a.correct[:n], b.correct[:n], prefix_accuracy(full_correct, n))
             v = "agree" if d >= 2 * se and d > 0 else ("disagree" if d <= -2 * se and d < 0 else "tie")
             verdicts.append(v)
             parts.append(f"{x:g}: Δ={d:+.1f}±{se:.1f} ({v})")
@@ -131,24 +199,94 @@ def validation(results: list[Result], retentions: list[float]) -> str:
     return "\n".join(out)
 
 
-def plot(results: list[Result], path: Path) -> None:
+def seed_noise(results: list[Result], retentions: list[float]) -> tuple[str, dict]:
+    """``random`` over its seeds: mean, standard deviation and range of the mean relative accuracy."""
+    rows, data = [], {}
+    for x in retentions:
+        vals = [r.rel["mean"] for r in results if r.label.split("@")[0] == "random" and r.retention == x and r.rel]
+        if len(vals) < 2:
+            continue
+        t = torch.tensor(vals, dtype=torch.float64)
+        data[x] = {"n_seeds": len(vals), "mean": float(t.mean()), "std": float(t.std()), "min": float(t.min()), "max": float(t.max())}
+        rows.append(f"| {x:g} | {len(vals)} | {float(t.mean()):.1f} | {float(t.std()):.1f} | {float(t.min()):.1f} - {float(t.max()):.1f} |")
+    if not rows:
+        return "", data
+    return "\n".join(["`random` over seeds (mean relative accuracy):", "", "| retention | seeds | mean | std | range |",
+                      "|---|---|---|---|---|"] + rows), data
+
+
+def item_groups(ds: D.NeedleSet, clip_length: int = 4) -> dict[str, list]:
+    """Labels per item for breakdowns: kind, video, needle width bin, and (one-frame needles of order/
+    count items) whether a needle frame is a clip keyframe of uniform clips of ``clip_length``."""
+    clips = D.base_clips()
+    sizes = D.video_sizes()
+    out = {"kind": [], "video": [], "width": [], "keyframe": []}
+    for sp in ds.specs:
+        out["kind"].append(sp.kind)
+        v = clips[sp.clip].video
+        out["video"].append(Path(v).stem)
+        if sp.boxes:
+            wf = sp.boxes[0][2] / sizes[v][1]
+            out["width"].append("<16%" if wf < 0.16 else ("16-20%" if wf < 0.20 else ">=20%"))
+        else:
+            out["width"].append("none")
+        if sp.kind in ("order", "count"):
+            out["keyframe"].append("a needle on a keyframe" if any(t % clip_length == 0 for t in sp.frames) else "needles off keyframes")
+        else:
+            out["keyframe"].append(sp.kind)
+    return out
+
+
+def breakdowns(results: list[Result], ds: D.NeedleSet, full_correct, labels: list[str], retention: float) -> tuple[str, dict]:
+    """Absolute accuracy (%) per group (video / needle width / keyframe) for a few methods at one retention."""
+    groups = item_groups(ds)
+    by = {(r.label, r.retention): r for r in results}
+    lines, data = [], {}
+    for gname in ("video", "width", "keyframe"):
+        g = groups[gname]
+        ref = group_accuracy(full_correct, g)
+        cols = [k for k in ref if k not in ("none", "single", "persist")]
+        if not cols:
+            continue
+        lines += [f"Accuracy (%) by {gname} at retention {retention:g} (mean over the questions asked of those items; n items):", "",
+                  "| method | " + " | ".join(f"{k} (n={ref[k]['n']})" for k in cols) + " |", "|---|" + "---|" * len(cols)]
+        data[gname] = {}
+        for lab, corr in [("full", full_correct)] + [(lab, by[(lab, retention)].correct) for lab in labels
+                                                         if (lab, retention) in by and by[(lab, retention)].correct
+                                                         and len(by[(lab, retention)].correct) == len(g)]:
+            ga = group_accuracy(corr, g)
+            cells = []
+            for k in cols:
+                qs = [q for q in D.QUESTIONS if q in ga[k]]
+                m = sum(ga[k][q] for q in qs) / len(qs) if qs else float("nan")
+                cells.append(_fmt(m))
+                data[gname].setdefault(lab, {})[k] = m
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines), data
+
+
+def plot(results: list[Result], path: Path, full_correct, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    labels = list(dict.fromkeys(r.label for r in results))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    labels = [lab for lab in dict.fromkeys(r.label for r in results) if "@" not in lab or lab.endswith("@0")]
     cmap = plt.get_cmap("tab20")
     for i, lab in enumerate(labels):
-        pts = sorted((r.retention, r.rel["mean"]) for r in results if r.label == lab and r.rel)
+        pts = sorted((r.retention, r.rel["mean"], score_se(r.correct, prefix_accuracy(full_correct, len(r.correct))))
+                     for r in results if r.label == lab and r.rel)
         if pts:
             style = "-" if lab == "aot" else ("--" if lab.startswith("aot") else ":")
-            ax.plot(*zip(*pts), style, marker="o", color=cmap(i % 20), label=lab, lw=2.5 if lab == "aot" else 1.3)
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, fmt=style, marker="o", color=cmap(i % 20), label=lab, lw=2.5 if lab == "aot" else 1.3,
+                        capsize=2, ms=4)
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xlabel("retention")
-    ax.set_ylabel("mean relative accuracy (% of full tokens)")
-    ax.set_title("Needle-in-a-haystack task on DINOv2 tokens (frozen reader)")
+    ax.set_ylabel("mean relative accuracy (% of full tokens), ± 1 s.e.")
+    ax.set_title(title)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -157,23 +295,69 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
+def run_split(reader, ds, split: str, variants: list[Variant], retentions: list[float], full_correct, args,
+              rkey: str, progress: bool) -> list[Result]:
+    res_dir = args.cache / f"results-{_hash({'reader': rkey, 'split': split, 'n': len(ds), 'aot_source': _source_hash()})}"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    limits = dict(parse_limit(t) for t in args.item_limit)
+    for v in variants:
+        n = min(len(ds), limits.get(v.label, len(ds)))
+        sub = ds if n == len(ds) else ds.subset(range(n))
+        full_acc = prefix_accuracy(full_correct, n)
+        for x in retentions:
+            key = {'key': v.key(), 'retention': x} if n == len(ds) else {'key': v.key(), 'retention': x, 'n': n}
+            cpath = res_dir / f"{_hash(key)}.json"
+            if cpath.exists() and not args.no_result_cache:
+                d = json.loads(cpath.read_text())
+                r = Result(v.label, x, d["acc"], d["rel"], d["correct"], d["note"], d.get("extra", {}))
+                if r.acc is not None:
+                    r.rel = relative(r.acc, full_acc)
+            elif args.cached_only:
+                continue
+            else:
+                t = time.time()
+                r = evaluate(reader, sub, v, x, full_acc, progress=progress)
+                r.extra["seconds"] = time.time() - t
+                r.extra["n_items"] = n
+                cpath.write_text(json.dumps({"key": v.key(), "retention": x, "acc": r.acc, "rel": r.rel,
+                                             "correct": r.correct, "note": r.note, "extra": r.extra}))
+            results.append(r)
+            msg = f"{r.rel['mean']:.1f}%" if r.rel else r.note
+            print(f"  [{split}] {v.label:>24s} @ {x:<5g} mean rel {msg}", flush=True)
+    return results
+
+
+def parse_limit(text: str) -> tuple[str, int]:
+    label, eq, n = text.rpartition("=")
+    if not eq or not n.strip().isdigit():
+        raise SystemExit(f"--item-limit wants LABEL=N, got {text!r}")
+    return label.strip(), int(n)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
     retentions = [float(x) for x in args.retentions.split(",") if x.strip()]
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    for s in splits:
+        if s not in ("val", "test", "persist"):
+            raise SystemExit(f"--split: unknown split {s!r} (val, test, persist; train is the reader's)")
     gcfg = D.GenConfig(seed=args.seed)
+    counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test, "persist": args.n_persist}
 
     t0 = time.time()
-    sets = D.build(gcfg, args.n_train, args.n_test, cache_dir=args.cache, progress=progress, encode=not args.no_encode)
-    train, test = sets["train"], sets["test"]
+    sets = D.build(gcfg, counts, cache_dir=args.cache, progress=progress, encode=not args.no_encode)
+    train = sets["train"]
     print(f"data ({time.time() - t0:.0f} s, cache {args.cache}):\n{D.stats(sets)}", flush=True)
     if args.data_only:
         return 0
 
     # reader
-    rcfg = RD.ReaderConfig(num_classes=(len(gcfg.classes) + 1, 4, 4), epochs=args.epochs, seed=args.reader_seed,
-                           dim=train.base_x.shape[-1], num_frames=train.base_x.shape[1], num_cells=train.base_x.shape[2])
+    rcfg = RD.ReaderConfig(num_classes=(len(gcfg.classes) + 1, 4, 4, len(gcfg.classes), 2), epochs=args.epochs,
+                           seed=args.reader_seed, dim=train.base_x.shape[-1], num_frames=train.base_x.shape[1],
+                           num_cells=train.base_x.shape[2])
     rkey = _hash({"data": gcfg.item_key(), "base": gcfg.base_key(), "n_train": args.n_train, "reader": asdict(rcfg)})
     rpath = args.cache / f"reader-{rkey}.pt"
     if rpath.exists() and not args.retrain:
@@ -186,14 +370,16 @@ def main(argv=None) -> int:
         RD.save(reader, rpath)
         print(f"reader: trained in {time.time() - t1:.0f} s -> {rpath}")
     torch.set_grad_enabled(False)
-    full_train = RD.accuracy(RD.predict_full(reader, train), train.answers)
-    full_pred = RD.predict_full(reader, test)
-    full_test = RD.accuracy(full_pred, test.answers)
-    fmt = lambda a: ", ".join(f"{k} {100 * v:.1f}%" for k, v in a.items())  # noqa: E731
-    chance = {"obj": 1 / (len(gcfg.classes) + 1), "quarter": 0.25, "quadrant": 0.25}
-    print(f"full tokens: train {fmt(full_train)}\n             test  {fmt(full_test)}   (chance ~ obj {100 * chance['obj']:.0f}%, 25%, 25%)")
+    fmt = lambda a: ", ".join(f"{k} {_fmt(100 * v)}%" for k, v in a.items())  # noqa: E731
+    full = {}
+    for name, ds in sets.items():
+        if len(ds):
+            pred = RD.predict_full(reader, ds)
+            full[name] = (RD.accuracy(pred, ds.answers), correctness(pred, ds.answers).tolist())
+            print(f"full tokens: {name:>7s} {fmt(full[name][0])}")
+    print(f"(chance: obj {100 / (len(gcfg.classes) + 1):.0f}%, quarter 25%, quadrant 25%, order 50% given both objects "
+          f"recognised, count 50%)")
 
-    # methods
     import aot.methods as M
 
     if args.methods is None:
@@ -202,7 +388,10 @@ def main(argv=None) -> int:
         names = []
     else:
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    variants = [Variant(n, n) for n in names] + [parse_variant(v) for v in args.variant]
+    variants = [Variant(n, n) for n in names]
+    if "random" in names and args.random_seeds > 1:
+        variants += [Variant(f"random@{s}", "random", (("seed", s),)) for s in range(1, args.random_seeds)]
+    variants += [parse_variant(v) for v in args.variant]
     if len({v.label for v in variants}) != len(variants):
         raise SystemExit("duplicate method / variant labels")
     for v in variants:
@@ -210,50 +399,42 @@ def main(argv=None) -> int:
             raise SystemExit(f"{v.method} prunes inside the language model; this benchmark compresses before it "
                              f"(pre-LLM methods: {', '.join(M.names(stage='pre-llm'))})")
 
-    from needle.evaluate import correctness
-
-    res_dir = args.cache / f"results-{_hash({'reader': rkey, 'n_test': args.n_test, 'aot_source': _source_hash()})}"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
-    full_correct = correctness(full_pred, test.answers).tolist()
-    results_full = Result("full", 1.0, full_test, relative(full_test, full_test), full_correct)
-    t2 = time.time()
-    for v in variants:
-        for x in retentions:
-            cpath = res_dir / f"{_hash({'key': v.key(), 'retention': x})}.json"
-            if cpath.exists() and not args.no_result_cache:
-                d = json.loads(cpath.read_text())
-                r = Result(v.label, x, d["acc"], d["rel"], d["correct"], d["note"])
-            else:
-                t = time.time()
-                r = evaluate(reader, test, v, x, full_test, progress=progress)
-                r.extra["seconds"] = time.time() - t
-                cpath.write_text(json.dumps({"key": v.key(), "retention": x, "acc": r.acc, "rel": r.rel,
-                                             "correct": r.correct, "note": r.note}))
-            results.append(r)
-            msg = f"{r.rel['mean']:.1f}%" if r.rel else r.note
-            print(f"  {v.label:>22s} @ {x:<5g} mean rel {msg}", flush=True)
-    print(f"evaluation: {time.time() - t2:.0f} s\n")
-
-    print(markdown(results, retentions, full_test))
-    print()
-    print(validation(results, retentions))
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot(results, args.out)
-    jpath = args.out.with_suffix(".json")
-    jpath.write_text(json.dumps({
-        "data": {"config": asdict(gcfg), "n_train": len(train), "n_test": len(test), "stats": D.stats(sets)},
-        "reader": asdict(rcfg),
-        "full_accuracy": {"train": full_train, "test": full_test},
-        "retentions": retentions,
-        "variants": [{"label": v.label, "method": v.method, "overrides": dict(v.overrides)} for v in variants],
-        "results": [{"label": r.label, "retention": r.retention, "accuracy": r.acc, "relative": r.rel, "note": r.note}
-                    for r in results],
-        "validation": validation(results, retentions),
-    }, indent=1))
-    print(f"\nplot: {args.out}\njson: {jpath}")
-    _ = results_full
+    report = {"data": {"config": asdict(gcfg), "counts": {k: len(v) for k, v in sets.items()}, "stats": D.stats(sets)},
+              "reader": asdict(rcfg), "full_accuracy": {k: v[0] for k, v in full.items()}, "retentions": retentions,
+              "variants": [{"label": v.label, "method": v.method, "overrides": dict(v.overrides)} for v in variants],
+              "threads": args.threads, "splits": {}}
+    for split in splits:
+        ds = sets[split]
+        full_acc, full_correct = full[split]
+        t2 = time.time()
+        results = run_split(reader, ds, split, variants, retentions, full_correct, args, rkey, progress)
+        print(f"evaluation [{split}]: {time.time() - t2:.0f} s\n")
+        text = [f"## split {split} ({len(ds)} items)", "", markdown(results, retentions, full_acc, full_correct), ""]
+        ptab, pdata = paired_table(results, retentions, full_correct, args.reference)
+        text += [ptab, ""]
+        stab, sdata = seed_noise(results, retentions)
+        if stab:
+            text += [stab, ""]
+        text += [validation(results, retentions, full_correct), ""]
+        peers = [lab for lab in ("aot", "holitom", "flashvid", "visionzip", "fastvid", "random", "pooling") if lab in
+                 {r.label for r in results}]
+        btab, bdata = breakdowns(results, ds, full_correct, peers, min(retentions))
+        text += [btab]
+        print("\n".join(text))
+        report["splits"][split] = {
+            "n": len(ds), "full_accuracy": full_acc,
+            "results": [{"label": r.label, "retention": r.retention, "n_items": len(r.correct) if r.correct else None,
+                         "accuracy": r.acc, "relative": r.rel, "note": r.note, "seconds": r.extra.get("seconds"),
+                         "se": score_se(r.correct, prefix_accuracy(full_correct, len(r.correct))) if r.correct else None}
+                        for r in results],
+            "paired_vs_reference": pdata, "random_seeds": sdata, "breakdowns": bdata,
+            "orderings": validation(results, retentions, full_correct)}
+        out = args.out if split == "test" else args.out.with_name(f"{args.out.stem}_{split}.png")
+        plot(results, out, full_correct, f"Needle task v2 on DINOv2 tokens, {split} split ({len(ds)} items, frozen reader)")
+        print(f"plot: {out}")
+    jpath = args.out.with_suffix(".json") if splits == ["test"] else args.out.with_name(f"{args.out.stem}_{'_'.join(splits)}.json")
+    jpath.write_text(json.dumps(report, indent=1))
+    print(f"json: {jpath}")
     return 0
 
 

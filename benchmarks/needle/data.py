@@ -7,20 +7,34 @@ mirrored left-right: 3 ranges x 2 = 6 clips per video, 30 clips.  The halves and
 new content but give the reader other frame orders, speeds and layouts of the same scenes.
 
 Split BY VIDEO: test = bigbuckbunny (animation, 1280x720) + carphone_pristine (low-res natural,
-176x144); train = bikes, box, Megamind (one animation, two natural).  No video, hence no
-background frame, is in both sets, so the reader cannot memorise test backgrounds; each side has
-an animated and a natural video, and the test side spans the highest and lowest resolutions.
+176x144); validation = bikes (natural street, 640x272), held out of the reader's training data and
+the only data every default and benchmark choice is made on; train = box, Megamind (one natural,
+one animation).  No video, hence no background frame, is in two splits, so the reader cannot
+memorise validation or test backgrounds.  The ``persist`` split draws from the test videos.
 
 Needles: 8 real photographs/drawings bundled in scikit-image's wheel (``skimage/data``; nothing
-downloaded), see ``CLASSES``.  RGBA images are flattened onto white.  An item is a base clip
-plus, with probability K/(K+1), one needle class pasted into 2-3 consecutive frames at a random
-place, 12-25% of the frame width wide (aspect kept), drifting by up to 2% of the width per frame;
-pasted on the raw decoded frames, before DINOv2's resize/normalisation.  Questions:
+downloaded), see ``CLASSES``.  RGBA images are flattened onto white.  Needles are 12-25% of the
+frame width wide (aspect kept) and pasted on the raw decoded frames, before DINOv2's
+resize/normalisation.  An item is a base clip plus needles; its ``kind`` decides which:
 
-* ``obj``: which class (0..K-1) or K = "none";
-* ``quarter``: which quarter of the 32 frames holds the first needle frame (0..3; -1 for none);
-* ``quadrant``: 2x2 quadrant of the needle centre, row-major (0 TL, 1 TR, 2 BL, 3 BR; -1 for
-  none); placements whose centre crosses a mid-line while drifting are redrawn.
+* ``single`` (half of the items): with probability K/(K+1) one needle class in 2-3 consecutive
+  frames at a random place, drifting by up to 2% of the width per frame (else no needle);
+* ``order`` (a quarter): two different classes, one frame each, at least ``min_gap`` frames apart;
+* ``count`` (a quarter): one class shown once or twice, one frame each, ``min_gap`` frames apart,
+  at an independent place each time;
+* ``persist`` (the ``persist`` split only, a probe): one needle in 6-12 consecutive frames,
+  drifting, i.e. an object that stays on screen as objects in real videos do, unlike the flashes
+  above; same questions as ``single``.
+
+Questions (``QUESTIONS``; -1 = not asked of this item):
+
+* ``obj`` (single/persist): which class (0..K-1) or K = "none";
+* ``quarter`` (single/persist): which quarter of the 32 frames holds the first needle frame;
+* ``quadrant`` (single/persist): 2x2 quadrant of the needle centre, row-major (0 TL, 1 TR, 2 BL,
+  3 BR); placements whose centre crosses a mid-line while drifting are redrawn;
+* ``order`` (order): the class of the needle that appeared first (0..K-1; chance 1/2 for a reader
+  that recognises both);
+* ``count`` (count): 0 = shown once, 1 = shown twice.
 
 Item i of a split is drawn from ``np.random.default_rng([seed, split, i])``, so it does not
 depend on how many items are generated.  Base clips are encoded once; an item stores only its
@@ -46,7 +60,7 @@ VIDEO_DIR = REPO.parent / "shared" / "data" / "videos"
 CACHE_DIR = REPO / "benchmarks" / ".cache" / "needle"
 
 VIDEOS = {  # file -> split
-    "bikes.mp4": "train",
+    "bikes.mp4": "val",
     "box.mp4": "train",
     "Megamind.avi": "train",
     "bigbuckbunny.mp4": "test",
@@ -54,8 +68,11 @@ VIDEOS = {  # file -> split
 }
 RANGES = ("full", "first", "second")
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera", "horse", "retina")
-SPLITS = {"train": 0, "test": 1}
-QUESTIONS = ("obj", "quarter", "quadrant")
+SPLITS = {"train": 0, "test": 1, "val": 2, "persist": 3}
+CLIP_SPLIT = {"train": "train", "val": "val", "test": "test", "persist": "test"}  # split -> base clips it draws on
+BASE_VERSION = 1  # bump to re-encode the base clips (GenConfig.version only re-draws the items)
+QUESTIONS = ("obj", "quarter", "quadrant", "order", "count")
+KINDS = ("single", "order", "count", "persist")
 
 
 @dataclass(frozen=True)
@@ -69,11 +86,14 @@ class GenConfig:
     width_range: tuple[float, float] = (0.12, 0.25)  # needle width, fraction of the frame width
     needle_frames: tuple[int, int] = (2, 3)  # consecutive frames holding the needle, inclusive
     drift: float = 0.02  # max per-frame shift of the needle, fraction of the frame width
-    image_size: int = 378
+    image_size: int = 224
     layers: tuple[int, int] = (-2, 5)
-    pool: int = 2
+    pool: int = 1
     score: str = "received"
-    version: int = 1
+    kind_probs: tuple[float, float, float] = (0.5, 0.25, 0.25)  # single, order, count (train/val/test)
+    min_gap: int = 2  # order/count: frames between the two needle frames, at least min_gap - 1
+    persist_frames: tuple[int, int] = (6, 12)  # persist split: consecutive needle frames, inclusive
+    version: int = 2
 
     @property
     def none_prob(self) -> float:
@@ -81,7 +101,8 @@ class GenConfig:
 
     def base_key(self) -> str:
         keep = {k: v for k, v in asdict(self).items() if k in ("num_frames", "image_size", "layers", "pool", "score")}
-        return _hash({"base": keep, "videos": VIDEOS, "ranges": RANGES, "version": self.version})
+        # the video files, not their split: moving a video between splits keeps its encoded clips
+        return _hash({"base": keep, "videos": sorted(VIDEOS), "ranges": RANGES, "version": BASE_VERSION})
 
     def item_key(self) -> str:
         return _hash({"items": asdict(self), "videos": VIDEOS, "ranges": RANGES})
@@ -178,17 +199,67 @@ class ItemSpec:
     index: int
     clip: int  # index into base_clips()
     cls: int  # -1: no needle
-    frames: tuple[int, ...] = ()  # needle frame indices (consecutive)
+    frames: tuple[int, ...] = ()  # needle frame indices, increasing
     boxes: tuple[tuple[int, int, int, int], ...] = ()  # (x0, y0, w, h) per needle frame, raw pixels
-    answers: tuple[int, int, int] = (0, -1, -1)  # obj, quarter, quadrant
+    answers: tuple[int, ...] = (0, -1, -1, -1, -1)  # one per QUESTIONS entry, -1 = not asked
+    kind: str = "single"
+    frame_cls: tuple[int, ...] = ()  # class pasted in each needle frame (order items: two classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def supervision(self) -> Tensor:
+        """(n_frames, Q) bool: which questions' attention is trained towards each needle frame.
+        single/persist: obj/quarter/quadrant on every needle frame; order: ``order`` on the first
+        frame only (the answer is that needle); count: ``count`` on every shown frame."""
+        Q = len(QUESTIONS)
+        out = torch.zeros(len(self.frames), Q, dtype=torch.bool)
+        if not self.frames:
+            return out
+        if self.kind in ("single", "persist"):
+            out[:, :3] = True
+        elif self.kind == "order":
+            out[0, QUESTIONS.index("order")] = True
+        elif self.kind == "count":
+            out[:, QUESTIONS.index("count")] = True
+        return out
 
 
 def _quadrant(x0: int, y0: int, w: int, h: int, W: int, H: int) -> int:
     cx, cy = x0 + w / 2.0, y0 + h / 2.0
     return 2 * int(cy >= H / 2.0) + int(cx >= W / 2.0)
+
+
+def _needle_size(rng, cfg: GenConfig, H: int, W: int, aspect: float) -> tuple[int, int]:
+    w = max(2, int(round(rng.uniform(*cfg.width_range) * W)))
+    h = max(2, int(round(w * aspect)))
+    if h > H - 2:  # a tall needle in a wide, short frame: shrink, keep the aspect
+        h = H - 2
+        w = max(2, int(round(h / aspect)))
+    return w, h
+
+
+def _place(rng, W: int, H: int, w: int, h: int, n: int, step: int) -> tuple[list, int]:
+    """Boxes of a needle drifting over n frames, its centre inside one quadrant; and that quadrant."""
+    for _ in range(1000):
+        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        boxes = [(x, y, w, h)]
+        for _ in range(n - 1):
+            x = int(np.clip(x + rng.integers(-step, step + 1), 0, W - w))
+            y = int(np.clip(y + rng.integers(-step, step + 1), 0, H - h))
+            boxes.append((x, y, w, h))
+        quads = {_quadrant(*b, W, H) for b in boxes}
+        if len(quads) == 1:
+            return boxes, quads.pop()
+    raise RuntimeError("could not place a needle inside one quadrant")  # pragma: no cover
+
+
+def _two_frames(rng, F: int, gap: int) -> tuple[int, int]:
+    """Two frames t1 < t2 with t2 - t1 >= gap, uniform over such pairs."""
+    while True:
+        t1, t2 = sorted(int(v) for v in rng.integers(0, F, size=2))
+        if t2 - t1 >= gap:
+            return t1, t2
 
 
 def sample_item(cfg: GenConfig, split: str, index: int, clip_ids: list[int], sizes: dict[int, tuple[int, int]],
@@ -199,42 +270,54 @@ def sample_item(cfg: GenConfig, split: str, index: int, clip_ids: list[int], siz
     ``aspects[k]``: height / width of needle class k (default: from the images).
     """
     rng = np.random.default_rng([cfg.seed, SPLITS[split], index])
-    K, F = len(cfg.classes), cfg.num_frames
+    K, F, Q = len(cfg.classes), cfg.num_frames, len(QUESTIONS)
     clip = int(clip_ids[int(rng.integers(len(clip_ids)))])
-    if rng.random() < cfg.none_prob:
-        return ItemSpec(split, index, clip, -1, (), (), (K, -1, -1))
-    cls = int(rng.integers(K))
-    n = int(rng.integers(cfg.needle_frames[0], cfg.needle_frames[1] + 1))
-    start = int(rng.integers(0, F - n + 1))
     H, W = sizes[clip]
-    aspect = aspects[cls] if aspects is not None else needle_source(cfg.classes[cls]).shape[0] / needle_source(cfg.classes[cls]).shape[1]
-    w = max(2, int(round(rng.uniform(*cfg.width_range) * W)))
-    h = max(2, int(round(w * aspect)))
-    if h > H - 2:  # a tall needle in a wide, short frame: shrink, keep the aspect
-        h = H - 2
-        w = max(2, int(round(h / aspect)))
     step = max(1, int(round(cfg.drift * W)))
-    for _ in range(1000):
-        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-        boxes = [(x, y, w, h)]
-        for _ in range(n - 1):
-            x = int(np.clip(x + rng.integers(-step, step + 1), 0, W - w))
-            y = int(np.clip(y + rng.integers(-step, step + 1), 0, H - h))
-            boxes.append((x, y, w, h))
-        quads = {_quadrant(*b, W, H) for b in boxes}
-        if len(quads) == 1:
-            break
-    else:  # pragma: no cover - practically unreachable
-        raise RuntimeError("could not place a needle inside one quadrant")
-    frames = tuple(range(start, start + n))
-    return ItemSpec(split, index, clip, cls, frames, tuple(boxes), (cls, start * 4 // F, quads.pop()))
+
+    def aspect(k):
+        return aspects[k] if aspects is not None else needle_source(cfg.classes[k]).shape[0] / needle_source(cfg.classes[k]).shape[1]
+
+    def answers(**kw):
+        a = [-1] * Q
+        for k, v in kw.items():
+            a[QUESTIONS.index(k)] = int(v)
+        return tuple(a)
+
+    if split == "persist":
+        kind = "persist"
+    else:
+        kind = KINDS[int(rng.choice(3, p=np.asarray(cfg.kind_probs) / sum(cfg.kind_probs)))]
+    if kind in ("single", "persist"):
+        if kind == "single" and rng.random() < cfg.none_prob:
+            return ItemSpec(split, index, clip, -1, (), (), answers(obj=K), kind)
+        cls = int(rng.integers(K))
+        lo, hi = cfg.needle_frames if kind == "single" else cfg.persist_frames
+        n = int(rng.integers(lo, hi + 1))
+        start = int(rng.integers(0, F - n + 1))
+        w, h = _needle_size(rng, cfg, H, W, aspect(cls))
+        boxes, quad = _place(rng, W, H, w, h, n, step)
+        return ItemSpec(split, index, clip, cls, tuple(range(start, start + n)), tuple(boxes),
+                        answers(obj=cls, quarter=start * 4 // F, quadrant=quad), kind, (cls,) * n)
+    t1, t2 = _two_frames(rng, F, cfg.min_gap)
+    if kind == "order":
+        a, b = (int(v) for v in rng.choice(K, size=2, replace=False))
+        boxes = [_place(rng, W, H, *_needle_size(rng, cfg, H, W, aspect(c)), 1, step)[0][0] for c in (a, b)]
+        return ItemSpec(split, index, clip, a, (t1, t2), tuple(boxes), answers(order=a), kind, (a, b))
+    cls = int(rng.integers(K))
+    twice = bool(rng.random() < 0.5)
+    w, h = _needle_size(rng, cfg, H, W, aspect(cls))
+    frames = (t1, t2) if twice else ((t1,) if rng.random() < 0.5 else (t2,))
+    boxes = [_place(rng, W, H, w, h, 1, step)[0][0] for _ in frames]
+    return ItemSpec(split, index, clip, cls, frames, tuple(boxes), answers(count=int(twice)), kind, (cls,) * len(frames))
 
 
 def paste(frames: np.ndarray, spec: ItemSpec, classes=CLASSES) -> np.ndarray:
     """The needle frames of ``spec`` with the needle pasted: (len(spec.frames), H, W, 3) uint8 copies."""
     out = np.array(frames[list(spec.frames)], copy=True)
+    fcls = spec.frame_cls or (spec.cls,) * len(spec.frames)
     for k, (x0, y0, w, h) in enumerate(spec.boxes):
-        out[k, y0 : y0 + h, x0 : x0 + w] = needle_image(classes[spec.cls], w, h)
+        out[k, y0 : y0 + h, x0 : x0 + w] = needle_image(classes[fcls[k]], w, h)
     return out
 
 
@@ -264,14 +347,15 @@ def video_sizes(video_dir: Path = VIDEO_DIR) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def item_specs(cfg: GenConfig, n_train: int, n_test: int, video_dir: Path = VIDEO_DIR) -> dict[str, list[ItemSpec]]:
+def item_specs(cfg: GenConfig, counts: dict[str, int], video_dir: Path = VIDEO_DIR) -> dict[str, list[ItemSpec]]:
+    """``counts[split]`` items of each split (prefix-stable: item i does not depend on the count)."""
     clips = base_clips()
     vs = video_sizes(video_dir)
     sizes = {i: vs[c.video] for i, c in enumerate(clips)}
     aspects = [needle_source(c).shape[0] / needle_source(c).shape[1] for c in cfg.classes]
     out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        ids = [i for i, c in enumerate(clips) if c.split == split]
+    for split, n in counts.items():
+        ids = [i for i, c in enumerate(clips) if c.split == CLIP_SPLIT[split]]
         out[split] = [sample_item(cfg, split, i, ids, sizes, aspects) for i in range(n)]
     return out
 
@@ -291,10 +375,11 @@ class NeedleSet:
     x: list[Tensor]  # per item: (n_i, N, d)
     s: list[Tensor]  # per item: (n_i, N)
     ls: list[Tensor]  # per item: (n_i, N)
-    answers: Tensor  # (M, 3) long: obj, quarter, quadrant (-1 = undefined)
+    answers: Tensor  # (M, Q) long, one column per QUESTIONS entry (-1 = not asked)
     grid: tuple[int, int] = (14, 14)
     specs: list = field(default_factory=list)
     needle_cells: list[Tensor] | None = None  # per item: (n_i, N) bool, grid cells the needle covers (training aid)
+    sup: list[Tensor] | None = None  # per item: (n_i, Q) bool, questions whose attention is trained on that frame
 
     def __len__(self) -> int:
         return int(self.clip.shape[0])
@@ -316,7 +401,8 @@ class NeedleSet:
         return NeedleSet(self.base_x, self.base_s, self.base_ls, self.clip[idx], [self.frames[i] for i in idx],
                          [self.x[i] for i in idx], [self.s[i] for i in idx], [self.ls[i] for i in idx],
                          self.answers[idx], self.grid, [self.specs[i] for i in idx] if self.specs else [],
-                         [self.needle_cells[i] for i in idx] if self.needle_cells is not None else None)
+                         [self.needle_cells[i] for i in idx] if self.needle_cells is not None else None,
+                         [self.sup[i] for i in idx] if self.sup is not None else None)
 
 
 # --------------------------------------------------------------------------- generation + cache
@@ -349,9 +435,12 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, *, cache_dir: Path = CACHE_DIR,
+DEFAULT_COUNTS = {"train": 1200, "val": 400, "test": 1000, "persist": 80}
+
+
+def build(cfg: GenConfig = GenConfig(), counts: dict[str, int] | None = None, *, cache_dir: Path = CACHE_DIR,
           video_dir: Path = VIDEO_DIR, progress: bool = True, encode: bool = True) -> dict[str, NeedleSet]:
-    """Generate (or load from the cache) the train and test sets.
+    """Generate (or load from the cache) the sets of ``counts`` (split -> number of items).
 
     Missing base clips and items are encoded with DINOv2 (needs ``encode``); each is saved as
     soon as it is done, so an interrupted run resumes where it stopped.
@@ -362,7 +451,8 @@ def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, 
     clips = base_clips()
     base_dir = cache_dir / f"base-{cfg.base_key()}"
     item_dir = cache_dir / f"items-{cfg.item_key()}"
-    specs = item_specs(cfg, n_train, n_test, video_dir)
+    counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    specs = item_specs(cfg, counts, video_dir)
 
     decoded: dict[int, np.ndarray] = {}
 
@@ -386,9 +476,9 @@ def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, 
     if not json_path.exists():
         item_dir.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(asdict(cfg), indent=1))
-    todo = [sp for split in ("train", "test") for sp in specs[split]
+    todo = [sp for split in specs for sp in specs[split]
             if sp.cls >= 0 and not (item_dir / sp.split / f"{sp.index:05d}.pt").exists()]
-    # interleave the splits so that an interrupted run leaves usable prefixes of both
+    # interleave the splits so that an interrupted run leaves usable prefixes of all
     todo.sort(key=lambda sp: (sp.index / max(1, len(specs[sp.split])), sp.split))
     if todo and not encode:
         raise FileNotFoundError(f"{len(todo)} items are not cached in {item_dir}")
@@ -416,7 +506,7 @@ def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, 
     n_tok, dim = base_x.shape[2], base_x.shape[3]
     out = {}
     vs = video_sizes(video_dir)
-    for split in ("train", "test"):
+    for split in specs:
         frames, xs, ss, lss, cells = [], [], [], [], []
         for sp in specs[split]:
             if sp.cls < 0:
@@ -432,8 +522,10 @@ def build(cfg: GenConfig = GenConfig(), n_train: int = 1400, n_test: int = 600, 
             frames.append(torch.tensor(sp.frames, dtype=torch.long))
             xs.append(d["x"]), ss.append(d["s"]), lss.append(d["ls"])
             cells.append(needle_cells(sp, vs[clips[sp.clip].video], grid))
-        out[split] = NeedleSet(base_x, base_s, base_ls, torch.tensor([sp.clip for sp in specs[split]]), frames, xs, ss,
-                               lss, torch.tensor([sp.answers for sp in specs[split]]), grid, specs[split], cells)
+        ans = torch.tensor([sp.answers for sp in specs[split]], dtype=torch.long).reshape(-1, len(QUESTIONS))
+        out[split] = NeedleSet(base_x, base_s, base_ls, torch.tensor([sp.clip for sp in specs[split]], dtype=torch.long),
+                               frames, xs, ss, lss, ans, grid, specs[split], cells,
+                               [sp.supervision() for sp in specs[split]])
     return out
 
 
@@ -442,18 +534,18 @@ def stats(sets: dict[str, NeedleSet], classes=CLASSES) -> str:
     clips = base_clips()
     for split, ds in sets.items():
         vids = sorted({clips[int(c)].video for c in ds.clip})
-        obj = torch.bincount(ds.answers[:, 0], minlength=len(classes) + 1).tolist()
-        lines.append(f"{split}: {len(ds)} items, videos {vids}, per class {dict(zip(list(classes) + ['none'], obj))}")
+        kinds = {k: sum(sp.kind == k for sp in ds.specs) for k in KINDS}
+        lines.append(f"{split}: {len(ds)} items, videos {vids}, kinds {kinds}")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python benchmarks/needle/data.py N_TRAIN N_TEST
+if __name__ == "__main__":  # python benchmarks/needle/data.py [N_TRAIN N_VAL N_TEST N_PERSIST]
     import sys
     import time
 
-    torch.set_num_threads(2)
-    n_tr, n_te = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (1400, 600)
+    torch.set_num_threads(1)
+    counts = dict(zip(("train", "val", "test", "persist"), (int(a) for a in sys.argv[1:5]))) if len(sys.argv) > 4 else None
     t = time.time()
-    s = build(GenConfig(), n_tr, n_te)
+    s = build(GenConfig(), counts)
     print(stats(s))
     print(f"done in {time.time() - t:.0f} s")

@@ -116,8 +116,10 @@ class Result:
 
 
 def relative(acc: dict[str, float], full: dict[str, float]) -> dict[str, float]:
-    rel = {q: 100.0 * acc[q] / full[q] if full[q] > 0 else float("nan") for q in QUESTIONS}
-    rel["mean"] = sum(rel[q] for q in QUESTIONS) / len(QUESTIONS)
+    names = [q for q in QUESTIONS if q in acc]
+    rel = {q: 100.0 * acc[q] / full[q] if full[q] > 0 else float("nan") for q in names}
+    asked = [rel[q] for q in names if not math.isnan(rel[q])]
+    rel["mean"] = sum(asked) / len(asked) if asked else float("nan")
     return rel
 
 
@@ -146,18 +148,62 @@ def evaluate(reader: Reader, ds: NeedleSet, variant: Variant, retention: float, 
     return Result(variant.label, retention, acc, relative(acc, full_acc), correctness(pred, ds.answers).tolist())
 
 
-def paired_diff(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
-    """Mean over questions of (acc_a - acc_b) in points, and its standard error (items paired)."""
-    A, B = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    diffs, var = 0.0, 0.0
-    for q in range(A.shape[1]):
-        m = A[:, q] >= 0
-        d = A[m, q] - B[m, q]
-        diffs += float(d.mean())
-        var += float(d.var(unbiased=True)) / max(1, int(m.sum())) if m.sum() > 1 else 0.0
-    Q = A.shape[1]
-    return 100.0 * diffs / Q, 100.0 * math.sqrt(var) / Q  # questions treated as independent for the s.e.
+def item_scores(correct, full: dict[str, float] | None = None) -> Tensor:
+    """Per-item contributions z_i (M,) to the headline score, so that ``z.sum()`` is the mean over
+    questions of each question's accuracy (in points; relative to ``full`` accuracies, in % of
+    full, if given).  An item answers only some questions (-1 = not asked); z_i sums its answered
+    questions' 1/0 weighted by 1 / (Q * n_q * full_q).  Sums of per-item terms make paired
+    statistics exact about the correlation between an item's questions."""
+    C = torch.as_tensor(correct, dtype=torch.float64)
+    asked = C >= 0
+    n_q = asked.sum(0).clamp_min(1).double()
+    scale = torch.ones(C.shape[1], dtype=torch.float64)
+    if full is not None:
+        scale = torch.tensor([1.0 / full[q] if full[q] > 0 else 0.0 for q in QUESTIONS[: C.shape[1]]], dtype=torch.float64)
+    n_asked = int((asked.sum(0) > 0).sum())  # questions asked of at least one item (the mean is over these)
+    w = 100.0 * scale / (max(1, n_asked) * n_q)
+    return (C.clamp_min(0) * asked * w).sum(1)
+
+
+def paired_diff(a, b, full: dict[str, float] | None = None) -> tuple[float, float]:
+    """Mean-over-questions score of a minus b (points; % of full if ``full`` is given) and its
+    standard error, items paired: se = sqrt(M) * std(z_a - z_b) (see item_scores)."""
+    d = item_scores(a, full) - item_scores(b, full)
+    M = d.numel()
+    se = math.sqrt(M) * float(d.std(unbiased=True)) if M > 1 else 0.0
+    return float(d.sum()), se
+
+
+def score_se(a, full: dict[str, float] | None = None) -> float:
+    """Standard error of one method's score over a random draw of items (unpaired)."""
+    z = item_scores(a, full)
+    return math.sqrt(z.numel()) * float(z.std(unbiased=True)) if z.numel() > 1 else 0.0
+
+
+def items_needed(diff: float, se: float, n: int, z: float = 2.0) -> int | None:
+    """Items needed for |diff| to be ``z`` standard errors, if se shrinks as 1/sqrt(n) (None: diff 0)."""
+    if diff == 0:
+        return None
+    return int(math.ceil(n * (z * se / abs(diff)) ** 2))
+
+
+def group_accuracy(correct, groups: list, full: dict[str, float] | None = None) -> dict:
+    """Per group label: per-question accuracy (%, or % of full) and item count, over the items of
+    that group (``groups[i]`` a hashable label of item i, e.g. its kind or needle-size bin)."""
+    C = torch.as_tensor(correct)
+    out = {}
+    for g in dict.fromkeys(groups):
+        m = torch.tensor([x == g for x in groups])
+        row = {"n": int(m.sum())}
+        for q, name in enumerate(QUESTIONS[: C.shape[1]]):
+            c = C[m, q]
+            c = c[c >= 0]
+            if len(c):
+                acc = 100.0 * float(c.float().mean())
+                row[name] = acc / full[name] if full is not None and full.get(name) else acc
+        out[g] = row
+    return out
 
 
 __all__ = ["Variant", "parse_variant", "predict_sets", "predict_method", "evaluate", "Result", "relative",
-           "paired_diff", "predict_full", "correctness"]
+           "paired_diff", "item_scores", "score_se", "items_needed", "group_accuracy", "predict_full", "correctness"]

@@ -2,7 +2,11 @@
 
 Per token: ``h = MLP(LayerNorm(x)) + frame_embedding[f] + cell_embedding[n]``.  Per question q:
 attention pooling -- a learned query scores every token (``h . w_q``), softmax over the tokens
-of the set, weighted sum of the ``h`` -- then a linear head.  That is how an LLM finds the one
+of the set, weighted sum of the ``h`` -- then a linear head on that sum and one more number, the
+log of the effective number of frames the attention spreads over (``1 / sum_f m_f^2`` with
+``m_f`` the attention mass on frame f).  A softmax-weighted mean cannot count (a needle shown
+twice pools to the same state as shown once); that number can, and it is still a function of the
+token set alone (frames come from ``Compressed.frames``).  That is how an LLM finds the one
 token that matters; the set may have any size, so the same reader, trained on full tokens, reads
 every method's compressed tokens (their frame index and grid cell come from
 ``Compressed.frames`` and ``Compressed.positions % N``).
@@ -40,7 +44,7 @@ class ReaderConfig:
     hidden: int = 128
     num_frames: int = 32
     num_cells: int = 196
-    num_classes: tuple[int, int, int] = (9, 4, 4)  # obj (K + none), quarter, quadrant
+    num_classes: tuple[int, ...] = (9, 4, 4, 8, 2)  # obj (K + none), quarter, quadrant, order (K), count
     pooling: str = "attention"  # "attention" (a learned query per question) or "max" (channel-wise max)
     attn_weight: float = 1.0  # weight of the attention-supervision loss (mass on the needle's tokens)
     epochs: int = 25
@@ -65,28 +69,41 @@ class Reader(nn.Module):
         nn.init.normal_(self.frame_emb.weight, std=0.1)
         nn.init.normal_(self.cell_emb.weight, std=0.1)
         self.query = nn.Linear(h, len(cfg.num_classes))  # one scoring query per question
-        self.heads = nn.ModuleList(nn.Linear(h, c) for c in cfg.num_classes)
+        self.heads = nn.ModuleList(nn.Linear(h + 1, c) for c in cfg.num_classes)  # + log effective frames
 
     def embed(self, x: Tensor, frames: Tensor, cells: Tensor) -> Tensor:
         """Per-token states (..., R, hidden) of tokens x (..., R, d) at frames/cells (..., R)."""
         return self.mlp(self.norm(x.float())) + self.frame_emb(frames) + self.cell_emb(cells)
 
-    def pool(self, h: Tensor, mask: Tensor | None = None) -> list[Tensor]:
-        """Logits per question from states h (B, R, hidden); mask (B, R) True = real token."""
+    def heads_of(self, pooled: Tensor, frame_mass: Tensor | None) -> list[Tensor]:
+        """Logits per question from pooled states (B, Q, hidden) (or (B, hidden) for max pooling) and
+        the attention mass per frame (B, F, Q) (None: max pooling, the count feature is 0)."""
+        B = pooled.shape[0]
+        if frame_mass is None:
+            feat = pooled.new_zeros(B, len(self.heads))
+        else:
+            feat = -torch.log((frame_mass ** 2).sum(1).clamp_min(1e-12))  # (B, Q): log effective frames
+        if pooled.dim() == 2:
+            pooled = pooled[:, None].expand(B, len(self.heads), pooled.shape[-1])
+        return [head(torch.cat([pooled[:, q], feat[:, q : q + 1]], -1)) for q, head in enumerate(self.heads)]
+
+    def pool(self, h: Tensor, frames: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """Logits per question from states h (B, R, hidden) at frames (B, R); mask (B, R) True = real token."""
         if self.cfg.pooling == "max":
             if mask is not None:
                 h = h.masked_fill(~mask[..., None], float("-inf"))
-            pooled = h.amax(dim=1)
-            return [head(pooled) for head in self.heads]
+            return self.heads_of(h.amax(dim=1), None)
         a = self.query(h)  # (B, R, Q)
         if mask is not None:
             a = a.masked_fill(~mask[..., None], float("-inf"))
         w = torch.softmax(a, dim=1)  # over tokens
         pooled = torch.einsum("brq,brh->bqh", w, h)  # (B, Q, hidden)
-        return [head(pooled[:, q]) for q, head in enumerate(self.heads)]
+        B, R, Q = w.shape
+        mass = w.new_zeros(B, self.cfg.num_frames, Q).scatter_add_(1, frames[..., None].expand(B, R, Q), w)
+        return self.heads_of(pooled, mass)
 
     def forward(self, x: Tensor, frames: Tensor, cells: Tensor, mask: Tensor | None = None) -> list[Tensor]:
-        return self.pool(self.embed(x, frames, cells), mask)
+        return self.pool(self.embed(x, frames, cells), frames, mask)
 
 
 # --------------------------------------------------------------------------- full-token fast path
@@ -130,8 +147,7 @@ def full_logits(reader: Reader, ds: NeedleSet, idx: Tensor, attn_loss: bool = Fa
         if len(rows):
             hn = reader.embed(torch.cat(xs), fids[:, None].expand(-1, N), torch.arange(N)[None, :].expand(len(fids), N))
             mx = mx.index_put((rows, fids), hn.amax(dim=1))
-        pooled = mx.amax(dim=1)
-        return [head(pooled) for head in reader.heads]
+        return reader.heads_of(mx.amax(dim=1), None)
     lse_b, mean_b = _frame_pool(reader, reader.embed(ds.base_x[uniq], frame_ids, cells))  # (U, F, Q), (U, F, Q, h)
     lse, mean = lse_b[inv], mean_b[inv]  # (B, F, Q), (B, F, Q, h)
     rows, fids, xs = _needles(ds, idx)
@@ -140,18 +156,30 @@ def full_logits(reader: Reader, ds: NeedleSet, idx: Tensor, attn_loss: bool = Fa
         lse_n, mean_n = _frame_pool(reader, hn)  # (T, Q), (T, Q, h)
         lse = lse.index_put((rows, fids), lse_n)
         mean = mean.index_put((rows, fids), mean_n)
-    pooled = torch.einsum("bfq,bfqh->bqh", torch.softmax(lse, dim=1), mean)  # (B, Q, h)
-    logits = [head(pooled[:, q]) for q, head in enumerate(reader.heads)]
+    mass = torch.softmax(lse, dim=1)  # (B, F, Q): attention mass per frame
+    pooled = torch.einsum("bfq,bfqh->bqh", mass, mean)  # (B, Q, h)
+    logits = reader.heads_of(pooled, mass)
     if attn_loss and len(rows) and ds.needle_cells is not None:
-        # -log(attention mass on the needle's tokens), per question, averaged over needle items
+        # -log(attention mass on the needle's tokens), per question, averaged over the (item,
+        # question) pairs that have a supervised needle frame (NeedleSet.sup: which questions look
+        # at which needle frame; all questions at all needle frames if absent)
         cm = torch.cat([ds.needle_cells[i] for i in idx.tolist() if len(ds.frames[i])])  # (T, N)
-        a = reader.query(hn).masked_fill(~cm[..., None], float("-inf"))  # (T, N, Q)
+        Q = lse.shape[-1]
+        if ds.sup is not None:
+            sp = torch.cat([ds.sup[i] for i in idx.tolist() if len(ds.frames[i])])  # (T, Q)
+        else:
+            sp = torch.ones(cm.shape[0], Q, dtype=torch.bool)
+        allowed = cm[..., None] & sp[:, None, :]  # (T, N, Q)
+        # a large finite "minus infinity": an (item, question) without a supervised frame must give
+        # a finite logsumexp, or its (masked-out) gradient would be NaN
+        neg = -1e4
+        a = reader.query(hn).masked_fill(~allowed, neg)  # (T, N, Q)
         # items have several needle frames: combine them with a logsumexp over the frames
-        per = torch.full((len(idx), int(fids.numel()), lse.shape[-1]), float("-inf"))
+        per = torch.full((len(idx), int(fids.numel()), Q), neg)
         per[rows, torch.arange(len(rows))] = torch.logsumexp(a, dim=1)
         lse_needle = torch.logsumexp(per, dim=1)  # (B, Q)
-        has = torch.isfinite(lse_needle[:, 0])
-        loss = (torch.logsumexp(lse, dim=1) - lse_needle)[has].mean()
+        has = torch.zeros(len(idx), Q).index_add_(0, rows, allowed.any(1).float()) > 0
+        loss = (torch.logsumexp(lse, dim=1) - lse_needle)[has].mean() if has.any() else None
         return logits, loss
     return (logits, None) if attn_loss else logits
 
@@ -179,10 +207,12 @@ def predict_full(reader: Reader, ds: NeedleSet, batch_size: int = 64) -> Tensor:
 def accuracy(pred: Tensor, answers: Tensor) -> dict[str, float]:
     """Per-question accuracy (quarter/quadrant only where defined) and their mean."""
     acc = {}
-    for q, name in enumerate(QUESTIONS):
+    names = QUESTIONS[: answers.shape[1]]
+    for q, name in enumerate(names):
         m = answers[:, q] >= 0
         acc[name] = float((pred[m, q] == answers[m, q]).float().mean()) if m.any() else float("nan")
-    acc["mean"] = sum(acc[n] for n in QUESTIONS) / len(QUESTIONS)
+    asked = [acc[n] for n in names if not math.isnan(acc[n])]
+    acc["mean"] = sum(asked) / len(asked) if asked else float("nan")
     return acc
 
 
