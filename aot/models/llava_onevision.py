@@ -31,7 +31,6 @@ from __future__ import annotations
 import inspect
 import time
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scores import attention_received, hf_qk, record_scores
+from .patching import forward_kwargs, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .splice import lay_out_video, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid"]
@@ -174,9 +174,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 # the rewrite of one call
 
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-    if args:  # positional arguments of forward -> keywords, so the rewrite sees them by name
-        names = list(inspect.signature(module.forward).parameters)
-        kwargs = {**dict(zip(names, args)), **kwargs}
+    kwargs = forward_kwargs(module, args, kwargs)
     state: PatchState = module._aot
     if state.pruner is not None:
         state.pending = None
@@ -198,35 +196,12 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 
 def _generate(self, *args, **kwargs):
     state: PatchState = self._aot
-    if args:  # generate(inputs, ...) -> input_ids
-        kwargs = {"input_ids": args[0], **kwargs}
-        args = args[1:]
+    args, kwargs = generate_kwargs(args, kwargs)
     if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
         return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
     original_ids = kwargs["input_ids"]
     new = _rewrite(self, kwargs)
-    out = state.old_generate(*args, **new)
-    # give back the caller's prompt in front of the new tokens, so out[:, input_ids.shape[1]:] works
-    cut = new["input_ids"].shape[1]
-    seq = out if isinstance(out, Tensor) else out.sequences
-    prompt = original_ids.to(seq.device).repeat_interleave(seq.shape[0] // original_ids.shape[0], dim=0)
-    seq = torch.cat([prompt, seq[:, cut:]], dim=1)  # num_return_sequences: each prompt repeated in place
-    if isinstance(out, Tensor):
-        return seq
-    out.sequences = seq
-    return out
-
-
-@contextmanager
-def _timer(times: dict, key: str, device):
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        sync()
-        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+    return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
 
 
 def _rewrite(model: nn.Module, kwargs: dict) -> dict:
@@ -258,14 +233,14 @@ def _rewrite(model: nn.Module, kwargs: dict) -> dict:
     # 1. the tower once, with the two score layers hooked and the projector's output captured
     feats, local, deep, grid, per_video = _encode(model, state, pixels, kwargs, times)
     # 2. compress: (V, F, N, d) -> V x R tokens
-    with _timer(times, "compress", feats.device), torch.no_grad():  # training-free: no autograd through it
+    with timer(times, "compress", feats.device), torch.no_grad():  # training-free: no autograd through it
         out = state.method(feats, deep, local_scores=local, grid=grid, config=state.config)
     # 3. lay the tokens out as the LLM sees them and shorten the prompt to match
     newline = inner.image_newline
     laid = [lay_out_video(out.tokens[v], out.positions[v], newline, frames=frames, grid=grid,
                           layout="onevision" if state.video_layout == "onevision" else "grid")
             for v in range(n_videos)]
-    pad_id = _pad_token_id(model)
+    pad_id = pad_token_id(model)
     spliced = splice_prompt(input_ids, kwargs.get("attention_mask"), token_id=cfg.video_token_id,
                             per_video=per_video, videos=[s for _, s in laid], positions=state.positions,
                             pad_token_id=pad_id)
@@ -382,11 +357,11 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
         captured.append(output)
 
     def qk_timed(module, hidden):
-        with _timer(times, "scores", hidden.device):
+        with timer(times, "scores", hidden.device):
             return hf_qk(module, hidden)
 
     def reduce_timed(q, k):
-        with _timer(times, "scores", q.device):
+        with timer(times, "scores", q.device):
             return attention_received(q, k, chunk=state.chunk)
 
     layers = {"local": vision_attention(tower, state.local_layer),
@@ -394,7 +369,7 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
     hook = inner.multi_modal_projector.register_forward_hook(capture)
     try:
         with record_scores(layers, qk_timed, reduce=reduce_timed) as rec, \
-                _timer(times, "vision", pixels.device):
+                timer(times, "vision", pixels.device):
             enc = inner.get_video_features(
                 pixels, vision_feature_layer=kwargs.get("vision_feature_layer"),
                 vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True)
@@ -439,11 +414,3 @@ def llm_grid(model, video_layout: str = "onevision") -> tuple[int, int]:
     return h, h
 
 
-def _pad_token_id(model) -> int:
-    for src in (getattr(model, "generation_config", None), model.config.text_config, model.config):
-        pad = getattr(src, "pad_token_id", None)
-        if isinstance(pad, int):
-            return pad
-        if isinstance(pad, (list, tuple)) and pad:
-            return int(pad[0])
-    return 0

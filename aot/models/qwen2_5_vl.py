@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .llava_onevision import _pad_token_id, _timer
+from .patching import forward_kwargs, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -172,9 +172,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-    if args:
-        names = list(inspect.signature(module.forward).parameters)
-        kwargs = {**dict(zip(names, args)), **kwargs}
+    kwargs = forward_kwargs(module, args, kwargs)
     if kwargs.get("pixel_values_videos") is None:
         return ((), kwargs) if args else None
     if kwargs.get("labels") is not None:
@@ -185,22 +183,12 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 
 def _generate(self, *args, **kwargs):
     state: PatchState = self._aot
-    if args:
-        kwargs = {"input_ids": args[0], **kwargs}
-        args = args[1:]
+    args, kwargs = generate_kwargs(args, kwargs)
     if kwargs.get("pixel_values_videos") is None:
         return state.old_generate(*args, **kwargs)
     original_ids = kwargs["input_ids"]
     new = _rewrite(self, kwargs, for_generate=True)
-    out = state.old_generate(*args, **new)
-    cut = new["input_ids"].shape[1]
-    seq = out if isinstance(out, Tensor) else out.sequences
-    prompt = original_ids.to(seq.device).repeat_interleave(seq.shape[0] // original_ids.shape[0], dim=0)
-    seq = torch.cat([prompt, seq[:, cut:]], dim=1)
-    if isinstance(out, Tensor):
-        return seq
-    out.sequences = seq
-    return out
+    return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
 
 
 def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | None = 256) -> Tensor:
@@ -227,7 +215,7 @@ def _score_hook(records: list, chunk, times):
         if hidden is None or cu is None or pos is None:
             raise RuntimeError("aot: the vision attention was called without hidden_states, cu_seqlens and "
                                "position_embeddings; this transformers version is not supported")
-        with _timer(times, "scores", hidden.device), torch.no_grad():
+        with timer(times, "scores", hidden.device), torch.no_grad():
             t = hidden.shape[0]
             q, k, _ = module.qkv(hidden).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
             if abs(float(module.scaling) - q.shape[-1] ** -0.5) > 1e-6:
@@ -286,7 +274,7 @@ def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
                tower.blocks[state.global_layer].attn.register_forward_pre_hook(
                    _score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
     try:
-        with _timer(times, "vision", pixels.device), torch.no_grad():
+        with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)
     finally:
         for hnd in handles:
@@ -298,7 +286,7 @@ def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
 
     # 2. compress every video on its own grid
     outs = []
-    with _timer(times, "compress", pixels.device), torch.no_grad():
+    with timer(times, "compress", pixels.device), torch.no_grad():
         for v, (t, h, w) in enumerate(grids):
             x = feats[v].reshape(1, t, h * w, -1)
             o = state.method(x, deep[v].reshape(1, t, h * w).to(x.device),
@@ -309,7 +297,7 @@ def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
 
     # 3. the shortened prompt and its positions (gathered from the uncompressed prompt's M-RoPE)
     spliced = splice_prompt(input_ids, attention_mask, token_id=cfg.video_token_id, per_video=per_video,
-                            videos=slots, pad_token_id=_pad_token_id(model))
+                            videos=slots, pad_token_id=pad_token_id(model))
     if types_ is None:  # the processor's mm_token_type_ids, rebuilt from the ids when not given
         types_ = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
     full_pos, full_delta = inner.get_rope_index(
