@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scores import attention_received, hf_qk, record_scores
-from .patching import forward_kwargs, generate_kwargs, give_back_prompt, pad_token_id, timer
+from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .splice import lay_out_video, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid"]
@@ -143,30 +142,22 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
     tower = model.model.vision_tower
     vision_attention(tower, local_layer), vision_attention(tower, global_layer)  # range check now
     state = PatchState(m, config, video_layout, positions, local_layer, global_layer, chunk)
-    state.had_generate = "generate" in model.__dict__
-    state.old_generate = model.generate
-    state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    install(model, state, _pre_hook, _generate)
     if m.in_llm:
-        _attach_pruner(model, state)
-    model.generate = types.MethodType(_generate, model)
-    model._aot = state
+        try:
+            _attach_pruner(model, state)
+        except Exception:
+            unpatch(model)  # nothing half-done: a schedule that does not fit leaves the model as it was
+            raise
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    state = getattr(model, "_aot", None)
-    if state is None:
-        raise ValueError("this model is not patched by aot")
-    state.handle.remove()
+    state = uninstall(model)
     for h in state.llm_handles:
         h.remove()
     if state.pruner is not None:
         state.pruner.remove()
-    if state.had_generate:
-        model.generate = state.old_generate
-    else:
-        del model.generate
-    del model._aot
     return model
 
 

@@ -5,12 +5,39 @@ from __future__ import annotations
 
 import inspect
 import time
+import types
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["forward_kwargs", "generate_kwargs", "give_back_prompt", "timer", "pad_token_id"]
+__all__ = ["install", "uninstall", "forward_kwargs", "generate_kwargs", "give_back_prompt", "timer", "pad_token_id"]
+
+
+def install(model: nn.Module, state, pre_hook, generate) -> None:
+    """Patch ``model`` in place: ``pre_hook`` as a forward pre-hook (module hooks run before
+    accelerate's replaced forward, so device_map/offload hooks keep working), ``generate`` as an
+    instance method, ``state`` as ``model._aot``. ``state`` gets ``handle``, ``had_generate`` and
+    ``old_generate`` (the generate to call and to restore)."""
+    state.had_generate = "generate" in model.__dict__
+    state.old_generate = model.generate
+    state.handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    model.generate = types.MethodType(generate, model)
+    model._aot = state
+
+
+def uninstall(model: nn.Module):
+    """Undo :func:`install`; returns the state, for the adapter's own clean-up."""
+    state = getattr(model, "_aot", None)
+    if state is None:
+        raise ValueError("this model is not patched by aot")
+    state.handle.remove()
+    if state.had_generate:
+        model.generate = state.old_generate
+    else:
+        del model.generate
+    del model._aot
+    return state
 
 
 def forward_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> dict:

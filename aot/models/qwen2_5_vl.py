@@ -34,14 +34,13 @@ and a wrapper of the instance's ``generate``, as for LLaVA-OneVision:
 from __future__ import annotations
 
 import inspect
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .patching import forward_kwargs, generate_kwargs, give_back_prompt, pad_token_id, timer
+from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -147,24 +146,12 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
     state = PatchState(m, config, local_layer, global_layer, chunk)
-    state.had_generate = "generate" in model.__dict__
-    state.old_generate = model.generate
-    state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
-    model.generate = types.MethodType(_generate, model)
-    model._aot = state
+    install(model, state, _pre_hook, _generate)
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    state = getattr(model, "_aot", None)
-    if state is None:
-        raise ValueError("this model is not patched by aot")
-    state.handle.remove()
-    if state.had_generate:
-        model.generate = state.old_generate
-    else:
-        del model.generate
-    del model._aot
+    uninstall(model)
     model.model.rope_deltas = None
     return model
 
