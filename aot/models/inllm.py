@@ -1,11 +1,15 @@
 """Pruning visual tokens inside a transformers decoder (FastV, PDrop), shared by the model adapters.
 
-``InLLMPruner(layers)`` puts a forward pre-hook on every decoder layer of a Qwen2-style language
-model (``layer.input_layernorm``, ``layer.self_attn.{q,k}_proj``, RoPE given to the layer as
-``position_embeddings=(cos, sin)``; Qwen2, Qwen2.5-VL's text model, Llama). An adapter announces a
-prefill with ``pruner.expect(visual, query, stages)`` right before the language model runs on it
-(visual: (B, L) bool, which positions are visual tokens; query: (B,) the position of the last prompt
-token; stages: ``aot.methods.inllm.Stage`` list), and ``pruner.done()`` after it.
+``InLLMPruner(layers, rope=None)`` puts a forward pre-hook on every decoder layer of a Qwen2-style
+language model (``layer.input_layernorm``, ``layer.self_attn.{q,k}_proj``, RoPE given to the layer as
+``position_embeddings=(cos, sin)``, each (B, L, head_dim); Qwen2, Llama, Qwen2.5-VL's text model,
+whose rotary embedding merges the three M-RoPE sections (t, h, w) into those tables before the layers
+run, so ``rotate_half_rope`` is its attention's RoPE). ``rope``: (x, cos, sin) -> x rotated; by default
+the ``apply_rotary_pos_emb`` of the attention's own module. The wiring into ``aot.patch`` is in
+``aot.models.inllm_patch``. An adapter announces a prefill with ``pruner.expect(visual, query,
+stages)`` right before the language model runs on it (visual: (B, L) bool, which positions are
+visual tokens; query: (B,) the position of the last prompt token; stages: ``aot.methods.inllm.Stage``
+list), and ``pruner.done()`` after it.
 
 During that prefill, at a stage's ``score_layer`` the hook recomputes q (for the one query row) and
 k (all rows) from the layer's input with the layer's own norm, projections and RoPE, softmaxes that
@@ -36,7 +40,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InLLMPruner", "CacheRecord", "last_prompt_token", "query_scores"]
+__all__ = ["InLLMPruner", "CacheRecord", "last_prompt_token", "query_scores", "rotate_half_rope"]
 
 
 @dataclass
@@ -67,6 +71,26 @@ def last_prompt_token(attention_mask: Tensor | None, shape: tuple[int, int], dev
     m = attention_mask.to(device).bool()
     pos = torch.arange(length, device=device).expand(b, length)
     return torch.where(m, pos, torch.full_like(pos, -1)).amax(1)
+
+
+def rotate_half_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE with per-token tables: x (B, H, n, dh), cos/sin (B, n, dh) -> (B, H, n, dh).
+
+    Each token's angle table covers the whole head (the second half repeats the first), and
+    x * cos + (-x2, x1) * sin rotates every pair (i, i + dh / 2). Qwen2.5-VL's text model hands its
+    layers such tables with the three M-RoPE sections already merged (frequency i takes the t, h or
+    w position by ``mrope_section``), so this is exactly what its attention applies."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + turned * sin[:, None]
+
+
+def _check_tables(cos: Tensor, b: int, n: int, dh: int) -> None:
+    if cos.dim() != 3 or cos.shape[0] not in (1, b) or cos.shape[1] != n or cos.shape[2] != dh:
+        raise ValueError(
+            f"in-LLM pruning needs the layer's position_embeddings as (cos, sin) of shape (B, n, head_dim) = "
+            f"({b}, {n}, {dh}) (M-RoPE sections already merged, as Qwen2.5-VL's text model gives them), got "
+            f"{tuple(cos.shape)}; a model that applies its RoPE sections inside attention needs another scorer")
 
 
 def _default_rope(attn: nn.Module):
@@ -125,6 +149,7 @@ def query_scores(layer: nn.Module, hidden: Tensor, position_embeddings, mask, qu
     q = attn.q_proj(xq).view(b, 1, -1, dh).transpose(1, 2)  # (B, H, 1, dh)
     k = attn.k_proj(x).view(b, n, -1, dh).transpose(1, 2)  # (B, Hkv, n, dh)
     cos, sin = position_embeddings
+    _check_tables(cos, b, n, dh)
     q = rope(q, _gather_seq(cos, query[:, None]), _gather_seq(sin, query[:, None]))
     every = torch.arange(n, device=hidden.device).expand(b, n)
     k = rope(k, _gather_seq(cos, every), _gather_seq(sin, every))

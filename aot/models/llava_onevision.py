@@ -29,7 +29,6 @@ Two video layouts:
 from __future__ import annotations
 
 import inspect
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inllm_patch import announce, attach, detach, wants_pruning
 from .scores import attention_received, hf_qk, record_scores
 from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .splice import lay_out_video, splice_prompt
@@ -90,7 +90,8 @@ class PatchState:
     handle: Any = None  # the forward pre-hook
     pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the language model's layers
     llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the language model
-    pending: Any = None  # in-LLM methods: (visual, query) of the prefill about to reach the language model
+    pending: Any = None  # in-LLM methods: (visual, query, stages) of the prefill about to reach the language model
+    video_token_id: int | None = None  # in-LLM methods: which input ids are the video's tokens
     had_generate: bool = False  # an instance attribute `generate` existed before patching
     old_generate: Any = None
     last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
@@ -145,7 +146,7 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
     install(model, state, _pre_hook, _generate)
     if m.in_llm:
         try:
-            _attach_pruner(model, state)
+            attach(state, model.model.language_model, tower, model.model.config.video_token_id)
         except Exception:
             unpatch(model)  # nothing half-done: a schedule that does not fit leaves the model as it was
             raise
@@ -153,11 +154,7 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    state = uninstall(model)
-    for h in state.llm_handles:
-        h.remove()
-    if state.pruner is not None:
-        state.pruner.remove()
+    detach(uninstall(model))
     return model
 
 
@@ -170,12 +167,8 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     if state.pruner is not None:
         state.pending = None
         # generate (transformers 5) encodes the video once and passes it as mm_encoder_outputs["video"]
-        if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video") \
-                is not None:
-            if kwargs.get("labels") is not None:
-                raise NotImplementedError("labels with an in-LLM pruning model: the pruned positions have no "
-                                          "logits; compute the loss unpatched")
-            _announce(module, state, kwargs)
+        if wants_pruning(kwargs):
+            announce(state, kwargs)
         return ((), kwargs) if args else None
     if kwargs.get("pixel_values_videos") is None:
         return ((), kwargs) if args else None
@@ -263,78 +256,6 @@ def _rewrite(model: nn.Module, kwargs: dict) -> dict:
         "times": times, "device": str(dev),
     }
     return kwargs
-
-
-# ---------------------------------------------------------------------------------------------
-# in-LLM methods (FastV, PDrop): the video goes in whole; the language model prunes it
-
-
-def _attach_pruner(model: nn.Module, state: PatchState) -> None:
-    from .inllm import InLLMPruner
-
-    lm = model.model.language_model
-    state.pruner = InLLMPruner(lm.layers)
-    n_layers = len(lm.layers)
-    state.method.schedule(state.config, 1, n_layers)  # the layers fit this model: fail at patch time
-
-    def start(_module, _args, _kwargs):
-        if state.pending is not None:
-            visual, query, stages = state.pending
-            state.pending = None
-            state.pruner.expect(visual, query, stages)
-
-    tower = {"seconds": 0.0, "start": None}  # the vision tower's time since the last pruned prefill
-
-    def tower_start(module, _args):
-        _sync(module)
-        tower["start"] = time.perf_counter()
-
-    def tower_end(module, _args, _output):
-        if tower["start"] is not None:
-            _sync(module)
-            tower["seconds"] += time.perf_counter() - tower["start"]
-            tower["start"] = None
-
-    def finish(_module, _args, _kwargs, _output):
-        if state.pruner.plan is None:
-            return
-        state.pruner.done()
-        vision, tower["seconds"] = tower["seconds"], 0.0
-        rep = state.pruner.last
-        counts = [c for _, c in rep["stages"]]
-        state.last = {"method": state.method.name, "stage": "llm", "tokens_in": rep["visual_tokens"],
-                      "tokens_out": counts[-1] if counts else rep["visual_tokens"],
-                      "schedule": rep["stages"], "times": {"vision": vision, "compress": rep["seconds"]},
-                      # the prompt reaches the LLM whole (the newline is one of the video's tokens)
-                      "llm_video_tokens": [counts[-1] if counts else rep["visual_tokens"]] * rep["batch"],
-                      "prompt_length_in": rep["length"],
-                      "prompt_length_out": rep["length"] - rep["visual_tokens"] + (counts[-1] if counts else
-                                                                                    rep["visual_tokens"])}
-
-    vt = model.model.vision_tower
-    state.llm_handles = [lm.register_forward_pre_hook(start, with_kwargs=True),
-                         lm.register_forward_hook(finish, with_kwargs=True, always_call=True),
-                         vt.register_forward_pre_hook(tower_start), vt.register_forward_hook(tower_end)]
-
-
-def _sync(module: nn.Module) -> None:
-    p = next(module.parameters(), None)
-    if p is not None and p.device.type == "cuda":
-        torch.cuda.synchronize(p.device)
-
-
-def _announce(model: nn.Module, state: PatchState, kwargs: dict) -> None:
-    """A call with a video: tell the pruner which positions are video tokens and which token ranks."""
-    from .inllm import last_prompt_token
-
-    input_ids = kwargs.get("input_ids")
-    if input_ids is None:
-        raise ValueError("in-LLM pruning needs input_ids with the processor's video placeholders")
-    visual = input_ids == model.model.config.video_token_id
-    counts = visual.sum(1)
-    query = last_prompt_token(kwargs.get("attention_mask"), tuple(input_ids.shape), input_ids.device)
-    stages = state.method.schedule(state.config, int(counts.max()), len(model.model.language_model.layers))
-    state.pending = (visual, query, stages)
 
 
 def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict):

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .inllm import rotate_half_rope
+from .inllm_patch import announce, attach, detach, wants_pruning
 from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
@@ -91,6 +93,10 @@ class PatchState:
     global_layer: int
     chunk: int | None
     handle: Any = None
+    pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the text decoder's layers
+    llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the text decoder and tower
+    pending: Any = None  # in-LLM methods: (visual, query, stages) of the prefill about to reach the decoder
+    video_token_id: int | None = None
     had_generate: bool = False
     old_generate: Any = None
     last: dict = field(default_factory=dict)
@@ -134,11 +140,6 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     if getattr(model, "_aot", None) is not None:
         raise ValueError("this model is already patched; call aot.unpatch(model) first")
     m = methods.get(method) if method is not None else methods.for_config(config)
-    if getattr(m, "in_llm", False):  # FastV/PDrop need an M-RoPE-aware scoring hook: not wired here yet
-        raise NotImplementedError(
-            f"method {m.name!r} prunes inside the language model, which aot.patch supports for "
-            f"LlavaOnevisionForConditionalGeneration only so far; for Qwen2.5-VL use a pre-LLM method: "
-            f"{', '.join(methods.names(stage='pre-llm'))}")
     if not isinstance(config, m.config_cls):
         raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
     tower = model.model.visual
@@ -147,11 +148,17 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
     state = PatchState(m, config, local_layer, global_layer, chunk)
     install(model, state, _pre_hook, _generate)
+    if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it
+        try:
+            attach(state, model.model.language_model, tower, model.config.video_token_id, rope=rotate_half_rope)
+        except Exception:
+            unpatch(model)  # nothing half-done: a schedule that does not fit leaves the model as it was
+            raise
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    uninstall(model)
+    detach(uninstall(model))
     model.model.rope_deltas = None
     return model
 
@@ -160,6 +167,12 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     kwargs = forward_kwargs(module, args, kwargs)
+    state: PatchState = module._aot
+    if state.pruner is not None:  # in-LLM: announce the prefill, the model runs as it is
+        state.pending = None
+        if wants_pruning(kwargs):
+            announce(state, kwargs)
+        return ((), kwargs) if args else None
     if kwargs.get("pixel_values_videos") is None:
         return ((), kwargs) if args else None
     if kwargs.get("labels") is not None:
@@ -171,8 +184,8 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 def _generate(self, *args, **kwargs):
     state: PatchState = self._aot
     args, kwargs = generate_kwargs(args, kwargs)
-    if kwargs.get("pixel_values_videos") is None:
-        return state.old_generate(*args, **kwargs)
+    if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
+        return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
     original_ids = kwargs["input_ids"]
     new = _rewrite(self, kwargs, for_generate=True)
     return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
