@@ -500,9 +500,22 @@ def test_aot_run_says_qwen_is_for_aot_patch_only(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", sorted(aot.methods.names(stage="llm")))
-def test_in_llm_methods_are_refused_for_now(name):
+def test_in_llm_methods_patch_and_prune_inside_the_decoder(proc, name):
+    """FastV/PDrop (tests/test_qwen_inllm.py checks them against a reference): their published
+    layers do not fit the 2-layer tiny decoder, a clear error that leaves the model unpatched; a
+    schedule that fits prunes inside the decoder while the prompt reaches it whole."""
     model = hq.model()
     method = aot.methods.get(name)
-    with pytest.raises(NotImplementedError, match="LlavaOnevisionForConditionalGeneration only"):
+    with pytest.raises(ValueError, match="do not fit a language model of 2 layers"):
         aot.patch(model, method.config(), method=name)
     assert getattr(model, "_aot", None) is None
+    fits = method.config(retention=0.5, k=1) if name == "fastv" else method.config(retention=0.5, layers=(1,))
+    aot.patch(model, fits)
+    inp = inputs(proc, videos=[hq.frames(8, seed=0), hq.frames(8, seed=1)])
+    calls = LMInputs(model)
+    seq = model.generate(**inp, max_new_tokens=2, do_sample=False)
+    calls.remove()
+    assert calls.calls[0]["inputs_embeds"].shape[1] == inp["input_ids"].shape[1]
+    assert torch.equal(seq[:, :inp["input_ids"].shape[1]], inp["input_ids"])
+    last = model._aot.last
+    assert (last["method"], last["stage"], last["tokens_in"], last["tokens_out"]) == (name, "llm", 64, 32)

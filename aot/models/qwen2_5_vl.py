@@ -29,6 +29,19 @@ and a wrapper of the instance's ``generate``, as for LLaVA-OneVision:
   keyframe cell, a kept token its own, ``Compressed.positions``), text keeps its own, and decoding
   continues where the uncompressed prompt would (``rope_deltas`` set for the shorter prompt;
   ``generate`` gets the 4-row position ids it builds itself: text positions, then t, h, w).
+
+In-LLM methods (FastV, PDrop; ``aot.models.inllm_patch``): nothing is rewritten. The video reaches
+the text decoder whole, with the model's own M-RoPE ids and ``rope_deltas``; a forward pre-hook
+announces each prefill that carries a video (its ``<|video_pad|>`` positions, each row's last real
+token as the query) and ``aot.models.inllm.InLLMPruner`` prunes inside the decoder. Qwen2.5-VL's
+text model merges the three M-RoPE sections into the (cos, sin) tables it hands every layer, each
+(B, L, head_dim) (frequency i takes the t, h or w id by ``mrope_section``), and the layer's attention
+applies plain rotate-half RoPE with them, so the scoring row uses ``rotate_half_rope`` on the rows
+of those tables: a kept token keeps its original (t, h, w) ids. Decoding continues at the unpruned
+positions: ``generate``'s ids extend the full prompt's, and a continuation by hand takes them from
+``rope_deltas`` and the cache length (layer 0 holds every token). Images in the prompt are not
+pruned. Limits as ``aot.models.inllm``: the same number of video tokens in every row of a batch
+(same-sized videos), the question after the video, SDPA or eager attention, a DynamicCache.
 """
 
 from __future__ import annotations
