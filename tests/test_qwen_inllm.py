@@ -308,6 +308,18 @@ def test_batch_equals_one_at_a_time(proc, name):
                                    atol=1e-4, rtol=1e-4)
 
 
+def test_beam_search_batch_equals_one_at_a_time(proc):
+    """generate expands the rows (beams, num_return_sequences) before the prefill; each copy is pruned alike."""
+    inp = inputs(proc)
+    m = model()
+    aot.patch(m, CONFIGS["pdrop"])
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    seq = m.generate(**inp, **kw)
+    assert seq.shape[0] == 4 and m._aot.last["llm_video_tokens"] == [8] * 4
+    for i in range(2):
+        assert torch.equal(m.generate(**one(proc, i), **kw)[:, -3:], seq[2 * i:2 * i + 2, -3:])
+
+
 def test_pdrop_cache_layers_hold_full_then_pruned_tokens(proc):
     inp = one(proc, 0)
     m = model()
