@@ -42,7 +42,9 @@ def patch(model: nn.Module, config, **options) -> nn.Module:
     that score the anchors, ``chunk`` (queries per score chunk). ``model._aot.last`` reports what
     the last call did (token counts, stage times). Qwen2.5-VL: ``method``, ``local_layer`` /
     ``global_layer`` (default: the first and last of the tower's ``fullatt_block_indexes``) and
-    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. Returns the model.
+    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. In-LLM methods
+    (``aot.methods.get("fastv")``/``"pdrop"`` configs) work for both families: the video reaches the
+    language model whole and is pruned inside it (``aot.models.inllm``). Returns the model.
     """
     return _adapter(model).patch(model, config, **options)
 
