@@ -203,6 +203,32 @@ def test_logits_equal_the_eager_reference(proc, name):
     assert want_idx.shape[1] == mask2d.shape[1] - n_visual + stages[-1].keep
 
 
+def test_the_reference_tells_mrope_scoring_from_1d_scoring(proc, monkeypatch):
+    """The check above can fail: a scorer that rotated q and k by 1-D positions (0..n-1 on all three
+    axes) instead of the layer's M-RoPE tables keeps other video tokens on this batch."""
+    import aot.models.inllm as inllm
+
+    inp = inputs(proc)
+    ref = model(eager=True)
+    embeds, pos3 = llm_inputs(ref, inp)
+    stages = stages_for("fastv", inp)
+    _, want_idx = reference(ref, embeds, inp["input_ids"], inp["attention_mask"], pos3, stages,
+                            last_real(inp["attention_mask"]))
+    m = model()
+    real_scores = inllm.query_scores
+
+    def one_d(layer, hidden, _tables, mask, query, rope=None):
+        b, n, _ = hidden.shape
+        tables = m.model.language_model.rotary_emb(hidden, torch.arange(n).expand(3, b, n))
+        return real_scores(layer, hidden, tables, mask, query, rope)
+
+    monkeypatch.setattr(inllm, "query_scores", one_d)
+    aot.patch(m, CONFIGS["fastv"])
+    with torch.no_grad():
+        kept = m(**inp).past_key_values._aot_inllm.kept[TEXT_LAYERS - 1]
+    assert kept.shape == want_idx.shape and not torch.equal(kept, want_idx)
+
+
 def extend(inp, tok):
     """The prompt with one more (text) token at the end."""
     new = dict(inp)
