@@ -1,0 +1,233 @@
+"""PruneVid (Huang et al., ACL 2025 findings): its pre-LLM stage, static-token merging + spatial clustering.
+
+x (F, N, d) tokens (one video; a batch (B, F, N, d) is looped). PruneVid's pre-LLM stage uses only
+the tokens: ``scores`` are validated like every method's but not used. Our reading of the paper and
+its released code (Visual-AI/PruneVid, ``models/pllava/modeling_pllava.py``, ``merge_frames_dynamic``,
+run as in ``scripts/eval.sh``), step by step:
+
+1. Temporal segmentation: per-frame feature = mean token; DPC-kNN on the F frame features into
+   c = max(1, int(F * segment_ratio)) clusters (segment_ratio 0.25, k = 7; distances
+   ||a - b|| / sqrt(d), density exp(-mean squared distance to the k nearest, self included),
+   score = density * distance to the nearest denser frame, the top c scores are the centres, every
+   frame takes its nearest centre's label). The labels are then made contiguous: for each label,
+   its longest runs of consecutive frames are kept (every run of that longest length); its other
+   runs, and all runs of a label whose longest run is one frame, are unlabelled. Going left to
+   right, each unlabelled run takes the label of the longer of its two neighbouring runs (ties to
+   the left; no neighbour at all: label 0). A segment is a maximal run of one label.
+2. Static tokens: in a segment of W >= 2 frames a cell is static when the mean cosine similarity
+   of its tokens over all pairs of distinct frames exceeds tau = 0.8. Its W tokens become one, their
+   mean, sitting at the segment's first frame (``dynamic=False``). The other cells are dynamic:
+   their tokens stay per frame (``dynamic=True``). A one-frame segment has only dynamic cells.
+   What is left is P tokens: one static pool per segment with static cells and one dynamic pool
+   (the segment's other cells) per frame.
+3. Spatial clustering, per pool: DPC-kNN (as in step 1, k = 7, capped at the pool size) into that
+   pool's count; every token joins its nearest centre (Euclidean; a centre owns itself) and each
+   cluster becomes the plain mean of its tokens, at its centre's cell.
+
+Published settings (``scripts/eval.sh``): tau 0.8, temporal segment ratio 0.25, cluster ratio 0.5,
+k 7; for the in-LLM part, layer 10 and alpha 0.4.
+
+Output: exactly round_half_up(retention * F * N) tokens ordered by (frame, position). Every budget
+from 1 token up is feasible (``Method.check`` refuses only a budget of 0 tokens).
+
+Where and why ours differs from the release:
+- Not here: PruneVid's in-LLM part (at LLM layer 10 it keeps the alpha = 40% of each segment's
+  static and dynamic visual tokens that the question attends to most, and prunes the KV cache to
+  them) needs the language model's attention; it is not implemented. The release's token
+  counts (about 16-17% of the visual tokens) are after both parts.
+- Exact budget instead of a cluster ratio: the release clusters every pool of more than 14 tokens
+  into int(size * cluster_ratio) clusters (0.5) and keeps smaller pools whole, so its count depends
+  on the content. Here the budget R is spread over all pools in proportion to their sizes (floor
+  of R * size / P, the shortfall settled by ``common.settle``: one token at a time to the pool
+  furthest below its share, ties to the earlier pool); no 14-token exemption. A pool whose count
+  is 0 (only when R is below one token per pool) is dropped (assignment -1).
+- When temporal merging leaves fewer tokens than the budget (R > P, e.g. a still video above
+  1/F retention) the release has nothing to give back. Here every pool is kept whole and the
+  R - P extra tokens undo temporal merging evenly over the static cells (water filling, at most
+  W - 1 per cell): a static cell with e extra tokens is split into e + 1 runs of consecutive frames
+  (lengths differing by at most one), each the mean of its run, sitting at its run's first frame.
+- Positions: the release puts each segment's static tokens before its dynamic ones and gives the
+  LLM contiguous positions; here every token carries its grid cell (static: the segment's first
+  frame) and the output is ordered by (frame, position), as every method of this library.
+- Ties: the release adds 1e-6 uniform noise to the densities; here an equal density counts the
+  lower index as denser and every other tie (centres, nearest centre) goes to the lower index, so
+  results are deterministic (a still video is then one segment).
+- F < 4 frames: the release's int(F * 0.25) = 0 clusters is not defined; here at least one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from ..compress import Compressed
+from ..config import _check_range
+from .common import assemble, capped_split, check_retention, even_split, run, settle, top_by_score
+from .fastvid import dpc_knn_scores
+from .registry import Method, register
+
+__all__ = ["PruneVidConfig", "prunevid", "prunevid_segments", "contiguous_labels", "dpc_knn_assign"]
+
+
+@dataclass(frozen=True)
+class PruneVidConfig:
+    retention: float = 0.1  # rho in (0, 1]: output keeps exactly round_half_up(rho * F * N) tokens
+    tau: float = 0.8  # a cell of a segment is static when its mean pairwise cosine over the segment's frames > tau
+    segment_ratio: float = 0.25  # temporal segmentation: DPC-kNN on frame features into max(1, int(F * ratio)) clusters
+    k: int = 7  # DPC-kNN neighbours for the density (frames and tokens), capped at the number of points
+
+    def __post_init__(self) -> None:
+        check_retention(self.retention)
+        _check_range("tau", self.tau, -1.0, 1.0)
+        _check_range("segment_ratio", self.segment_ratio, 0.0, 1.0)
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+
+
+def prunevid(x, scores, *, local_scores=None, grid=None, config: PruneVidConfig = PruneVidConfig()) -> Compressed:
+    """PruneVid's pre-LLM stage to exactly round_half_up(retention * F * N) tokens; x (F, N, d) or (B, F, N, d)."""
+    return run(_prunevid_one, PruneVidConfig, x, scores, local_scores, grid, config)
+
+
+def dpc_knn_assign(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
+    """DPC-kNN on feat (m, d) into 1 <= c <= m clusters, k neighbours (capped at m) for the density.
+
+    Returns (centres (c,) row indices, ascending; owner (m,) slot in ``centres`` of each row's
+    nearest centre (Euclidean, ties to the lower slot), every centre owning itself).
+    """
+    centres = torch.sort(top_by_score(dpc_knn_scores(feat, k), c)).values
+    dist = torch.cdist(feat, feat[centres], compute_mode="donot_use_mm_for_euclid_dist")
+    owner = dist.argmin(-1)
+    owner[centres] = torch.arange(c, device=feat.device)
+    return centres, owner
+
+
+def contiguous_labels(labels: list[int]) -> list[int]:
+    """Step 1's refinement: per-frame cluster labels -> labels whose runs are the segments."""
+    f = len(labels)
+    runs: dict[int, list[tuple[int, int]]] = {}  # label -> its runs (start, end inclusive)
+    start = 0
+    for t in range(1, f + 1):
+        if t == f or labels[t] != labels[start]:
+            runs.setdefault(labels[start], []).append((start, t - 1))
+            start = t
+    out = list(labels)
+    for label, spans in runs.items():
+        longest = max(e - s + 1 for s, e in spans)
+        for s, e in spans:
+            if longest == 1 or e - s + 1 < longest:
+                out[s:e + 1] = [None] * (e - s + 1)
+    t = 0
+    while t < f:
+        if out[t] is not None:
+            t += 1
+            continue
+        s = t
+        while t < f and out[t] is None:
+            t += 1
+        left = right = None
+        left_len = right_len = 0
+        if s > 0:
+            left, j = out[s - 1], s - 1
+            while j >= 0 and out[j] == left:
+                j -= 1
+            left_len = s - 1 - j
+        if t < f:
+            right, j = out[t], t
+            while j < f and out[j] == right:
+                j += 1
+            right_len = j - t
+        if right_len > left_len:
+            label = right
+        elif left is not None:
+            label = left
+        else:
+            label = right if right is not None else 0
+        out[s:t] = [label] * (t - s)
+    return out
+
+
+def prunevid_segments(x: Tensor, segment_ratio: float, k: int) -> list[tuple[int, int]]:
+    """Step 1 on x (F, N, d): (first frame, length) of each segment."""
+    f = x.shape[0]
+    c = max(1, int(f * segment_ratio))
+    _, owner = dpc_knn_assign(x.mean(dim=1), c, k)
+    labels = contiguous_labels(owner.tolist())
+    out, start = [], 0
+    for t in range(1, f + 1):
+        if t == f or labels[t] != labels[start]:
+            out.append((start, t - start))
+            start = t
+    return out
+
+
+def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: PruneVidConfig) -> Compressed:
+    f, n, d = x.shape
+    dev = x.device
+    segments = prunevid_segments(x, config.segment_ratio, config.k)
+    unit = x / norms.unsqueeze(-1)
+
+    # pools: ("static", segment, cells) for a segment with static cells, ("dynamic", frame, cells) per frame
+    pools = []
+    for seg, (s, length) in enumerate(segments):
+        if length > 1:
+            summed = unit[s:s + length].sum(0)  # (N, d): sum_{i != j} cos = |sum|^2 - W
+            mean_cos = ((summed * summed).sum(-1) - length) / (length * (length - 1))
+            is_static = mean_cos > config.tau
+        else:
+            is_static = torch.zeros(n, dtype=torch.bool, device=dev)
+        if is_static.any():
+            pools.append(("static", seg, torch.nonzero(is_static).flatten()))
+        for t in range(s, s + length):
+            pools.append(("dynamic", t, torch.nonzero(~is_static).flatten()))
+    sizes = [cells.numel() for _, _, cells in pools]
+    left = sum(sizes)  # P = F * N - tokens removed by temporal merging
+    split = total > left
+    if not split:
+        counts = settle(total, [Fraction(total * z, left) for z in sizes], [total * z // left for z in sizes], sizes)
+    else:  # keep every pool whole; the extra tokens split static cells into runs of frames
+        counts = sizes
+        lengths = [segments[seg][1] for kind, seg, cells in pools if kind == "static" for _ in range(cells.numel())]
+        extra = capped_split(total - left, [length - 1 for length in lengths])
+
+    toks, poss, dyn = [], [], []
+    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    row, cell_no = 0, 0
+    for (kind, key, cells), c in zip(pools, counts):
+        if kind == "static":
+            s, length = segments[key]
+            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (W, S) flat indices
+            if split:
+                for j in range(cells.numel()):
+                    t0 = s
+                    for run_len in even_split(length, extra[cell_no + j] + 1):
+                        toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
+                        poss.append(flat[t0 - s:t0 - s + 1, j])
+                        assignment[flat[t0 - s:t0 - s + run_len, j]] = row
+                        dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
+                        row += 1
+                        t0 += run_len
+                cell_no += cells.numel()
+                continue
+            feat = x[s:s + length, cells].mean(0)  # (S, d): each static cell's mean over the segment
+        else:
+            flat = (key * n + cells).unsqueeze(0)  # (1, S)
+            feat = x[key, cells]
+        if c == 0:  # below one token per pool: this pool is dropped
+            continue
+        centres, owner = dpc_knn_assign(feat, c, config.k)
+        counts_c = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
+        toks.append(torch.zeros(c, d, dtype=feat.dtype, device=dev).index_add_(0, owner, feat) / counts_c)
+        poss.append(flat[0, centres])
+        assignment[flat] = row + owner.unsqueeze(0)
+        dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
+        row += c
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))
+
+
+register(Method("prunevid", prunevid, PruneVidConfig,
+                "PruneVid (pre-LLM): DPC-kNN temporal segments, static cells averaged over a segment, "
+                "DPC-kNN spatial clusters (no in-LLM question-attention pruning)"))
