@@ -195,7 +195,12 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
 
     fam = _checkpoint_family(model_id, family)
     model = getattr(transformers, FAMILIES[fam]).from_pretrained(model_id, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_id)
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load the processor of --model {model_id!r} (a folder needs the processor and "
+                         f"tokenizer files saved beside the model, e.g. processor.save_pretrained(folder)): "
+                         f"{str(err).splitlines()[0]}") from None
     templated = bool(getattr(processor, "chat_template", None))
     if fam == QWEN:
         tok = processor.tokenizer
