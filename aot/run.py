@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN", "FAMILIES", "family",
-           "patch_options", "LLAVA", "QWEN"]
+           "patch_options", "family_options", "LLAVA", "QWEN"]
 
 STANDIN = "aot:dinov2-smollm2"
 LLAVA, QWEN = "llava_onevision", "qwen2_5_vl"
@@ -127,7 +127,13 @@ def patch_options(model, *, video_layout: str = "onevision", positions: str = "c
     """The ``aot.patch`` options for ``model``'s adapter from the runner's flags (layers None: the
     family's default). LLaVA: layout, positions, layers. Qwen2.5-VL: layers only (its own layout and
     3-D M-RoPE ids); a non-default layout or positions is a ValueError saying so."""
-    if family(model) == LLAVA:
+    return family_options(family(model), video_layout=video_layout, positions=positions, layers=layers)
+
+
+def family_options(fam: str, *, video_layout: str = "onevision", positions: str = "contiguous",
+                   layers: tuple[int, int] | None = None) -> dict:
+    """:func:`patch_options` for a family name (``LLAVA`` / ``QWEN``), before any model is loaded."""
+    if fam == LLAVA:
         local, deep = layers if layers is not None else LLAVA_LAYERS
         return {"video_layout": video_layout, "positions": positions, "local_layer": local, "global_layer": deep}
     if video_layout != "onevision":
@@ -342,6 +348,9 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         try:
+            if args.model != STANDIN:  # flags the checkpoint's family refuses, from its config, before the weights
+                family_options(_checkpoint_family(args.model, None), video_layout=args.video_layout,
+                               positions=args.positions, layers=_layers(args.layers))
             model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
             res = answer(model, make_inputs, decode, video=args.video, question=args.question, frames=args.frames,
                          config=config, method=args.method, max_new_tokens=args.max_new_tokens,

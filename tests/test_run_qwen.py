@@ -139,6 +139,20 @@ def test_run_qwen_other_methods_and_default_layers(checkpoint, video, tmp_path, 
     assert seen[1][:2] == (0, 3)
 
 
+def test_run_qwen_refuses_llava_flags_before_loading_weights(checkpoint, video, capsys, monkeypatch):
+    import transformers
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights loaded before the flags were checked")
+
+    monkeypatch.setattr(transformers.Qwen2_5_VLForConditionalGeneration, "from_pretrained", no_weights)
+    base = ["run", "--model", str(checkpoint), "--video", str(video), "--question", "hi"]
+    for flag, value in (("--video-layout", "llava-video"), ("--positions", "original")):
+        assert main([*base, flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"'{value}' is for LLaVA" in one_error_line(err, "aot run"), err
+
+
 def test_run_qwen_errors_are_one_line(checkpoint, video, tmp_path, capsys):
     base = ["run", "--model", str(checkpoint), "--video", str(video), "--question", "hi", "--frames", "8"]
     cases = [

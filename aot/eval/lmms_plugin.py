@@ -78,7 +78,7 @@ class _AOTVideoLMM(lmms):
         super().__init__()
         from accelerate import Accelerator
 
-        from ..run import _dtype, load, patch_options
+        from ..run import _dtype, family_options, load, patch_options
 
         self.method_name = str(method)
         # every config field by name; retention too (None: the method's own default)
@@ -116,6 +116,7 @@ class _AOTVideoLMM(lmms):
         self._device = torch.device(dev)
         self.pretrained = str(pretrained)
         self._check_family()
+        family_options(self.FAMILY, video_layout=video_layout, positions=positions, layers=self.layers)  # pre-load
         self._model, self._make_inputs, self._decode = load(self.pretrained, dtype=_dtype(dtype, dev), device=dev,
                                                             family=self.FAMILY)
         self._pad = pad_token_id(self._model)
