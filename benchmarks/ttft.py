@@ -3,6 +3,8 @@
     python benchmarks/ttft.py [--frames 32] [--retention 0.1,0.15,0.2,0.25] [--methods aot,visionzip,fastvid]
                               [--llm-methods fastv,pdrop] [--llm-retention 0.5,0.2]
                               [--threads 1] [--device cpu] [--json out.json]
+    python benchmarks/ttft.py --model qwen2.5-vl-shape [--frames 16] [--max-pixels 129024]
+                              [--qwen-llm-layers 9] [--qwen-vit-depth 8] [--methods aot,visionzip] ...
 
 The model is aot.models.assembled's LLaVA-OneVision-shaped stand-in (real DINOv2 ViT-S/14 tower,
 real SmolLM2-135M language model, random projector), on the bundled Big Buck Bunny sample. Each
@@ -10,6 +12,17 @@ row runs the whole pipeline once: the video is decoded and preprocessed once (sh
 then generate() with one new token; the tower, score, compression and prefill times come from the
 patch's own timers and hooks on the tower and the language model. Vanilla is the unpatched model.
 Rows are measured side by side in one process, with the thread count printed: compare ratios.
+
+``--model qwen2.5-vl-shape``: a Qwen2_5_VLForConditionalGeneration with **random weights** (timing
+only: no trained Qwen2.5-VL weights are available here) and Qwen2.5-VL-3B's shapes per block: the
+ViT of the 3B/7B models (hidden 1280, 16 heads, FFN 3420, 14-px patches, 112-px windows, 2x2
+merger, 2-frame temporal patches) with ``--qwen-vit-depth`` blocks (the real one has 32, every 8th
+full-attention; here every 4th, so the default score blocks, the first and last full-attention
+one, differ) and the 3B LLM's layer (hidden 2048, FFN 11008, 16 query / 2 KV heads, vocabulary
+151,936, tied embeddings) with ``--qwen-llm-layers`` of its 36 layers. Frames go through
+transformers' own Qwen2VLVideoProcessor (``--max-pixels`` per frame); the prompt is the video block
+and a few text tokens written as ids (there is no tokenizer without the hub). The shapes are printed
+and saved with the results.
 
 In-LLM methods (``--llm-methods``: FastV, PDrop) get every visual token into the language model and
 prune inside it, at each of ``--llm-retention`` (FastV: share kept after layer K = 1 - R; PDrop: lambda
@@ -41,19 +54,70 @@ from aot.run import module_timer  # noqa: E402
 from aot.video import read_frames  # noqa: E402
 
 
+QWEN = "qwen2.5-vl-shape"
+STANDIN = "aot:dinov2-smollm2"
+
+
+def qwen_shaped(llm_layers: int, vit_depth: int, dtype, seed: int = 0):
+    """A random-weight Qwen2.5-VL with 3B shapes per block (see the module doc) and its shape summary."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    if vit_depth < 4 or vit_depth % 4:
+        raise SystemExit(f"--qwen-vit-depth must be a multiple of 4 (every 4th block is full attention), got {vit_depth}")
+    text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=llm_layers,
+                num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+                tie_word_embeddings=True)
+    vision = dict(depth=vit_depth, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=2048,
+                  fullatt_block_indexes=list(range(3, vit_depth, 4)), tokens_per_second=2)
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
+                           vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()  # transformers' own random init
+    model.generation_config.pad_token_id = 151643
+    model.generation_config.eos_token_id = None
+    shapes = (f"Qwen2.5-VL-3B-shaped, random weights: ViT {vit_depth} of 32 blocks x (1280 wide, 16 heads, FFN 3420), "
+              f"full attention at {vision['fullatt_block_indexes']}, 112-px windows, 14-px patches, 2x2 merger; "
+              f"LLM {llm_layers} of 36 layers x (2048 wide, FFN 11008, 16/2 heads), vocabulary 151936")
+    return model, shapes
+
+
+def qwen_inputs(model, clip, max_pixels: int, dtype):
+    """Transformers' own Qwen2VLVideoProcessor on the frames; the prompt as ids: <|vision_start|>,
+    the video placeholders, <|vision_end|>, 16 text ids."""
+    from transformers import Qwen2VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    vp = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2,
+                               merge_size=2, do_sample_frames=False, cap_pixels_per_frame=True)
+    meta = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=list(clip.indices))
+    v = vp(videos=[clip.frames], video_metadata=[meta], return_tensors="pt")
+    thw = v["video_grid_thw"]
+    n = int(thw.prod()) // 4
+    cfg = model.config
+    text = list(range(1000, 1016))
+    ids = torch.tensor([[cfg.vision_start_token_id, *[cfg.video_token_id] * n, cfg.vision_end_token_id, *text]])
+    fps = len(clip.indices) / clip.total_frames * clip.fps
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": 2 * (ids == cfg.video_token_id).long(),
+            "pixel_values_videos": v["pixel_values_videos"].to(dtype), "video_grid_thw": thw,
+            "second_per_grid_ts": torch.tensor([2.0 / fps])}, n
+
+
 def one_row(model, inputs, device, method=None, retention=1.0):
     """Stage times (s) and visual tokens of one generate(max_new_tokens=1) call."""
     inner = model.model
+    qwen = hasattr(inner, "visual")
     if method is not None:
         m = aot.methods.get(method)
         aot.patch(model, m.config(retention=retention), method=method)
     try:
-        with module_timer(inner.language_model, device) as lm, module_timer(inner.vision_tower, device) as tower, \
-                torch.inference_mode():
+        with module_timer(inner.language_model, device) as lm, \
+                module_timer(inner.visual if qwen else inner.vision_tower, device) as tower, torch.inference_mode():
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
         if method is None:
-            return {"vision tower": sum(tower), "scores": 0.0, "compression": 0.0, "prefill": lm[0]}, \
-                inputs["pixel_values_videos"].shape[1] * 196
+            n = (int(inputs["video_grid_thw"].prod()) // 4 if qwen else inputs["pixel_values_videos"].shape[1] * 196)
+            return {"vision tower": sum(tower), "scores": 0.0, "compression": 0.0, "prefill": lm[0]}, n
         last = model._aot.last
         if last.get("stage") == "llm":  # pruned inside the prefill: its time is part of lm[0]
             return {"vision tower": last["times"]["vision"], "scores": 0.0, "compression": last["times"]["compress"],
@@ -68,7 +132,11 @@ def one_row(model, inputs, device, method=None, retention=1.0):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--model", default=STANDIN, choices=(STANDIN, QWEN))
+    ap.add_argument("--frames", type=int, default=None, help="default: 32 (stand-in), 16 (Qwen-shaped)")
+    ap.add_argument("--max-pixels", type=int, default=448 * 252, help="Qwen-shaped: pixels per frame at most")
+    ap.add_argument("--qwen-llm-layers", type=int, default=9, help="Qwen-shaped: LLM layers (3B: 36)")
+    ap.add_argument("--qwen-vit-depth", type=int, default=8, help="Qwen-shaped: ViT blocks (3B: 32)")
     ap.add_argument("--retention", default="0.1,0.15,0.2,0.25")
     ap.add_argument("--methods", default="aot,visionzip,fastvid")
     ap.add_argument("--llm-methods", default="", help="in-LLM methods (fastv,pdrop), none by default")
@@ -78,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.frames is None:
+        args.frames = 16 if args.model == QWEN else 32
     retentions = [float(r) for r in args.retention.split(",")]
     methods = [n for n in args.methods.split(",") if n]
     llm_methods = [n for n in args.llm_methods.split(",") if n]
@@ -89,23 +159,41 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
 
-    model, tok = load_dinov2_smollm2(dtype=dtype)
+    t_build = time.perf_counter()
+    if args.model == QWEN:
+        model, shapes = qwen_shaped(args.qwen_llm_layers, args.qwen_vit_depth, dtype)
+    else:
+        model, tok = load_dinov2_smollm2(dtype=dtype)
+        shapes = "DINOv2 ViT-S/14 + SmolLM2-135M (aot.models.assembled)"
     model.to(args.device)
+    t_build = time.perf_counter() - t_build
     t0 = time.perf_counter()
     clip = read_frames(sample_video(), args.frames)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    inputs = {**video_prompt(tok, "What happens in the video?", len(clip.frames)),
-              "pixel_values_videos": preprocess_frames(clip.frames).unsqueeze(0).to(dtype)}
+    if args.model == QWEN:
+        inputs, _ = qwen_inputs(model, clip, args.max_pixels, dtype)
+        grid = [int(v) for v in inputs["video_grid_thw"][0]]
+    else:
+        inputs = {**video_prompt(tok, "What happens in the video?", len(clip.frames)),
+                  "pixel_values_videos": preprocess_frames(clip.frames).unsqueeze(0).to(dtype)}
+        grid = None
     inputs = {k: v.to(args.device) for k, v in inputs.items()}
     t_pre = time.perf_counter() - t0
-    one_row(model, inputs, args.device)  # warm-up (allocator, kernels), not reported
+    print(f"built {args.model} in {t_build:.1f} s; warming up", file=sys.stderr, flush=True)
+    if args.model == QWEN:  # warm-up on the first 2 frames (allocator, kernels), not reported
+        warm, _ = qwen_inputs(model, clip._replace(frames=clip.frames[:2], indices=clip.indices[:2]),
+                              args.max_pixels, dtype)
+        one_row(model, {k: v.to(args.device) for k, v in warm.items()}, args.device)
+    else:
+        one_row(model, inputs, args.device)  # warm-up (allocator, kernels), not reported
 
     rows = []
     times, n = one_row(model, inputs, args.device)
     rows.append(("vanilla", 1.0, n, times))
     for name in methods:
         for r in retentions:
+            print(f"{name} {r}", file=sys.stderr, flush=True)
             times, n = one_row(model, inputs, args.device, name, r)
             rows.append((name, r, n, times))
     for name in llm_methods:
@@ -123,8 +211,10 @@ def main(argv=None) -> int:
         return flops.prefill_flops(spec, n) / 1e12
 
     base_prefill = rows[0][3]["prefill"]
-    print(f"model: DINOv2 ViT-S/14 + SmolLM2-135M (aot.models.assembled), {args.dtype}; video: bundled sample, "
-          f"{len(clip.frames)} frames; device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
+    video = (f"{len(clip.frames)} frames" + (f" -> {grid[0]} temporal slices of {grid[1]}x{grid[2]} patches "
+                                              f"({grid[1] * grid[2] // 4} LLM tokens a slice)" if grid else ""))
+    print(f"model: {shapes}, {args.dtype}; video: bundled sample, "
+          f"{video}; device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"thread(s), {platform.machine()} {platform.processor() or ''}".rstrip())
     print(f"decode {t_decode * 1e3:.0f} ms and preprocess {t_pre * 1e3:.0f} ms (once, counted in every TTFT)\n")
     head = ["method", "retention", "visual tokens", "vision tower (ms)", "scores (ms)", "compression (ms)",
@@ -143,7 +233,10 @@ def main(argv=None) -> int:
                     "llm_prefill_tflops": tflops(name, r, n),
                     "decode_s": t_decode, "preprocess_s": t_pre})
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": torch.get_num_threads(), "device": args.device,
+        Path(args.json).write_text(json.dumps({"model": args.model, "shapes": shapes, "dtype": args.dtype,
+                                               "frames": len(clip.frames), "grid_thw": grid,
+                                               "threads": torch.get_num_threads(), "device": args.device,
+                                               "torch": torch.__version__, "machine": platform.machine(),
                                                "rows": out}, indent=2))
     return 0
 

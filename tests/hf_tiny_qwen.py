@@ -41,7 +41,14 @@ def ids(token: str) -> int:
     return tokenizer().convert_tokens_to_ids(token)
 
 
-def processor():
+# A chat template of our own (real checkpoints ship Qwen's): every message's video block and text
+# between <s> and </s>, and <s> again for the answer; only words the tiny tokenizer knows.
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{% for c in m['content'] %}{% if c['type'] == 'video' %}"
+                 "<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'text' %} {{ c['text'] }}"
+                 "{% endif %}{% endfor %}</s>{% endfor %}{% if add_generation_prompt %}<s>{% endif %}")
+
+
+def processor(chat_template: str | None = None):
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixels = dict(min_pixels=16 * 16, max_pixels=64 * 64, patch_size=PATCH, temporal_patch_size=2,
@@ -49,7 +56,7 @@ def processor():
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         video_processor=Qwen2VLVideoProcessor(**pixels, do_sample_frames=False, cap_pixels_per_frame=True),
-        tokenizer=tokenizer())
+        tokenizer=tokenizer(), chat_template=chat_template)
 
 
 def config(depth: int = 4, fullatt=(1, 3), text_layers: int = 2, hidden: int = 64):

@@ -121,9 +121,14 @@ def pad_token_id(model) -> int:
     return 0
 
 
+# per-token inputs, left-padded with this value (Qwen2.5-VL's processor gives mm_token_type_ids: 0 is text)
+_PER_TOKEN = {"attention_mask": 0, "mm_token_type_ids": 0}
+
+
 def collate(items: list[dict], pad_id: int) -> dict:
-    """One batch from per-video processor outputs (each with batch size 1): ``input_ids`` and
-    ``attention_mask`` left-padded, every other tensor concatenated (same frames per video)."""
+    """One batch from per-video processor outputs (each with batch size 1): ``input_ids``,
+    ``attention_mask`` (and Qwen2.5-VL's ``mm_token_type_ids``) left-padded, every other tensor
+    concatenated (LLaVA: same frames per video; Qwen2.5-VL's flattened patches may differ in number)."""
     keys = set(items[0])
     if any(set(it) != keys for it in items):
         raise ValueError("inputs of one batch must carry the same keys")
@@ -131,8 +136,8 @@ def collate(items: list[dict], pad_id: int) -> dict:
     out: dict[str, Any] = {}
     for key in items[0]:
         vals = [it[key] for it in items]
-        if key in ("input_ids", "attention_mask"):
-            fill = pad_id if key == "input_ids" else 0
+        if key == "input_ids" or key in _PER_TOKEN:
+            fill = pad_id if key == "input_ids" else _PER_TOKEN[key]
             out[key] = torch.cat([torch.cat([torch.full((1, length - v.shape[1]), fill, dtype=v.dtype), v], 1)
                                   for v in vals])
         elif isinstance(vals[0], torch.Tensor):
@@ -159,9 +164,11 @@ class Generated:
 
 def generate_batch(model, inputs: dict, decode, *, method=None, config=None, gen_kwargs: dict | None = None,
                    video_layout: str = "onevision", positions: str = "contiguous",
-                   layers: tuple[int, int] = (5, -2)) -> Generated:
-    """``model.generate`` on a batch, patched with (method, config) for the call (None: unpatched)."""
+                   layers: tuple[int, int] | None = None) -> Generated:
+    """``model.generate`` on a batch, patched with (method, config) for the call (None: unpatched).
+    ``layers`` None: the model family's default score layers (``aot.run.patch_options``)."""
     from ..models.patch import patch, unpatch
+    from ..run import patch_options
 
     device = next(model.parameters()).device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
@@ -173,8 +180,8 @@ def generate_batch(model, inputs: dict, decode, *, method=None, config=None, gen
     lengths = inputs["attention_mask"].sum(1).tolist()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if method is not None:
-        patch(model, config, method=method.name, video_layout=video_layout, positions=positions,
-              local_layer=layers[0], global_layer=layers[1])
+        patch(model, config, method=method.name,
+              **patch_options(model, video_layout=video_layout, positions=positions, layers=layers))
     try:
         sync()
         t0 = time.perf_counter()

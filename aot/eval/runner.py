@@ -41,8 +41,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                            "(resumable; Markdown table and plot)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--questions", required=True, help="JSONL: id, video, question, options, answer (a letter)")
-    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video "
-                                                  f"checkpoint, or {STANDIN}")
+    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video or "
+                                                  f"Qwen2.5-VL checkpoint, or {STANDIN}")
     p.add_argument("--methods", default="aot", help="comma-separated methods (see `aot methods`)")
     p.add_argument("--retention", default="0.1,0.25", help="comma-separated retentions for every method")
     p.add_argument("--no-vanilla", action="store_true", help="skip the uncompressed model (retention 1)")
@@ -54,9 +54,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--out", default="aot_eval", help="folder for results.md, results.json, accuracy.png")
     p.add_argument("--cache", default=None, help="answers JSONL (default OUT/answers.jsonl)")
-    p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"))
-    p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"))
-    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default 5,-2)")
+    p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"),
+                   help="LLaVA checkpoints only (see aot run)")
+    p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"),
+                   help="LLaVA checkpoints only (see aot run)")
+    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default: "
+                                                  "LLaVA 5,-2; Qwen2.5-VL its first and last full-attention block)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -117,7 +120,8 @@ def build_grid(args, layers) -> list[Setting]:
     retentions = _floats(args.retention, "--retention")
     used = set()
     base = {"model": args.model, "frames": args.frames, "max_new_tokens": args.max_new_tokens,
-            "video_layout": args.video_layout, "positions": args.positions, "layers": list(layers),
+            "video_layout": args.video_layout, "positions": args.positions,
+            "layers": list(layers) if layers is not None else "model default",
             "prompt": PROMPT_VERSION}
 
     def key(method: str, cfg: dict) -> str:
@@ -223,7 +227,7 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
             prepared = {}
             for q in batch:
                 clip = read_frames(q.video, args.frames)
-                prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options))
+                prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options), clip)
             read_s = (time.perf_counter() - t0) / len(batch)
             for s in grid:
                 rows = [q for q in batch if q.id in pending[s.key]]

@@ -1,0 +1,151 @@
+"""The lmms-eval model ``aot_qwen2_5_vl`` through lmms-eval's own entry point (``python -m lmms_eval``)
+on a tiny random Qwen2.5-VL checkpoint saved here (processor with a chat template) and the tiny
+MVBench-style task of tests/test_lmms_plugin.py, with real videos of different sizes in one batch.
+
+Independent answers: ``aot.patch`` + ``generate`` on one video at a time with the prompt written out
+by hand (answers), the processor's grid and ``aot.budget`` (visual tokens per sample), the
+processor's placeholder count (``method=vanilla``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torchvision")
+pytest.importorskip("lmms_eval")  # the `lmms` extra
+
+import torch  # noqa: E402
+
+import aot  # noqa: E402
+import hf_tiny  # noqa: E402
+import hf_tiny_qwen as hq  # noqa: E402
+from test_lmms_plugin import ROOT, TASK_UTILS, TASK_YAML, entry_point_line, samples  # noqa: E402
+from test_eval_runner import videos  # noqa: E402
+
+OPTS = ["a cat", "a dog", "red", "blue"]
+MODEL_ARGS = "method=aot,retention=0.25,frames=8,n_iters=20,windows=2x2"
+POST = "Only give the best option.\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lmms-qwen")
+    ckpt = tmp / "ckpt"
+    hq.model().save_pretrained(ckpt)
+    hq.processor(hq.CHAT_TEMPLATE).save_pretrained(ckpt)
+    task = tmp / "task"
+    task.mkdir()
+    vids = videos()
+    docs = [{"video": str(vids[i % len(vids)]), "question": "what moves ?", "candidates": OPTS,
+             "answer": OPTS[i % 4]} for i in range(4)]
+    (task / "tiny.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (task / "tiny_mvbench.yaml").write_text(TASK_YAML.format(data=task / "tiny.jsonl"))
+    (task / "utils.py").write_text(TASK_UTILS)
+    dist = tmp / "ep" / "aot_video_test_ep-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aot-video-test-ep\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[lmms_eval.models]\n" + entry_point_line())
+    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp / "ep"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("LMMS_EVAL_PLUGINS", None)
+    return {"tmp": tmp, "ckpt": ckpt, "task": task, "docs": docs, "env": env}
+
+
+def lmms_eval(s, name: str, model_args: str):
+    out = s["tmp"] / name
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "aot_qwen2_5_vl",
+           "--model_args", f"pretrained={s['ckpt']},{model_args}", "--tasks", "tiny_mvbench",
+           "--include_path", str(s["task"]), "--batch_size", "2", "--output_path", str(out), "--log_samples"]
+    res = subprocess.run(cmd, env=s["env"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return samples(out), res.stdout + res.stderr, out
+
+
+def one_video(doc, config):
+    """(answer, processor inputs) for one doc without lmms-eval: the template's prompt written by hand."""
+    from lmms_eval.tasks.mvbench.utils import mvbench_doc_to_text
+    from transformers.video_utils import VideoMetadata
+
+    from aot.video import read_frames
+
+    proc = hq.processor()
+    text = mvbench_doc_to_text(doc, {"post_prompt": POST})
+    clip = read_frames(doc["video"], 8)
+    meta = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=list(clip.indices))
+    inputs = proc(text=f"<s><|vision_start|><|video_pad|><|vision_end|> {text}</s><s>", videos=[clip.frames],
+                  return_tensors="pt", do_sample_frames=False, video_metadata=[meta])
+    if config is None:
+        return None, inputs
+    model = hq.model()
+    aot.patch(model, config)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    return proc.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip(), inputs
+
+
+def test_qwen_plugin_through_lmms_eval_entry_point(setup):
+    got, log, out = lmms_eval(setup, "out_aot", MODEL_ARGS)
+    assert [d["doc_id"] for d in got] == [0, 1, 2, 3]
+    cfg = aot.AOTConfig(retention=0.25, n_iters=20, windows=(2, 2))
+    sizes = set()
+    visual = []
+    for d in got:
+        doc = setup["docs"][d["doc_id"]]
+        want, inputs = one_video(doc, cfg)
+        t, h, w = inputs["video_grid_thw"][0].tolist()
+        sizes.add((h, w))
+        info = d["token_counts"][0]["aot"]
+        assert info["visual_tokens"] == aot.budget(0.25, t, h * w // 4), (d["doc_id"], t, h, w)
+        assert info["method"] == "aot" and info["frames"] == 8
+        assert info["config"] == {**cfg.to_dict(), "windows": [2, 2]} and "video_layout" not in info
+        assert "mvbench_accuracy" in d
+        assert d["filtered_resps"] == want, d["doc_id"]  # a batch of 2 (different sizes) = one video alone
+        visual.append(info["visual_tokens"])
+    assert len(sizes) > 1  # the batches mixed frame sizes
+    assert f"mean visual tokens {sum(visual) / len(visual):.1f}" in log and '"n_iters": 20' in log
+    assert "aot_qwen2_5_vl" in log and "Qwen2_5_VLForConditionalGeneration" in log
+    results = json.loads(sorted(out.rglob("*_results.json"))[-1].read_text())
+    assert "tiny_mvbench" in results["results"] and "n_iters=20" in results["config"]["model_args"]
+
+
+def test_qwen_plugin_vanilla_counts_the_processor_placeholders(setup):
+    got, _, _ = lmms_eval(setup, "out_vanilla", "method=vanilla,frames=8")
+    for d in got:
+        _, inputs = one_video(setup["docs"][d["doc_id"]], None)
+        assert d["token_counts"][0]["aot"]["visual_tokens"] == int((inputs["input_ids"] == hq.ids("<|video_pad|>")).sum())
+        assert d["token_counts"][0]["aot"]["config"] == {}
+
+
+def test_qwen_plugin_legacy_plugins_variable(setup):
+    code = ("from lmms_eval.models import get_model;"
+            "c = get_model('aot_qwen2_5_vl'); print(c.__module__, c.__name__, c.is_simple)")
+    env = dict(setup["env"])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # no entry point
+    env["LMMS_EVAL_PLUGINS"] = "aot"
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "AOTQwen2_5_VL True" in res.stdout
+
+
+def test_qwen_plugin_refuses_the_other_family_and_llava_options(setup, tmp_path):
+    from aot.eval.lmms_plugin import AOTLlavaOneVision, AOTQwen2_5_VL
+
+    llava = tmp_path / "llava"
+    hf_tiny.model().save_pretrained(llava)
+    hf_tiny.processor().save_pretrained(llava)
+    with pytest.raises(ValueError, match="use --model aot_llava_onevision"):
+        AOTQwen2_5_VL(pretrained=str(llava))
+    with pytest.raises(ValueError, match="use --model aot_qwen2_5_vl"):
+        AOTLlavaOneVision(pretrained=str(setup["ckpt"]))
+    with pytest.raises(ValueError, match="'llava-video' is for LLaVA-Video"):
+        AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), video_layout="llava-video")
+    with pytest.raises(ValueError, match="vision layer 7 is out of range"):
+        AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), local_layer=7, global_layer=-1)
+    m = AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), method="visionzip", retention="0.5", batch_size="3")
+    assert m.batch_size == 3 and m.layers is None and m._config.retention == 0.5
