@@ -167,12 +167,21 @@ def test_run_qwen_errors_are_one_line(checkpoint, video, tmp_path, capsys):
         assert "Traceback" not in err and one_error_line(err, "aot run") and msg in err, (argv, err)
 
 
-def test_run_qwen_in_llm_method_fails_in_one_line_or_runs(checkpoint, video, tmp_path, capsys):
-    """FastV on Qwen2.5-VL: refused by the adapter (one line, exit 2) while the adapter does not wire
-    it, or run with every visual token entering the LLM once it does."""
-    rc, res = run(checkpoint, video, tmp_path, "--method", "fastv", retention=0.5)
-    err = capsys.readouterr().err
-    if rc == 2:
-        assert "Traceback" not in err and "fastv" in one_error_line(err, "aot run"), err
-    else:
-        assert rc == 0 and res["video_tokens_in"] > res["video_tokens_out"] > 0, err
+def test_run_qwen_in_llm_method_reports_its_layer_schedule(video, tmp_path, capsys):
+    """aot run --method fastv on a 4-layer Qwen2.5-VL: every video token enters the LLM, FastV keeps
+    its share after layer 2; FLOPs per layer by hand (Eq. 17 with the kept tokens after layer K)."""
+    path = tmp_path / "tiny-qwen4"
+    hq.model(text_layers=4).save_pretrained(path)
+    hq.processor(hq.CHAT_TEMPLATE).save_pretrained(path)
+    rc, res = run(path, video, tmp_path, "--method", "fastv", retention=0.25, new_tokens=2)
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    _, inputs = direct(path, video, 8, None, new_tokens=1)
+    n = int((inputs["input_ids"] == hq.ids("<|video_pad|>")).sum())
+    kept = aot.budget(0.25, 1, n)
+    assert res["video_tokens_in"] == n and res["video_tokens_out"] == kept and res["new_tokens"] == 2
+    assert res["prompt_tokens_in"] == inputs["input_ids"].shape[1]
+    cfg = hq.model(text_layers=4).config.text_config
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(2 * layer(n) + 2 * layer(kept))

@@ -77,13 +77,13 @@ class PDropConfig:
 
 
 def fastv_schedule(config: FastVConfig, n_visual: int, n_layers: int | None = None) -> list[Stage]:
-    _check_layers("k", (config.k,), n_layers)
+    _check_layers("fastv k", (config.k,), n_layers)
     keep = budget(config.retention, 1, n_visual) if n_visual else 0
     return [Stage(config.k, config.k - 1, keep)]
 
 
 def pdrop_schedule(config: PDropConfig, n_visual: int, n_layers: int | None = None) -> list[Stage]:
-    _check_layers("layers", config.layers, n_layers)
+    _check_layers("pdrop layers", config.layers, n_layers)
     return [Stage(layer, layer, budget(config.retention ** s, 1, n_visual) if n_visual else 0)
             for s, layer in enumerate(config.layers, 1)]
 
