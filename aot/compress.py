@@ -54,7 +54,7 @@ def plan_budget(total: int, frames: int, tokens: int, n_clips: int, anchor_share
 def make_clips(x: Tensor, config: AOTConfig) -> list[tuple[int, int]]:
     """(first frame, length) of every clip of x (F, N, d) under config's clip rule."""
     f = x.shape[0]
-    length = config.clip_length or default_clip_length(f)
+    length = config.clip_length or default_clip_length(f, config.retention, config.anchor_share)
     if config.clips == "uniform":
         return uniform_clips(f, length)
     return dynamic_clips(x.mean(dim=1), length, config.tau_seg)  # mean token per frame

@@ -16,9 +16,23 @@ __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
 Clip = tuple[int, int]  # (first frame, number of frames)
 
 
-def default_clip_length(frames: int) -> int:
-    """F // 8, at least 1: 4 frames per clip for 32 frames, 8 for 64 (DESIGN 2.4)."""
-    return max(1, frames // 8)
+def default_clip_length(frames: int, retention: float | None = None, anchor_share: float = 0.0) -> int:
+    """Frames per clip when none is set: F // 8 (4 for 32 frames, 8 for 64; DESIGN 2.4), then
+
+    * at most ``floor(1 / (anchor_share * retention))`` (when both are given and > 0), so that a
+      clip's share of the anchors, anchor_share * retention * L * N, fits in its keyframe's N
+      tokens: beyond it the anchors were capped at N, keyframes passed through whole (no intra OT)
+      and the anchor share of the budget collapsed (31% instead of 70% at 256 frames, 10%);
+    * at least 2 (1 for a single frame), so every clip has an inter-frame stage (F // 8 = 1 for
+      F < 16 made every frame its own clip: no temporal merging, no dynamic tokens).
+
+    The lower bound wins over the cap: above retention 1 / (2 anchor_share) clips are 2 frames and
+    their anchors are whole keyframes.
+    """
+    length = frames // 8
+    if retention is not None and anchor_share > 0:
+        length = min(length, math.floor(1.0 / (anchor_share * retention) + 1e-9))
+    return min(frames, max(2, length))
 
 
 def uniform_clips(frames: int, length: int) -> list[Clip]:
