@@ -131,12 +131,18 @@ def load(model_id: str, *, dtype, device: str):
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_id, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_id)
 
-    def make_inputs(frames, question):
+    def prompt_text(question):
+        """The checkpoint's chat template around one video and the question (``<video>\\n`` + question without one)."""
         conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        prompt = processor.apply_chat_template(conv, add_generation_prompt=True) \
+        return processor.apply_chat_template(conv, add_generation_prompt=True) \
             if getattr(processor, "chat_template", None) else f"<video>\n{question}"
-        return processor(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)
 
+    def make_inputs(frames, question, prompt=None):
+        """Processor inputs for the question, or for ``prompt``: a whole prompt text with one ``<video>``."""
+        text = prompt_text(question) if prompt is None else prompt
+        return processor(text=text, videos=[frames], return_tensors="pt", do_sample_frames=False)
+
+    make_inputs.prompt_text = prompt_text
     return model, make_inputs, lambda ids: processor.decode(ids, skip_special_tokens=True)
 
 
