@@ -34,7 +34,7 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "pa
     "lam_inter": "Eq. 16 weight of merged later-frame tokens",
     "mass": "'unit' (each anchor receives one unit of context) or 'literal' (Eq. 10 as written; paper)",
     "clips": "'uniform' or 'dynamic' (FastVID segmentation)",
-    "clip_length": "frames per clip ('none': F // 8)",
+    "clip_length": "frames per clip ('none': F // 8, kept within [2, 1 / (anchor_share * retention)])",
     "tau_seg": "dynamic clips: also cut where adjacent-frame cosine < tau_seg",
     "anchor_share": "share of the budget spent on clip anchors (paper: not stated)",
     "anchor_select": "ablation: 'attention' or 'random' anchors",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .anchors import select_anchors_varied
 from .config import AOTConfig, budget
-from .intra import aggregate_intra
+from .intra import aggregate_intra, tracks_grad
 from .temporal import aggregate_inter, default_clip_length, dynamic_clips, uniform_clips
 
 __all__ = ["Compressed", "compress", "plan_budget", "make_clips"]
@@ -54,7 +54,7 @@ def plan_budget(total: int, frames: int, tokens: int, n_clips: int, anchor_share
 def make_clips(x: Tensor, config: AOTConfig) -> list[tuple[int, int]]:
     """(first frame, length) of every clip of x (F, N, d) under config's clip rule."""
     f = x.shape[0]
-    length = config.clip_length or default_clip_length(f)
+    length = config.clip_length or default_clip_length(f, config.retention, config.anchor_share)
     if config.clips == "uniform":
         return uniform_clips(f, length)
     return dynamic_clips(x.mean(dim=1), length, config.tau_seg)  # mean token per frame
@@ -138,7 +138,10 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
     slot_row = torch.where(is_row, row_of, merged_row)  # (F, M)
 
     tokens = intra.tokens
-    tokens[starts] = inter.anchors  # intra.tokens is ours: overwrite the keyframes in place
+    if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
+        tokens = tokens.index_put((starts,), inter.anchors)
+    else:
+        tokens[starts] = inter.anchors  # intra.tokens is ours: overwrite the keyframes in place
     sizes = intra.sizes
     sizes[starts] = inter.anchor_sizes
     pos = anchors + torch.arange(f, device=dev).unsqueeze(1) * n  # (F, M) flat positions

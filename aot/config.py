@@ -28,7 +28,7 @@ class AOTConfig:
     lam_inter: float = 1.0  # Eq. 16 weight of the merged tokens of later frames (paper: 1.0)
     mass: Literal["unit", "literal"] = "unit"  # Eq. 10 mass: "unit" rescales the plan so each anchor gets one unit (DESIGN 2.3)
     clips: Literal["uniform", "dynamic"] = "uniform"  # frame clips: fixed length or FastVID's dynamic segmentation
-    clip_length: int | None = None  # frames per clip; None: max(1, F // 8) (4 for 32 frames, 8 for 64)
+    clip_length: int | None = None  # frames per clip; None: F // 8 (4 for 32 frames, 8 for 64), within [2, 1 / (anchor_share * retention)] (README)
     tau_seg: float = 0.9  # dynamic clips: also cut wherever adjacent-frame cosine < tau_seg (FastVID)
     anchor_share: float = 0.7  # share of the budget spent on clip anchors, the rest kept dynamic tokens (task benchmark)
     # ablation switches (the paper's Tables 4, 5, 8); the defaults are the method itself

@@ -22,11 +22,17 @@ def cosine_cost(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor
     """1 - cos for every pair: rows (B, m, d), cols (B, n, d), norms (B, m) and (B, n) -> (B, m, n).
 
     Normalises the small Gram matrix instead of the tokens, so no normalised copy of the (large)
-    token tensor is ever made. Clamped to [0, 2] against rounding.
+    token tensor is ever made. Clamped to [0, 2] against rounding. Differentiable.
     """
     gram = rows @ cols.transpose(-1, -2)  # (B, m, n)
     cos = gram / (row_norms.unsqueeze(-1) * col_norms.unsqueeze(-2))
-    return (1.0 - cos).clamp_(0.0, 2.0)
+    cost = 1.0 - cos
+    return cost.clamp(0.0, 2.0) if tracks_grad(cost) else cost.clamp_(0.0, 2.0)
+
+
+def tracks_grad(*tensors: Tensor) -> bool:
+    """True when autograd records a graph through any of ``tensors``: then nothing may be done in place."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def aggregate_intra(
@@ -56,10 +62,13 @@ def aggregate_intra(
     merge (ablations): "cosine" replaces the plan by cosine-similarity weights (each token spreads
     the same 1/(N - m_f) over the anchors in proportion to max(cos, 0)); "none" drops the other
     tokens (owner -1) and returns the anchors unchanged.
+    Differentiable w.r.t. x (and norms) when they require grad: then the same arithmetic runs out of
+    place; otherwise the big temporaries are reused in place.
     """
     f, n, d = x.shape
     m = anchors.shape[1]
     dev = x.device
+    grad = tracks_grad(x, norms)
     if valid is None:
         valid = torch.ones(f, m, dtype=torch.bool, device=dev)
     counts = valid.sum(1)  # (F,) anchors per frame
@@ -79,19 +88,26 @@ def aggregate_intra(
     row_mass = valid.to(x.dtype) / counts.unsqueeze(1)
     cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
     if merge == "cosine":
-        weights = (1.0 - cost).clamp_(min=0.0) * valid.unsqueeze(-1)  # (F, M, N)
+        weights = 1.0 - cost
+        weights = (weights.clamp(min=0.0) if grad else weights.clamp_(min=0.0)) * valid.unsqueeze(-1)  # (F, M, N)
         plan = weights / weights.sum(1, keepdim=True).clamp_min(1e-12) * col_mass.unsqueeze(1)
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
         plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)
         del cost
-    plan.mul_((~is_anchor).unsqueeze(1))  # only a full frame has mass on anchor columns
+    keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
+    plan = plan * keep if grad else plan.mul_(keep)
     if mass == "unit":
-        plan.mul_(counts.to(x.dtype).view(f, 1, 1))
+        scale = counts.to(x.dtype).view(f, 1, 1)
+        plan = plan * scale if grad else plan.mul_(scale)
     recv = plan.sum(-1, keepdim=True)  # (F, M, 1)
-    # (a + lam * ctx) / (1 + lam * recv) in a's storage: M/N of the input is the only big temporary.
-    # ctx = plan @ x: anchor columns carry zero plan, so only the other tokens contribute
-    tokens = a.baddbmm_(plan, x, alpha=lam).div_(recv.mul_(lam).add_(1.0))  # (F, M, d)
+    # (a + lam * ctx) / (1 + lam * recv), ctx = plan @ x: anchor columns carry zero plan, so only
+    # the other tokens contribute. Without a graph in a's storage: M/N of the input is the only big
+    # temporary; with one, a is saved by the cost's product and must stay as it is
+    if grad:
+        tokens = torch.baddbmm(a, plan, x, alpha=lam) / (recv * lam + 1.0)
+    else:
+        tokens = a.baddbmm_(plan, x, alpha=lam).div_(recv.mul_(lam).add_(1.0))  # (F, M, d)
     # (F, N); padding rows have zero plan (cosine: zero weight) and never win
     owner = plan.argmax(dim=1)
     owner.scatter_(1, own_idx, own_slot)

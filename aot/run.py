@@ -215,14 +215,21 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
     else:
         bare = "<video>\n"
 
-    def make_inputs(frames, question, clip=None):
+    def prompt_text(question):
+        """The checkpoint's chat template around one video and the question (the bare video block +
+        question without one)."""
         conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        prompt = processor.apply_chat_template(conv, add_generation_prompt=True) if templated else bare + question
+        return processor.apply_chat_template(conv, add_generation_prompt=True) if templated else bare + question
+
+    def make_inputs(frames, question, clip=None, prompt=None):
+        """Processor inputs for the question, or for ``prompt``: a whole prompt text with one video."""
+        text = prompt_text(question) if prompt is None else prompt
         extra = {}
         if fam == QWEN and (meta := _video_metadata(clip)) is not None:
             extra["video_metadata"] = [meta]
-        return processor(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False, **extra)
+        return processor(text=text, videos=[frames], return_tensors="pt", do_sample_frames=False, **extra)
 
+    make_inputs.prompt_text = prompt_text
     return model, make_inputs, lambda ids: processor.decode(ids, skip_special_tokens=True)
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .intra import cosine_cost
+from .intra import cosine_cost, tracks_grad
 from .ot import sinkhorn
 
 __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
@@ -16,9 +16,23 @@ __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
 Clip = tuple[int, int]  # (first frame, number of frames)
 
 
-def default_clip_length(frames: int) -> int:
-    """F // 8, at least 1: 4 frames per clip for 32 frames, 8 for 64 (DESIGN 2.4)."""
-    return max(1, frames // 8)
+def default_clip_length(frames: int, retention: float | None = None, anchor_share: float = 0.0) -> int:
+    """Frames per clip when none is set: F // 8 (4 for 32 frames, 8 for 64; DESIGN 2.4), then
+
+    * at most ``floor(1 / (anchor_share * retention))`` (when both are given and > 0), so that a
+      clip's share of the anchors, anchor_share * retention * L * N, fits in its keyframe's N
+      tokens: beyond it the anchors were capped at N, keyframes passed through whole (no intra OT)
+      and the anchor share of the budget collapsed (31% instead of 70% at 256 frames, 10%);
+    * at least 2 (1 for a single frame), so every clip has an inter-frame stage (F // 8 = 1 for
+      F < 16 made every frame its own clip: no temporal merging, no dynamic tokens).
+
+    The lower bound wins over the cap: above retention 1 / (2 anchor_share) clips are 2 frames and
+    their anchors are whole keyframes.
+    """
+    length = frames // 8
+    if retention is not None and anchor_share > 0:
+        length = min(length, math.floor(1.0 / (anchor_share * retention) + 1e-9))
+    return min(frames, max(2, length))
 
 
 def uniform_clips(frames: int, length: int) -> list[Clip]:
@@ -113,9 +127,12 @@ def aggregate_inter(
     i.e. the paper's sequential anchor updates. Merged token i is owned by argmax_j p_ij.
     merge (ablations): "cosine" uses p_ij proportional to max(cos, 0); "none" drops the tokens
     not kept (owner -1).
+    Differentiable w.r.t. tokens when they require grad (the anchor updates then run out of place;
+    the choice of kept tokens and owners is discrete and carries no gradient).
     """
     f, m, d = tokens.shape
     dev = tokens.device
+    grad = tracks_grad(tokens)
     if valid is None:
         valid = torch.ones(f, m, dtype=torch.bool, device=dev)
     starts = torch.tensor([s for s, _ in clips], device=dev)
@@ -136,10 +153,10 @@ def aggregate_inter(
     p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
     if keep_by == "plan":
         p = _row_weights(key_cost, valid[later_idx], "ot", reg, n_iters, tol)
-        q[later_idx] = p.amax(-1).to(q.dtype)
+        q[later_idx] = p.detach().amax(-1).to(q.dtype)
     else:  # "changed" as far from every keyframe anchor: q = max cosine
         col_ok = valid[later_idx].unsqueeze(-2)
-        q[later_idx] = (1.0 - key_cost).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
+        q[later_idx] = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
     if merge != "none" and (p is None or merge != "ot"):
         p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
     if n_keep:
@@ -168,11 +185,16 @@ def aggregate_inter(
         merged = ~kept[frames] & valid[frames]  # (A, M)
         w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
-        # Eq. 16 in place: a <- (a + lam * ctx) / (1 + lam * recv)
+        # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), in place unless a graph is recorded
         ctx = torch.bmm(w.transpose(1, 2), s)  # (A, M_anc, d)
-        ctx.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
+        if grad:
+            ctx = (ctx * lam + a) / (recv * lam + 1.0)
+        else:
+            ctx.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
         if a.data_ptr() == anchors.data_ptr() and a.shape == anchors.shape:
             anchors = ctx
+        elif grad:  # a (a view of anchors) is saved by the cost's product: write a new tensor
+            anchors = anchors.index_put((torch.tensor(active, device=dev),), ctx)
         else:
             anchors[active] = ctx
         own = pa.argmax(-1).masked_fill(~merged, -1)  # (A, M_tok)

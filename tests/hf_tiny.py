@@ -13,25 +13,35 @@ import torch
 
 WORDS = ("what is in the video describe it a an cat dog red blue green moves left right up down "
          "yes no one two three four and of to on with color where when how many").split()
-SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
+BASE_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+SPECIAL = BASE_SPECIAL + ["<image>", "<video>"]
 IMAGE = 28  # pixels: 7x7 patches of 4 -> pooled 4x4 = 16 tokens a frame ("onevision"), 3x3 ("llava-video")
 PATCH = 4
 
 
 @functools.lru_cache(maxsize=None)
-def tokenizer():
+def word_tokenizer(placeholders: tuple[str, ...]):
+    """A word-level fast tokenizer over WORDS and punctuation, shared by the tiny models of every family.
+
+    Ids: <pad> <unk> <s> </s>, then ``placeholders`` (the model family's image/video tokens, added as
+    special tokens so they are split off before the words), then WORDS, then ``?.,!:0-9``. Pads left.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIAL + WORDS + list("?.,!:0123456789"))}
+    vocab = {t: i for i, t in enumerate(BASE_SPECIAL + list(placeholders) + WORDS + list("?.,!:0123456789"))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    # <video>/<image> are special tokens (split off before this); words and punctuation are tokens
+    # placeholders are special tokens (split off before this); words and punctuation are tokens
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<s>", eos_token="</s>",
-                                   additional_special_tokens=["<image>", "<video>"])
+                                   additional_special_tokens=list(placeholders))
     fast.padding_side = "left"
     return fast
+
+
+def tokenizer():
+    return word_tokenizer(tuple(SPECIAL[len(BASE_SPECIAL):]))
 
 
 def processor():
@@ -76,10 +86,15 @@ def model(seed: int = 0, **kw):
 
 def frames(n: int = 8, seed: int = 0, size: int = 40):
     """n uint8 RGB frames (n, size, size, 3) of a smooth moving pattern plus noise (not constant)."""
+    return moving_frames(n, seed, size, size)
+
+
+def moving_frames(n: int, seed: int, height: int, width: int):
+    """n uint8 RGB frames (n, height, width, 3) of a smooth moving pattern plus noise."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     out = []
     for t in range(n):
-        base = torch.stack([(xx + 3 * t) % size, (yy + 2 * t) % size, (xx + yy + t) % size], -1).float()
-        out.append((base * (255.0 / size) + 20 * torch.rand(size, size, 3, generator=g)).clamp(0, 255))
+        base = torch.stack([(xx + 3 * t) % width, (yy + 2 * t) % height, (xx + yy + t) % width], -1).float()
+        out.append((base * (255.0 / max(height, width)) + 20 * torch.rand(height, width, 3, generator=g)).clamp(0, 255))
     return torch.stack(out).to(torch.uint8).numpy()

@@ -11,30 +11,19 @@ temporal slice of 8x8 patches = 4x4 LLM tokens in 4 windows; 48x32 frames give 6
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-WORDS = ("what is in the video describe it a an cat dog red blue green moves left right up down "
-         "yes no one two three four and of to on with color where when how many").split()
-SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+from hf_tiny import BASE_SPECIAL, WORDS, moving_frames, word_tokenizer  # noqa: F401 (WORDS: public, as before)
+
+SPECIAL = BASE_SPECIAL + ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 PATCH = 4
 MERGE = 2
 SIDE = 32  # default frame size in pixels -> 8x8 patches -> 4x4 merged tokens a temporal slice
 
 
-@functools.lru_cache(maxsize=None)
 def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIAL + WORDS + list("?.,!:0123456789"))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>", additional_special_tokens=SPECIAL[4:])
-    fast.padding_side = "left"
-    return fast
+    """The word-level tokenizer of tests/hf_tiny.py with Qwen2.5-VL's vision placeholders."""
+    return word_tokenizer(tuple(SPECIAL[len(BASE_SPECIAL):]))
 
 
 def ids(token: str) -> int:
@@ -88,10 +77,4 @@ def model(seed: int = 0, **kw):
 
 def frames(n: int = 8, seed: int = 0, height: int = SIDE, width: int = SIDE):
     """n uint8 RGB frames (n, height, width, 3) of a smooth moving pattern plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    out = []
-    for t in range(n):
-        base = torch.stack([(xx + 3 * t) % width, (yy + 2 * t) % height, (xx + yy + t) % width], -1).float()
-        out.append((base * (255.0 / max(height, width)) + 20 * torch.rand(height, width, 3, generator=g)).clamp(0, 255))
-    return torch.stack(out).to(torch.uint8).numpy()
+    return moving_frames(n, seed, height, width)

@@ -172,3 +172,42 @@ def test_budget_below_one_token_per_clip():
         aot.compress(x, s, config=aot.AOTConfig(retention=0.01))
     with pytest.raises(ValueError, match="retention=0.001 keeps 0 of 128 tokens"):
         aot.compress(x, s, config=aot.AOTConfig(retention=0.001))
+
+
+def _anchor_counts(out, f):
+    """Clip anchors per frame of an output (they sit on their clip's first frame)."""
+    return torch.bincount(out.frames[~out.dynamic], minlength=f)
+
+
+@pytest.mark.parametrize("f, rho", [(256, 0.1), (512, 0.05), (128, 0.25), (64, 0.5), (1024, 0.1)])
+def test_long_videos_keep_the_anchor_share_and_fold_every_keyframe(f, rho):
+    # a clip of L frames needs anchor_share * rho * L * N anchors; with the old default L = F // 8
+    # (always 8 clips) that exceeds N once rho * F > 8 / anchor_share: the anchors were capped at
+    # N, keyframes went through whole (no intra OT) and the share fell (0.31 at 256 frames, 10%)
+    n = 16
+    x, s, ls = _video(f, n, d=8)
+    cfg = aot.AOTConfig(retention=rho, n_iters=10)
+    out = aot.compress(x, s, local_scores=ls, config=cfg)
+    _check_invariants(out, f, n, rho)
+    r = aot.budget(rho, f, n)
+    per_frame = _anchor_counts(out, f)
+    keyframes = per_frame[per_frame > 0]
+    assert (keyframes < n).all()  # every keyframe is folded into fewer anchors than it has tokens
+    assert keyframes.max() - keyframes.min() <= 1
+    # the anchors take anchor_share of the budget, up to rounding M to an integer (1/2 per clip)
+    assert abs(int(keyframes.sum()) - cfg.anchor_share * r) <= 0.5 * keyframes.numel() + 1e-9
+
+
+@pytest.mark.parametrize("f", [2, 3, 5, 8, 15])
+def test_short_videos_have_an_inter_frame_stage(f):
+    # the old default F // 8 = 1 for F < 16 made every frame its own clip: no inter-frame OT and
+    # no dynamic tokens at all, whatever anchor_share asked for
+    n = 16
+    x, s, ls = _video(f, n, d=8)
+    cfg = aot.AOTConfig(retention=0.25, n_iters=10)
+    out = aot.compress(x, s, local_scores=ls, config=cfg)
+    _check_invariants(out, f, n, 0.25)
+    per_frame = _anchor_counts(out, f)
+    assert int((per_frame > 0).sum()) == -(-f // 2)  # clips of 2 frames (the last one may be single)
+    assert out.dynamic.any()  # later frames supply dynamic tokens
+    assert (out.sizes[~out.dynamic] > 1).any()

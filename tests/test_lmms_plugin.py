@@ -26,6 +26,23 @@ from aot.eval.engine import method_config  # noqa: E402
 from test_eval_runner import videos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The prompt lmms-eval 0.7.3's llava_onevision model (the paper's protocol) sends for a video question,
+# written out by hand from its generate_until/loglikelihood (the placeholder, "\n", the context, as
+# the user turn of conv_templates["qwen_1_5"]) and the LLaVA-NeXT repo's conv_qwen: ChatML, system
+# "<|im_start|>system\nYou are a helpful assistant." + sep "<|im_end|>" + "\n", every message
+# role + "\n" + text + "<|im_end|>\n", the open assistant turn role + "\n". LLaVA's placeholder is <image>.
+LMMS_EVAL_QWEN_1_5 = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                      "<|im_start|>user\n{placeholder}\n{context}<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+# What the llava-hf LLaVA-OneVision checkpoints' chat template renders for the same question (the
+# template transformers' conversion script writes): the same ChatML turns, no system turn.
+HF_CHAT_TEMPLATE_RENDERING = "<|im_start|>user\n<video>\n{context}<|im_end|>\n<|im_start|>assistant\n"
+# a template of ours with that rendering, for the tiny processor (which has none)
+HF_LIKE_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n{% endif %}{% endfor %}"
+                    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+                    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 OPTS = ["a cat", "a dog", "red", "blue"]
 MODEL_ARGS = "method=aot,retention=0.25,frames=8,local_layer=1,n_iters=20,windows=2x2"
 
@@ -120,7 +137,8 @@ def direct_answer(s, doc) -> str:
     proc = hf_tiny.processor()
     text = mvbench_doc_to_text(doc, {"post_prompt": "Only give the best option.\n"})
     frames = read_frames(doc["video"], 8).frames
-    inputs = proc(text=f"<video>\n{text}", videos=[frames], return_tensors="pt", do_sample_frames=False)
+    prompt = LMMS_EVAL_QWEN_1_5.format(placeholder="<video>", context=text)  # the plugin's default prompt
+    inputs = proc(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)
     aot.patch(model, aot.AOTConfig(retention=0.25, n_iters=20, windows=(2, 2)), local_layer=1)
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -196,8 +214,168 @@ def test_model_args_are_config_fields():
             method_config(method, None, kw)
 
 
-def test_loglikelihood_says_what_to_use():
+# ---- prompts and loglikelihood, in process -------------------------------------------------
+
+def plugin(setup, ckpt=None, **args):
     from aot.eval.lmms_plugin import AOTLlavaOneVision
 
-    with pytest.raises(NotImplementedError, match="generate_until only"):
-        AOTLlavaOneVision.loglikelihood(object(), [])
+    kw = dict(method="aot", retention=0.25, frames=8, local_layer=1, n_iters=20, windows="2x2")
+    if args.get("method") == "vanilla":
+        kw = dict(frames=8)
+    kw.update(args)
+    m = AOTLlavaOneVision(pretrained=str(ckpt or setup["ckpt"]), **kw)
+    m.task_dict = {"tiny": {"test": setup["docs"]}}
+    return m
+
+
+def ll_request(context, target, doc_id=0):
+    from lmms_eval.api.instance import Instance
+
+    return Instance(request_type="loglikelihood", idx=0, metadata={"task": "tiny", "doc_id": doc_id, "repeats": 1},
+                    arguments=(context, target, lambda doc: [doc["video"]], doc_id, "tiny", "test"))
+
+
+def reference_nll(model, inputs, n):
+    """-mean log p of the last n tokens under ``model`` (unpatched), by hand from its logits."""
+    with torch.inference_mode():
+        logits = model(**inputs).logits[0].double()
+    ids = inputs["input_ids"][0]
+    logp = torch.log_softmax(logits[:-1], dim=-1)[torch.arange(len(ids) - 1), ids[1:]]
+    greedy = bool((logits[:-1].argmax(-1)[-n:] == ids[-n:]).all())
+    return float(-logp[-n:].mean()), greedy
+
+
+def test_default_prompt_is_lmms_eval_qwen_1_5_and_chat_template_differs_by_the_system_turn(setup, tmp_path):
+    from aot.eval.lmms_plugin import qwen_1_5_prompt
+
+    context = "what moves ?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given choices directly."
+    assert qwen_1_5_prompt(context, placeholder="<image>") == LMMS_EVAL_QWEN_1_5.format(placeholder="<image>",
+                                                                                        context=context)
+    assert plugin(setup)._prompt(context) == LMMS_EVAL_QWEN_1_5.format(placeholder="<video>", context=context)
+    # a checkpoint whose processor carries an HF-style chat template: conv_template=chat_template uses it
+    ckpt = tmp_path / "ckpt_tpl"
+    hf_tiny.model().save_pretrained(ckpt)
+    proc = hf_tiny.processor()
+    proc.chat_template = HF_LIKE_TEMPLATE
+    proc.save_pretrained(ckpt)
+    hf = plugin(setup, ckpt, conv_template="chat_template")._prompt(context)
+    assert hf == HF_CHAT_TEMPLATE_RENDERING.format(context=context)
+    assert plugin(setup, ckpt)._prompt(context) == \
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + hf  # the only difference
+    with pytest.raises(ValueError, match="conv_template must be one of"):
+        plugin(setup, conv_template="llava")
+
+
+@pytest.mark.parametrize("method", ["vanilla", "aot"])
+def test_loglikelihood_at_full_retention_is_the_models_own(setup, method):
+    from aot.video import read_frames
+
+    doc = setup["docs"][0]
+    m = plugin(setup, method=method, retention=1.0) if method == "aot" else plugin(setup, method=method)
+    context = "what moves ?"
+    # a multiple_choice request carries the option (after the target delimiter); a loglikelihood one doc_to_target
+    got = m.loglikelihood([ll_request(context, " a cat"), ll_request(context, lambda d: d["answer"]),
+                           ll_request(context, " blue")])
+    model, proc = hf_tiny.model(), hf_tiny.processor()
+    frames = read_frames(doc["video"], 8).frames
+    prompt = LMMS_EVAL_QWEN_1_5.format(placeholder="<video>", context=context)
+    n_prompt = proc(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)["input_ids"].shape[1]
+    for (value, greedy), answer in zip(got, [" a cat", doc["answer"], " blue"]):
+        full = proc(text=prompt + answer + "<|im_end|>\n", videos=[frames], return_tensors="pt", do_sample_frames=False)
+        ref, ref_greedy = reference_nll(model, full, full["input_ids"].shape[1] - n_prompt)
+        assert value == pytest.approx(ref, rel=1e-5, abs=1e-6) and greedy == ref_greedy
+    assert got[0][0] != got[2][0]
+
+
+def test_loglikelihood_at_25_percent_scores_the_compressed_inputs(setup):
+    doc = setup["docs"][1]
+    m = plugin(setup)  # aot, 25%
+    lm = m.model.model.language_model
+    seen = []
+    hook = lm.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True)
+    try:
+        (value, greedy), = m.loglikelihood([ll_request("what moves ?", " a dog", doc_id=1)])
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    emb = seen[0]["inputs_embeds"]
+    # the LLM got the compressed video: 8 x 16 tokens + newline -> budget + newline
+    from aot.video import read_frames
+
+    proc = hf_tiny.processor()
+    frames = read_frames(doc["video"], 8).frames
+    prompt = LMMS_EVAL_QWEN_1_5.format(placeholder="<video>", context="what moves ?")
+    n_prompt = proc(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)["input_ids"].shape[1]
+    full = proc(text=prompt + " a dog<|im_end|>\n", videos=[frames], return_tensors="pt", do_sample_frames=False)
+    ids = full["input_ids"][0]
+    n = len(ids) - n_prompt
+    assert emb.shape[1] == len(ids) - (8 * 16 + 1) + aot.budget(0.25, 8, 16) + 1
+    # by hand: the unpatched language model and head on exactly those inputs, log-softmax, the last n tokens
+    with torch.inference_mode():
+        hidden = lm(inputs_embeds=emb, attention_mask=seen[0].get("attention_mask"),
+                    position_ids=seen[0].get("position_ids")).last_hidden_state
+        logits = m.model.lm_head(hidden)[0].double()
+    logp = torch.log_softmax(logits[-n - 1:-1], dim=-1).gather(1, ids[-n:].unsqueeze(1))
+    assert value == pytest.approx(float(-logp.mean()), rel=1e-5, abs=1e-6)
+    assert greedy == bool((logits[-n - 1:-1].argmax(-1) == ids[-n:]).all())
+    # and it is not the uncompressed score
+    (full_value, _), = plugin(setup, method="vanilla").loglikelihood([ll_request("what moves ?", " a dog", doc_id=1)])
+    assert abs(value - full_value) > 1e-4
+
+
+MC_YAML = """task: tiny_egoschema_mcppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: "question"
+doc_to_target: !function utils.egoschema_doc_to_answer
+doc_to_choice: !function utils.egoschema_doc_to_choice
+process_results: !function utils.egoschema_process_results
+metric_list:
+  - metric: score
+    aggregation: !function utils.egoschema_aggregate_score
+    higher_is_better: true
+"""
+MC_UTILS = """from lmms_eval.tasks.egoschema.utils import (  # noqa: F401  lmms-eval's own EgoSchema mc-ppl functions
+    egoschema_aggregate_score, egoschema_doc_to_answer, egoschema_doc_to_choice, egoschema_process_results)
+
+
+def doc_to_visual(doc):
+    return [doc["video"]]
+"""
+
+
+def test_multiple_choice_perplexity_task_through_lmms_eval(setup):
+    """egoschema_subset_mcppl's request and scoring path (lmms-eval's EgoSchema functions, lowest value
+    wins) on a tiny task: every option's value equals the plugin's own loglikelihood in process."""
+    task = setup["tmp"] / "task_mc"
+    task.mkdir()
+    vids = videos()
+    docs = [{"video": str(vids[i % len(vids)]), "video_idx": f"v{i}", "question": "what moves ?",
+             "option": [f"{k}. {o}" for k, o in zip("ABCD", OPTS)], "answer": i % 4} for i in range(2)]
+    (task / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (task / "tiny_egoschema_mcppl.yaml").write_text(MC_YAML.format(data=task / "mc.jsonl"))
+    (task / "utils.py").write_text(MC_UTILS)
+    out = setup["tmp"] / "out_mc"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "aot_llava_onevision", "--model_args",
+           f"pretrained={setup['ckpt']},{MODEL_ARGS}", "--tasks", "tiny_egoschema_mcppl", "--include_path",
+           str(task), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
+    res = subprocess.run(cmd, env=setup["env"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    files = sorted(out.rglob("*_samples_tiny_egoschema_mcppl.jsonl"))
+    assert files, res.stdout[-3000:] + res.stderr[-3000:]
+    got = sorted((json.loads(line) for line in files[-1].read_text().splitlines()), key=lambda d: d["doc_id"])
+    assert [d["doc_id"] for d in got] == [0, 1]
+    m = plugin({**setup, "docs": docs})
+    for d in got:
+        # one (value, greedy) per option, in option order, target delimiter " " before each option
+        mine = m.loglikelihood([ll_request("what moves ?", f" {o}", doc_id=d["doc_id"]) for o in OPTS])
+        assert [float(v) for v, _ in d["filtered_resps"]] == pytest.approx([v for v, _ in mine], rel=1e-5)
+        assert [g == "True" for _, g in d["filtered_resps"]] == [g for _, g in mine]
+        assert d["score"]["pred"] == min(range(4), key=lambda i: mine[i][0])  # EgoSchema's rule: lowest wins
+        budget = aot.budget(0.25, 8, 16)
+        assert all(tc["aot"]["visual_tokens"] == budget + 1 for tc in d["token_counts"])

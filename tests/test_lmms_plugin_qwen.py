@@ -149,3 +149,62 @@ def test_qwen_plugin_refuses_the_other_family_and_llava_options(setup, tmp_path)
         AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), local_layer=7, global_layer=-1)
     m = AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), method="visionzip", retention="0.5", batch_size="3")
     assert m.batch_size == 3 and m.layers is None and m._config.retention == 0.5
+
+
+def test_qwen_plugin_takes_the_chat_template_only(setup):
+    from aot.eval.lmms_plugin import AOTQwen2_5_VL
+
+    with pytest.raises(ValueError, match="conv_template must be one of chat_template, got 'qwen_1_5'"):
+        AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), conv_template="qwen_1_5")
+    m = AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), method="vanilla", frames=8)
+    assert m.conv_template == "chat_template"
+    assert m._prompt("what moves ?") == "<s><|vision_start|><|video_pad|><|vision_end|> what moves ?</s><s>"
+
+
+@pytest.mark.parametrize("method,retention", [("vanilla", None), ("aot", 1.0), ("aot", 0.25)])
+def test_qwen_plugin_loglikelihood_is_the_unpatched_models_own(setup, method, retention):
+    """Mean -log p of the option after the prompt. Reference: the unpatched model's log-softmax by hand
+    on the processor's inputs (retention 1, vanilla); at 25% the unpatched model on the inputs
+    ``aot.patch`` hands the inner model, i.e. the compressed prompt and video tokens (captured by a
+    pre-hook on ``model.model``)."""
+    from lmms_eval.api.instance import Instance
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from aot.eval.lmms_plugin import AOTQwen2_5_VL
+    from aot.video import read_frames
+
+    args = dict(method=method, frames=8) if method == "vanilla" else \
+        dict(method=method, retention=retention, frames=8, n_iters=20, windows="2x2")
+    m = AOTQwen2_5_VL(pretrained=str(setup["ckpt"]), **args)
+    m.task_dict = {"tiny": {"test": setup["docs"]}}
+    req = Instance(request_type="loglikelihood", idx=0, metadata={"task": "tiny", "doc_id": 0, "repeats": 1},
+                   arguments=("what moves ?", " a cat", lambda doc: [doc["video"]], 0, "tiny", "test"))
+    seen = []
+    hook = m.model.model.register_forward_pre_hook(lambda mod, a, kw: seen.append(dict(kw)), with_kwargs=True)
+    try:
+        (value, greedy), = m.loglikelihood([req])
+    finally:
+        hook.remove()
+    from transformers.video_utils import VideoMetadata
+
+    clip = read_frames(setup["docs"][0]["video"], 8)
+    meta = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=list(clip.indices))
+    proc = __import__("transformers").AutoProcessor.from_pretrained(setup["ckpt"])
+    prompt = "<s><|vision_start|><|video_pad|><|vision_end|> what moves ?</s><s>"  # CHAT_TEMPLATE by hand
+    kw = dict(videos=[clip.frames], return_tensors="pt", do_sample_frames=False, video_metadata=[meta])
+    n = proc(text=prompt + " a cat", **kw)["input_ids"].shape[1] - proc(text=prompt, **kw)["input_ids"].shape[1]
+    assert n >= 1
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup["ckpt"], dtype=torch.float32).eval()
+    if retention == 0.25:  # the compressed call the patched model ran, replayed unpatched
+        (inputs,) = seen
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        assert (inputs["input_ids"] == hq.ids("<|video_pad|>")).sum() < (proc(text=prompt, **kw)["input_ids"]
+                                                                          == hq.ids("<|video_pad|>")).sum()
+    else:
+        inputs = dict(proc(text=prompt + " a cat", **kw))
+    with torch.inference_mode():
+        logits = model(**inputs).logits[0].double()
+    ids = inputs["input_ids"][0]
+    logp = torch.log_softmax(logits[:-1], -1)[torch.arange(len(ids) - 1), ids[1:]]
+    assert value == pytest.approx(float(-logp[-n:].mean()), rel=1e-5, abs=1e-6)
+    assert greedy == bool((logits[:-1].argmax(-1)[-n:] == ids[-n:]).all())

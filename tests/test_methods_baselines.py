@@ -1,4 +1,8 @@
-"""The comparison methods: exact budgets, output invariants, and each rule against a plain loop."""
+"""VisionZip, FastVID, DyCoke, pooling, random: each rule against a plain loop.
+
+The contract they share with every comparison method (exact budget, invariants, batch, identity,
+validation) is tested once for all in test_methods_contract.py.
+"""
 
 import math
 
@@ -8,95 +12,12 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.baselines import pool_cells
-
-NAMES = ["visionzip", "fastvid", "dycoke", "pooling", "random"]
+from methods_common import check_invariants
 
 
 def _video(f, n, d=8, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(f, n, d, generator=g).to(dtype), torch.rand(f, n, generator=g)
-
-
-def _check_invariants(out, f, n, r):
-    a = out.assignment
-    assert out.tokens.shape[0] == r and out.sizes.shape == (r,) and a.shape == (f * n,)
-    assert torch.equal(torch.bincount(a[a >= 0], minlength=r), out.sizes)
-    assert (out.positions.diff() > 0).all()  # sorted by (frame, position), one token per cell
-    assert torch.equal(out.frames, out.positions // n)
-    assert ((a >= -1) & (a < r)).all()
-    # each output token sits on a cell it absorbed
-    assert torch.equal(a[out.positions], torch.arange(r))
-
-
-# ---- exact budget and invariants over the grid of shapes ------------------------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_exact_budget_and_invariants(name):
-    method = methods.get(name)
-    for f in (1, 4, 8, 32):
-        for n in (169, 196):
-            x, s = _video(f, n, seed=f + n)
-            for retention in (0.1, 0.25):
-                r = budget(retention, f, n)
-                config = method.config(retention=retention)
-                if name == "dycoke" and r < math.ceil(f / 4) * n:
-                    with pytest.raises(ValueError, match="use retention >="):
-                        method(x, s, config=config)
-                    continue
-                out = method(x, s, config=config)
-                _check_invariants(out, f, n, r)
-                assert out.tokens.dtype == x.dtype
-                if name in ("visionzip", "fastvid", "pooling"):  # merging methods absorb every token here
-                    assert int(out.sizes.sum()) == f * n
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_deterministic_and_batch_equals_loop(name):
-    method = methods.get(name)
-    config = method.config(retention=0.3)
-    xs, ss = zip(*(_video(8, 36, seed=i) for i in range(3)))
-    x, s = torch.stack(xs), torch.stack(ss)
-    batch = method(x, s, config=config)
-    again = method(x, s, config=config)
-    for field, other in zip(batch, again):
-        assert torch.equal(field, other)
-    for i in range(3):
-        one = method(xs[i], ss[i], config=config)
-        for field, stacked in zip(one, batch):
-            assert torch.equal(field, stacked[i])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_retention_one_is_identity_and_dtype_kept(name):
-    method = methods.get(name)
-    x, s = _video(4, 16, dtype=torch.bfloat16)
-    out = method(x, s, config=method.config(retention=1.0))
-    assert torch.equal(out.tokens, x.reshape(64, -1)) and torch.equal(out.sizes, torch.ones(64, dtype=torch.long))
-    out = method(x, s, config=method.config(retention=0.5))
-    assert out.tokens.dtype == torch.bfloat16 and out.tokens.shape[0] == 32
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_validation_matches_compress(name):
-    method = methods.get(name)
-    x, s = _video(2, 16)
-    bad = x.clone()
-    bad[1, 3, 0] = float("nan")
-    with pytest.raises(ValueError, match="x contains NaN or Inf"):
-        method(bad, s)
-    with pytest.raises(ValueError, match="scores must have shape"):
-        method(x, s[:, :4])
-    with pytest.raises(ValueError, match="not a square"):
-        method(x[:, :15], s[:, :15])
-    with pytest.raises(TypeError):
-        method.fn(x, s, config=object())
-    with pytest.raises(ValueError, match="retention"):
-        method.config(retention=0.0)
-    with pytest.raises(ValueError, match="keeps 0 of"):
-        method(x, s, config=method.config(retention=0.001))
-    out = method(x.reshape(2, 4, 4, 8).transpose(1, 2).reshape(2, 16, 8), s, grid=(2, 8),
-                 config=method.config(retention=0.75))
-    _check_invariants(out, 2, 16, 24)
 
 
 # ---- VisionZip -----------------------------------------------------------------------------
@@ -215,7 +136,7 @@ def test_fastvid_high_retention_overflow_is_exact():
     # at 90% an anchor frame cannot hold its segment's context share: the excess becomes salient tokens
     x, s = _video(8, 16, seed=2)
     out = methods.get("fastvid")(x, s, config=methods.get("fastvid").config(retention=0.9, segments=1, tau=-1.0))
-    _check_invariants(out, 8, 16, budget(0.9, 8, 16))
+    check_invariants(out, 8, 16, budget(0.9, 8, 16))
     assert int(out.sizes.sum()) == 8 * 16
 
 

@@ -1,4 +1,8 @@
-"""The peers HoliTom and FlashVID: exact budgets, output invariants, and each against a plain loop."""
+"""The peers HoliTom and FlashVID: configs, and each against a plain loop.
+
+The contract they share with every comparison method (exact budget, invariants, batch, identity,
+validation) is tested once for all in test_methods_contract.py.
+"""
 
 import itertools
 import math
@@ -11,99 +15,11 @@ import aot.methods as methods
 from aot.config import budget
 from aot.methods.common import settle
 from aot.methods.holitom import holitom_windows
-
-NAMES = ["holitom", "flashvid"]
-
-
-def _video(f, n, d=8, seed=0, dtype=torch.float32, still=0.0):
-    """Random tokens; ``still`` > 0 mixes every frame towards frame 0 (so cells repeat over time)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(f, n, d, generator=g, dtype=torch.float64)
-    x = still * x[:1] + (1 - still) * x
-    return x.to(dtype), torch.rand(f, n, generator=g).to(dtype if dtype.is_floating_point else torch.float32)
+from methods_common import check_invariants
+from methods_common import video as _video
 
 
-def _check_invariants(out, f, n, r):
-    a = out.assignment
-    assert out.tokens.shape[0] == r and out.sizes.shape == (r,) and a.shape == (f * n,)
-    assert torch.equal(torch.bincount(a[a >= 0], minlength=r), out.sizes)
-    assert (out.positions.diff() > 0).all()  # sorted by (frame, position), one token per cell
-    assert torch.equal(out.frames, out.positions // n)
-    assert ((a >= -1) & (a < r)).all()
-    assert torch.equal(a[out.positions], torch.arange(r))  # each output token sits on a cell it absorbed
-
-
-# ---- generic: exact budget, batch, determinism, identity, validation ----------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_exact_budget_and_invariants(name):
-    method = methods.get(name)
-    for f in (1, 3, 8, 32):
-        for n in (16, 49, 196):
-            if f * n > 32 * 49 and n == 196 and f != 32:
-                continue
-            for still in (0.0, 0.9):
-                x, s = _video(f, n, seed=f + n, still=still)
-                for retention in (0.03, 0.1, 0.15, 0.25, 0.6):
-                    r = budget(retention, f, n)
-                    if r == 0:
-                        continue
-                    out = method(x, s, config=method.config(retention=retention))
-                    _check_invariants(out, f, n, r)
-                    assert out.tokens.dtype == x.dtype
-                    assert int(out.sizes.sum()) == int((out.assignment >= 0).sum()) <= f * n
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_deterministic_and_batch_equals_loop(name):
-    method = methods.get(name)
-    config = method.config(retention=0.3)
-    xs, ss = zip(*(_video(8, 36, seed=i, still=0.5 * (i % 2)) for i in range(3)))
-    x, s = torch.stack(xs), torch.stack(ss)
-    batch = method(x, s, config=config)
-    again = method(x, s, config=config)
-    for field, other in zip(batch, again):
-        assert torch.equal(field, other)
-    for i in range(3):
-        one = method(xs[i], ss[i], config=config)
-        for field, stacked in zip(one, batch):
-            assert torch.equal(field, stacked[i])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_retention_one_is_identity_and_dtype_kept(name):
-    method = methods.get(name)
-    x, s = _video(4, 16, dtype=torch.bfloat16)
-    out = method(x, s, config=method.config(retention=1.0))
-    assert torch.equal(out.tokens, x.reshape(64, -1)) and torch.equal(out.sizes, torch.ones(64, dtype=torch.long))
-    out = method(x, s, config=method.config(retention=0.5))
-    assert out.tokens.dtype == torch.bfloat16 and out.tokens.shape[0] == 32
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_validation_matches_compress(name):
-    method = methods.get(name)
-    x, s = _video(2, 16)
-    bad = x.clone()
-    bad[1, 3, 0] = float("nan")
-    with pytest.raises(ValueError, match="x contains NaN or Inf"):
-        method(bad, s)
-    with pytest.raises(ValueError, match="scores must have shape"):
-        method(x, s[:, :4])
-    with pytest.raises(ValueError, match="not a square"):
-        method(x[:, :15], s[:, :15])
-    with pytest.raises(TypeError):
-        method.fn(x, s, config=object())
-    with pytest.raises(TypeError, match="takes a"):
-        method(x, s, config=methods.get("fastvid").config())
-    with pytest.raises(ValueError, match="retention"):
-        method.config(retention=0.0)
-    with pytest.raises(ValueError, match=r"keeps 0 of 32 tokens .*use retention >= 0\.03125"):
-        method(x, s, config=method.config(retention=0.001))
-    out = method(x.reshape(2, 4, 4, 8).transpose(1, 2).reshape(2, 16, 8), s, grid=(2, 8),
-                 config=method.config(retention=0.75))
-    _check_invariants(out, 2, 16, 24)
-
+# ---- configs ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,bad", [
     ("holitom", {"tau": 1.5}), ("holitom", {"beta": -0.1}), ("holitom", {"k": 0}), ("holitom", {"k": 2.0}),
@@ -432,5 +348,5 @@ def test_flashvid_still_video_merges_across_frames_into_first_frame_trees():
     x, s = _video(4, 16, d=6, seed=3, dtype=torch.float64, still=0.97)
     method = methods.get("flashvid")
     out = method(x, s, config=method.config(retention=0.25, segments=1, segment_threshold=-1.0))
-    _check_invariants(out, 4, 16, 16)
+    check_invariants(out, 4, 16, 16)
     assert int(out.sizes.sum()) == 64 and int(out.sizes.max()) >= 4

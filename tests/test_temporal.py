@@ -8,7 +8,14 @@ from aot.temporal import aggregate_inter, default_clip_length, dynamic_clips, un
 
 
 def test_uniform_clips():
-    assert default_clip_length(32) == 4 and default_clip_length(64) == 8 and default_clip_length(5) == 1
+    assert default_clip_length(32) == 4 and default_clip_length(64) == 8 and default_clip_length(256) == 32
+    # at least 2 frames (a single frame stays 1), so every clip has an inter-frame stage
+    assert default_clip_length(5) == 2 and default_clip_length(15) == 2 and default_clip_length(1) == 1
+    # at most floor(1 / (anchor_share * retention)), so a clip's anchors fit in one frame
+    assert default_clip_length(32, 0.1, 0.7) == 4 and default_clip_length(64, 0.15, 0.7) == 8  # the paper's settings
+    assert default_clip_length(256, 0.1, 0.7) == 14 and default_clip_length(64, 0.25, 0.7) == 5
+    assert default_clip_length(64, 0.25, 0.5) == 8  # 1 / 0.125 = 8 exactly, not 7.999...
+    assert default_clip_length(64, 0.9, 0.7) == 2 and default_clip_length(64, 0.5, 0.0) == 8
     assert uniform_clips(10, 4) == [(0, 4), (4, 4), (8, 2)]
     assert uniform_clips(3, 1) == [(0, 1), (1, 1), (2, 1)]
 

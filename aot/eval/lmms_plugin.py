@@ -19,10 +19,23 @@ Model args: ``pretrained`` (hub id, local folder or, for ``aot_llava_onevision``
 ``method`` (a registry name, or ``vanilla`` for the unpatched model), ``frames`` (sampled with
 lmms-eval's rule; alias ``max_frames_num``), ``local_layer``, ``global_layer`` (default: LLaVA 5, -2;
 Qwen2.5-VL the first and last full-attention block of its tower), ``dtype``, ``device``,
-``threads``, and every field of the method's config by name
+``threads``, ``conv_template``, and every field of the method's config by name
 (``retention=0.1,n_iters=50,windows=3x3,tol=none``), parsed to the field's type; an unknown name is
 an error listing the fields. LLaVA only: ``video_layout`` (``onevision`` | ``llava-video``),
 ``positions`` (Qwen2.5-VL keeps its own layout and 3-D M-RoPE ids; other values are refused).
+
+Prompts: ``aot_llava_onevision`` with ``conv_template=qwen_1_5`` (its default) builds the prompt
+lmms-eval's own ``llava_onevision`` model builds with the LLaVA repo's ``qwen_1_5`` conversation, the
+paper's protocol: a system turn "You are a helpful assistant.", then the video placeholder and the
+question in the user turn (``qwen_1_5_prompt``). ``conv_template=chat_template`` uses the
+checkpoint's own chat template instead (the llava-hf checkpoints' has no system turn); it is the only
+choice of ``aot_qwen2_5_vl``, as lmms-eval's own ``qwen2_5_vl`` model uses the processor's chat
+template. The stand-in builds its own prompt.
+
+``loglikelihood`` (multiple-choice-perplexity tasks such as ``egoschema_subset_mcppl``) scores a
+continuation after the prompt, with the video compressed, and returns lmms-eval's
+``llava_onevision`` convention: (mean negative log-likelihood per continuation token, whether
+greedy decoding gives the continuation). Lower is more likely; those tasks pick the lowest.
 
 Every answer is returned as a ``GenerationResult`` whose token counts carry, besides the prompt
 and output lengths, an ``aot`` entry: method, full config, frames, layout and the visual tokens the
@@ -64,21 +77,75 @@ class AOTTokenCounts(TokenCounts):
         return d
 
 
+CONV_TEMPLATES = ("qwen_1_5", "chat_template")
+QWEN_1_5_SYSTEM = "You are a helpful assistant."
+QWEN_1_5_END = "<|im_end|>\n"  # closes every turn, the scored answer's too
+
+
+def qwen_1_5_prompt(context: str, placeholder: str = "<video>") -> str:
+    """The LLaVA repo's ``qwen_1_5`` conversation (ChatML with a system turn) for one video and
+    ``context``, as lmms-eval's ``llava_onevision`` builds it: the visual placeholder on its own line
+    before the text, the assistant turn open. LLaVA's ``<image>`` becomes the HF ``<video>`` token."""
+    return (f"<|im_start|>system\n{QWEN_1_5_SYSTEM}{QWEN_1_5_END}"
+            f"<|im_start|>user\n{placeholder}\n{context}{QWEN_1_5_END}<|im_start|>assistant\n")
+
+
+def continuation_nll(model, inputs: dict, n_tokens: int) -> tuple[float, bool]:
+    """(mean -log p, greedy) of the last ``n_tokens`` of ``inputs["input_ids"]`` given everything
+    before them, from one forward pass (patched or not: compression shortens the video, never the
+    text after it, so the continuation's logits are the last ones)."""
+    device = next(model.parameters()).device
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if inputs.get("pixel_values_videos") is not None:
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+    target = inputs["input_ids"][0, -n_tokens:]
+    with torch.inference_mode():
+        logits = model(**inputs).logits[0, -n_tokens - 1:-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
+    return float(-logp.mean()), bool((logits.argmax(-1) == target).all())
+
+
+@dataclass
+class LoglikelihoodResult(GenerationResult):
+    """One loglikelihood answer: unpacks as lmms-eval's (value, greedy) pair, and is a
+    ``GenerationResult`` so that lmms-eval 0.7.3's evaluator keeps the pair (it turns any other
+    non-string output, a plain tuple included, into its ``str``, which its mc-ppl scoring cannot
+    read) and logs the token counts, the ``aot`` entry included, with the sample."""
+
+    def __iter__(self):
+        return iter(self.text)
+
+    def __getitem__(self, i):
+        return self.text[i]
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
 class _AOTVideoLMM(lmms):
     """What both plugin models share; a subclass names itself (``NAME``) and its family (``FAMILY``)."""
 
     is_simple = True
     NAME = ""
     FAMILY = ""
+    CONV_TEMPLATES: tuple = ()  # the first is the default
 
     def __init__(self, pretrained: str, method: str = "aot", frames: int = 32, max_frames_num: int | None = None,
                  video_layout: str = "onevision", positions: str = "contiguous", local_layer: int | None = None,
                  global_layer: int | None = None, dtype: str = "auto", device: str | None = None, batch_size=1,
-                 max_batch_size=None, threads: int | None = None, **config_fields: Any) -> None:
+                 max_batch_size=None, threads: int | None = None, conv_template: str | None = None,
+                 **config_fields: Any) -> None:
         super().__init__()
         from accelerate import Accelerator
 
-        from ..run import _dtype, family_options, load, patch_options
+        from ..run import STANDIN, _dtype, family_options, load, patch_options
+
+        conv_template = self.CONV_TEMPLATES[0] if conv_template is None else conv_template
+        if conv_template not in self.CONV_TEMPLATES:
+            raise ValueError(f"{self.NAME}: conv_template must be one of {', '.join(self.CONV_TEMPLATES)}, "
+                             f"got {conv_template!r}")
+        self.conv_template = conv_template
+        self._paper_prompt = conv_template == "qwen_1_5" and str(pretrained) != STANDIN
 
         self.method_name = str(method)
         # every config field by name; retention too (None: the method's own default)
@@ -122,6 +189,7 @@ class _AOTVideoLMM(lmms):
         self._pad = pad_token_id(self._model)
         self.config_json = config_dict(self._config)
         options = patch_options(self._model, video_layout=video_layout, positions=positions, layers=self.layers)
+        self._options = options
         if self._method is not None:  # layers and config checked now, not at the first batch
             from ..models.patch import patch, unpatch
 
@@ -130,7 +198,8 @@ class _AOTVideoLMM(lmms):
         logger.info(f"{self.NAME}: {self.pretrained} ({type(self._model).__name__}), method {self.method_name}, "
                     f"frames {self.frames}, "
                     f"{f'layout {video_layout}, positions {positions}, ' if self.FAMILY == 'llava_onevision' else ''}layers "
-                    f"{self.layers or 'model default'}, config {json.dumps(self.config_json)}, "
+                    f"{self.layers or 'model default'}, conv_template {conv_template}, "
+                    f"config {json.dumps(self.config_json)}, "
                     f"device {dev}, rank {self._rank}/{self._world_size}")
 
     def _check_family(self) -> None:
@@ -171,9 +240,32 @@ class _AOTVideoLMM(lmms):
         return {**out, "visual_tokens": visual}
 
     def _prepare(self, request) -> dict:
+        return self._inputs(self._frames(request), request.args[0])
+
+    def _prompt(self, context: str) -> str | None:
+        """The whole prompt text for ``context`` (None: the stand-in builds its own)."""
+        if self._paper_prompt:
+            return qwen_1_5_prompt(context)
+        prompt_text = getattr(self._make_inputs, "prompt_text", None)
+        return prompt_text(context) if prompt_text is not None else None
+
+    def _inputs(self, clip, context: str, continuation: str | None = None) -> dict:
+        """Processor inputs for ``clip`` (``aot.video.VideoFrames``) and ``context`` (+ ``continuation``)."""
+        prompt = self._prompt(context)
+        if prompt is None and continuation is None:
+            return self._make_inputs(clip.frames, context, clip)
+        if continuation is None:
+            return self._make_inputs(clip.frames, context, clip, prompt=prompt)
+        if prompt is None:
+            raise NotImplementedError(f"loglikelihood needs a checkpoint with a processor, not {self.pretrained}")
+        end = QWEN_1_5_END if self._paper_prompt else ""
+        return self._make_inputs(clip.frames, context, clip, prompt=prompt + continuation + end)
+
+    def _frames(self, request):
+        """The request's one video, sampled (``aot.video.VideoFrames``)."""
         from ..video import read_frames
 
-        context, _, doc_to_visual, doc_id, task, split = request.args
+        _, _, doc_to_visual, doc_id, task, split = request.args
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         flat = []
         for v in visuals if isinstance(visuals, (list, tuple)) else [visuals]:
@@ -183,8 +275,7 @@ class _AOTVideoLMM(lmms):
             kinds = ", ".join(sorted({type(v).__name__ for v in flat})) or "nothing"
             raise NotImplementedError(f"{self.NAME} answers questions about one video (a path); "
                                       f"{task} doc {doc_id} gives {len(flat)} visual(s) ({kinds})")
-        clip = read_frames(videos[0], self.frames)
-        return self._make_inputs(clip.frames, context, clip)
+        return read_frames(videos[0], self.frames)
 
     @staticmethod
     def _gen_kwargs(raw: dict) -> tuple[dict, list[str]]:
@@ -239,10 +330,46 @@ class _AOTVideoLMM(lmms):
                         f"{time.perf_counter() - t_start:.1f} s")
         return out
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError(f"{getattr(self, 'NAME', 'aot')} implements generate_until only: use the generation "
-                                  "variant of the task (mvbench, videomme, egoschema_subset, longvideobench_val_v), "
-                                  "not a loglikelihood / multiple-choice-perplexity one (e.g. egoschema_subset_mcppl)")
+    def loglikelihood(self, requests) -> list[LoglikelihoodResult]:
+        """(mean -log p of the continuation's tokens, greedy?) for every request, compressed as configured.
+
+        A request's args: (context, continuation, doc_to_visual, doc_id, task, split); the continuation
+        is a string (multiple_choice tasks: target delimiter + option) or doc_to_target (loglikelihood
+        tasks). As lmms-eval's llava_onevision: the continuation is the assistant's answer, closed like
+        every turn (``<|im_end|>\\n`` with qwen_1_5), and its tokens are those of prompt + answer past
+        the prompt's own length. One request per forward pass; a video read once for its options.
+        Each answer unpacks as ``value, greedy`` (``LoglikelihoodResult``).
+        """
+        from tqdm import tqdm
+
+        from ..models.patch import patch, unpatch
+
+        out: list[LoglikelihoodResult] = []
+        last_doc, clip = None, None
+        for req in tqdm(requests, disable=self.rank != 0, desc=f"{self.NAME} loglikelihood"):
+            context, target, _, doc_id, task, split = req.args
+            if (task, split, doc_id) != last_doc:
+                last_doc, clip = (task, split, doc_id), self._frames(req)
+            continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+            full = self._inputs(clip, context, continuation=str(continuation))
+            n = full["input_ids"].shape[1] - self._inputs(clip, context)["input_ids"].shape[1]
+            if n < 1:
+                raise ValueError(f"{task} doc {doc_id}: the continuation {continuation!r} adds no token")
+            if self._method is not None:
+                patch(self._model, self._config, method=self._method.name, **self._options)
+            try:
+                pair = continuation_nll(self._model, full, n)
+                visual = (int(self._model._aot.last["llm_video_tokens"][0]) if self._method is not None
+                          else int((full["input_ids"] == self._model.config.video_token_id).sum()))
+            finally:
+                if self._method is not None:
+                    unpatch(self._model)
+            placeholders = int((full["input_ids"] == self._model.config.video_token_id).sum())
+            counts = AOTTokenCounts(input_tokens=int(full["input_ids"].shape[1]) - placeholders + visual,
+                                    output_tokens=0, aot=self._summary(visual))
+            out.append(LoglikelihoodResult(text=pair, token_counts=counts))
+            self.cache_hook.add_partial("loglikelihood", (context, continuation), pair)
+        return out
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError(f"{self.NAME} does not implement multi-round generation")
@@ -253,13 +380,16 @@ class AOTLlavaOneVision(_AOTVideoLMM):
 
     NAME = "aot_llava_onevision"
     FAMILY = "llava_onevision"
+    CONV_TEMPLATES = CONV_TEMPLATES  # qwen_1_5 (lmms-eval's llava_onevision, the default) or chat_template
 
     def __init__(self, pretrained: str, method: str = "aot", frames: int = 32, max_frames_num: int | None = None,
                  video_layout: str = "onevision", positions: str = "contiguous", local_layer: int = 5,
                  global_layer: int = -2, dtype: str = "auto", device: str | None = None, batch_size=1,
-                 max_batch_size=None, threads: int | None = None, **config_fields: Any) -> None:
+                 max_batch_size=None, threads: int | None = None, conv_template: str | None = None,
+                 **config_fields: Any) -> None:
         super().__init__(pretrained, method, frames, max_frames_num, video_layout, positions, local_layer,
-                         global_layer, dtype, device, batch_size, max_batch_size, threads, **config_fields)
+                         global_layer, dtype, device, batch_size, max_batch_size, threads, conv_template,
+                         **config_fields)
 
 
 class AOTQwen2_5_VL(_AOTVideoLMM):
@@ -268,11 +398,14 @@ class AOTQwen2_5_VL(_AOTVideoLMM):
 
     NAME = "aot_qwen2_5_vl"
     FAMILY = "qwen2_5_vl"
+    CONV_TEMPLATES = ("chat_template",)  # as lmms-eval's own qwen2_5_vl model: the processor's template
 
     def __init__(self, pretrained: str, method: str = "aot", frames: int = 32, max_frames_num: int | None = None,
                  video_layout: str = "onevision", positions: str = "contiguous", local_layer: int | None = None,
                  global_layer: int | None = None, dtype: str = "auto", device: str | None = None, batch_size=1,
-                 max_batch_size=None, threads: int | None = None, **config_fields: Any) -> None:
+                 max_batch_size=None, threads: int | None = None, conv_template: str | None = None,
+                 **config_fields: Any) -> None:
         super().__init__(pretrained, method, frames, max_frames_num, video_layout, positions, local_layer,
-                         global_layer, dtype, device, batch_size, max_batch_size, threads, **config_fields)
+                         global_layer, dtype, device, batch_size, max_batch_size, threads, conv_template,
+                         **config_fields)
 

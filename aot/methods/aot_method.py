@@ -60,7 +60,7 @@ def check_clips(config: AOTConfig, frames: int, tokens_per_frame: int) -> None:
     Uniform clips give ceil(F / length) clips; dynamic clips at least as many (more when the
     video has cuts), so for them this is the necessary condition only.
     """
-    length = config.clip_length or default_clip_length(frames)
+    length = config.clip_length or default_clip_length(frames, config.retention, config.anchor_share)
     n_clips = math.ceil(frames / length)
     plan_budget(budget(config.retention, frames, tokens_per_frame), frames, tokens_per_frame, n_clips,
                 config.anchor_share)
