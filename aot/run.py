@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN", "FAMILIES", "family",
-           "patch_options", "family_options", "LLAVA", "QWEN"]
+           "patch_options", "family_options", "check_budget", "check_qwen_budget", "LLAVA", "QWEN"]
 
 STANDIN = "aot:dinov2-smollm2"
 LLAVA, QWEN = "llava_onevision", "qwen2_5_vl"
@@ -77,7 +77,6 @@ def _layers(raw: str | None) -> tuple[int, int] | None:
 def _check_args(args) -> None:
     """Every check that needs no model or video decoding, before any expensive work."""
     from . import methods
-    from .config import budget
 
     if not 0 < args.retention <= 1:
         raise ValueError(f"--retention must be in (0, 1], got {args.retention}")
@@ -94,8 +93,8 @@ def _check_args(args) -> None:
         raise ValueError(f"--video {args.video!r}: no such file")
     method = methods.get(args.method)
     method.config(retention=args.retention)  # the config's own range checks
-    if budget(args.retention, args.frames, 1) < 1:
-        raise ValueError(f"--retention {args.retention} keeps no token of {args.frames} frames")
+    # the budget needs the LLM tokens per frame: checked from the checkpoint's config before the weights
+    # load (LLaVA), or after preprocessing before the vision tower (Qwen2.5-VL: the frame size decides)
     _layers(args.layers)
     if args.json:
         parent = Path(args.json).resolve().parent
@@ -233,6 +232,27 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
     return model, make_inputs, lambda ids: processor.decode(ids, skip_special_tokens=True)
 
 
+def check_budget(method: str, config, video, frames: int, tokens_per_frame: int) -> None:
+    """The method's own check (``Method.check``: exact budget >= 1 token, then its rule) on the frames
+    ``aot run`` samples (every frame at most once, so min(frames, the video's)) and the LLM tokens
+    per frame: what the adapter would refuse before its vision tower, refused up front."""
+    from . import methods
+    from .video import probe_video
+
+    sampled = min(frames, probe_video(video).total_frames)
+    methods.get(method).check(config, sampled, tokens_per_frame)
+
+
+def check_qwen_budget(model, method: str, config, video_grid_thw) -> None:
+    """The Qwen2.5-VL adapter's budget check from the processor's ``video_grid_thw`` (temporal slices,
+    LLM tokens a slice after the merger), after preprocessing and before the vision tower."""
+    from . import methods
+
+    merge = int(model.config.vision_config.spatial_merge_size)
+    for t, h, w in video_grid_thw.tolist():
+        methods.get(method).check(config, int(t), (int(h) // merge) * (int(w) // merge))
+
+
 @contextmanager
 def module_timer(module, device: str):
     """Times (s) every call of ``module``; for the language model the first is the prefill, the rest
@@ -265,15 +285,14 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     from .models.patch import patch, unpatch
     from . import methods
     from .models.llava_onevision import llm_grid
-    from .video import probe_video, read_frames
+    from .video import read_frames
 
     patch(model, config, method=method, **patch_options(model, video_layout=video_layout, positions=positions,
                                                         layers=layers))  # layers and config, before any decoding
     try:
-        if family(model) == LLAVA:  # Qwen2.5-VL's grid depends on the frame size: its adapter checks before the tower
+        if family(model) == LLAVA:  # Qwen2.5-VL's grid depends on the frame size: checked after preprocessing
             h, w = llm_grid(model, video_layout)
-            sampled = min(frames, probe_video(video).total_frames)  # every frame at most once
-            methods.get(method).check(config, sampled, h * w)  # e.g. DyCoke's floor, before decoding
+            check_budget(method, config, video, frames, h * w)  # e.g. DyCoke's floor, before decoding
         t0 = time.perf_counter()
         clip = read_frames(video, frames)
         t_decode = time.perf_counter() - t0
@@ -283,6 +302,8 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
         t_pre = time.perf_counter() - t0
+        if family(model) == QWEN and inputs.get("video_grid_thw") is not None:  # before the vision tower
+            check_qwen_budget(model, method, config, inputs["video_grid_thw"])
         with module_timer(model.model.language_model, device) as lm_calls, torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         last = dict(model._aot.last)
@@ -356,8 +377,16 @@ def run_cli(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         try:
             if args.model != STANDIN:  # flags the checkpoint's family refuses, from its config, before the weights
-                family_options(_checkpoint_family(args.model, None), video_layout=args.video_layout,
-                               positions=args.positions, layers=_layers(args.layers))
+                fam = _checkpoint_family(args.model, None)
+                family_options(fam, video_layout=args.video_layout, positions=args.positions,
+                               layers=_layers(args.layers))
+                if fam == LLAVA:  # the budget from the config's grid, before the weights load
+                    from transformers import AutoConfig
+
+                    from .models.llava_onevision import config_grid
+
+                    h, w = config_grid(AutoConfig.from_pretrained(args.model).vision_config, args.video_layout)
+                    check_budget(args.method, config, args.video, args.frames, h * w)
             model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
             res = answer(model, make_inputs, decode, video=args.video, question=args.question, frames=args.frames,
                          config=config, method=args.method, max_new_tokens=args.max_new_tokens,

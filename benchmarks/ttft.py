@@ -26,10 +26,14 @@ and saved with the results.
 
 In-LLM methods (``--llm-methods``: FastV, PDrop) get every visual token into the language model and
 prune inside it, at each of ``--llm-retention`` (FastV: share kept after layer K = 1 - R; PDrop: lambda
-per stage); their "compression" column is the pruner's ranking and gathering (inside the prefill
+per stage) and, with ``--llm-match aot@0.25``, FastV also at the retention whose LLM prefill FLOPs (its per-layer
+schedule) come closest to that pre-LLM row's (searched over every kept count). PDrop's stages are
+``--pdrop-layers``: by default its published 8/16/24 on the stand-in and, on the Qwen-shaped model,
+8/16/24 of the 3B's 36 layers at the same fractions of depth in ``--qwen-llm-layers`` (2/4/6 of 9);
+FastV keeps K = 2. Their "compression" column is the pruner's ranking and gathering (inside the prefill
 time too), their "visual tokens" column the count after the last stage, and the "LLM prefill
-TFLOPs" column (paper Eq. 17 per layer, SmolLM2-135M, visual tokens only) lets rows of equal prefill
-FLOPs be compared.
+TFLOPs" column (paper Eq. 17 per layer, the model's LLM, visual tokens only) lets rows of equal prefill
+FLOPs be compared; the last column gives the visual tokens each LLM layer sees.
 """
 
 from __future__ import annotations
@@ -104,13 +108,64 @@ def qwen_inputs(model, clip, max_pixels: int, dtype):
             "second_per_grid_ts": torch.tensor([2.0 / fps])}, n
 
 
-def one_row(model, inputs, device, method=None, retention=1.0):
-    """Stage times (s) and visual tokens of one generate(max_new_tokens=1) call."""
+PDROP_PUBLISHED = (8, 16, 24)  # PDrop's stages; aot.methods' default, run unchanged on the 36-layer 3B
+QWEN_3B_LAYERS = 36
+
+
+def scaled_pdrop_layers(n_layers: int, full: int = QWEN_3B_LAYERS, published=PDROP_PUBLISHED) -> tuple[int, ...]:
+    """PDrop's stage layers at the same fractions of depth in an ``n_layers``-deep LLM as ``published``
+    in a ``full``-deep one (8/16/24 of the 3B's 36 -> 2/4/6 of 9), rounded to the nearest layer."""
+    layers = tuple(int(l * n_layers / full + 0.5) for l in published)
+    if layers[0] < 1 or list(layers) != sorted(set(layers)) or layers[-1] >= n_layers:
+        raise SystemExit(f"PDrop's layers {published} of {full} scale to {layers} in {n_layers} layers, which is "
+                         f"not a valid schedule; pass --pdrop-layers")
+    return layers
+
+
+def llm_config(method: str, retention: float, pdrop_layers=None):
+    """The config of an in-LLM method's row: ``retention``; PDrop's ``layers`` when given."""
+    m = aot.methods.get(method)
+    extra = {"layers": tuple(pdrop_layers)} if method == "pdrop" and pdrop_layers else {}
+    return m.config(retention=retention, **extra)
+
+
+def llm_prefill_flops(spec, method: str | None, config, n_tokens: int, n_visual: int) -> int:
+    """LLM prefill FLOPs over the visual tokens (Eq. 17): ``n_tokens`` in every layer for a pre-LLM
+    row or vanilla (``method`` None), the per-layer counts of its schedule on ``n_visual`` for an in-LLM one."""
+    if method is not None and aot.methods.get(method).in_llm:
+        m = aot.methods.get(method)
+        return flops.schedule_prefill_flops(spec, flops.inllm_tokens_per_layer(m, config, n_visual, spec.layers))
+    return flops.prefill_flops(spec, n_tokens)
+
+
+def equal_flops_retention(spec, method: str, n_visual: int, target: int, pdrop_layers=None) -> float:
+    """The retention k / n_visual (k = 1..n_visual kept after the first stage, so ``budget`` keeps
+    exactly k) whose LLM prefill FLOPs on ``n_visual`` visual tokens are closest to ``target``."""
+    best = None
+    for k in range(1, n_visual + 1):
+        r = k / n_visual
+        f = llm_prefill_flops(spec, method, llm_config(method, r, pdrop_layers), 0, n_visual)
+        if best is None or abs(f - target) < best[0]:
+            best = (abs(f - target), r)
+    return best[1]
+
+
+def schedule_text(spec, method: str | None, config, n_tokens: int, n_visual: int) -> str:
+    """Visual tokens per layer as 'N from layer i, ...' (one entry for a pre-LLM row)."""
+    if method is None or not aot.methods.get(method).in_llm:
+        return f"{n_tokens} in all {spec.layers}"
+    tokens = flops.inllm_tokens_per_layer(aot.methods.get(method), config, n_visual, spec.layers)
+    return ", ".join(f"{t} from {i}" for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1])
+
+
+def one_row(model, inputs, device, method=None, retention=1.0, config=None):
+    """Stage times (s) and visual tokens of one generate(max_new_tokens=1) call (``config``: the
+    method's config, default ``config(retention=retention)``)."""
     inner = model.model
     qwen = hasattr(inner, "visual")
     if method is not None:
         m = aot.methods.get(method)
-        aot.patch(model, m.config(retention=retention), method=method)
+        aot.patch(model, config if config is not None else m.config(retention=retention), method=method)
     try:
         with module_timer(inner.language_model, device) as lm, \
                 module_timer(inner.visual if qwen else inner.vision_tower, device) as tower, torch.inference_mode():
@@ -141,6 +196,12 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="aot,visionzip,fastvid")
     ap.add_argument("--llm-methods", default="", help="in-LLM methods (fastv,pdrop), none by default")
     ap.add_argument("--llm-retention", default="0.5,0.2", help="their retentions (FastV: 1 - R; PDrop: lambda)")
+    ap.add_argument("--llm-match", default="", metavar="METHOD@R",
+                    help="also run FastV at the retention whose LLM prefill FLOPs (its per-layer schedule) are "
+                         "closest to the pre-LLM METHOD's at retention R, e.g. aot@0.25")
+    ap.add_argument("--pdrop-layers", default=None,
+                    help="PDrop's stage layers, e.g. 8,16,24 (default: 8,16,24 on the stand-in; on the "
+                         "Qwen-shaped model 8/16/24 of the 3B's 36 layers scaled to --qwen-llm-layers: 2,4,6 of 9)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: robust on a shared machine)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -152,6 +213,21 @@ def main(argv=None) -> int:
     methods = [n for n in args.methods.split(",") if n]
     llm_methods = [n for n in args.llm_methods.split(",") if n]
     llm_retentions = [float(r) for r in args.llm_retention.split(",")]
+    match = None
+    if args.llm_match:
+        try:
+            match_name, match_r = args.llm_match.split("@")
+            match = (match_name, float(match_r))
+        except ValueError:
+            raise SystemExit(f"--llm-match takes METHOD@R, e.g. aot@0.25; got {args.llm_match!r}") from None
+        if aot.methods.get(match[0]).in_llm or not 0 < match[1] <= 1:
+            raise SystemExit(f"--llm-match: {match[0]} must be a pre-LLM method and R in (0, 1]")
+    if args.pdrop_layers:
+        pdrop_layers = tuple(int(v) for v in args.pdrop_layers.split(","))
+    elif args.model == QWEN:
+        pdrop_layers = scaled_pdrop_layers(args.qwen_llm_layers)
+    else:
+        pdrop_layers = None  # aot.methods' default, 8/16/24
     for name in methods + llm_methods:  # a typo fails now, not after the model loads
         if aot.methods.get(name).in_llm != (name in llm_methods):
             raise SystemExit(f"{name}: pass pre-LLM methods with --methods, in-LLM ones (fastv, pdrop) with "
@@ -196,19 +272,23 @@ def main(argv=None) -> int:
             print(f"{name} {r}", file=sys.stderr, flush=True)
             times, n = one_row(model, inputs, args.device, name, r)
             rows.append((name, r, n, times))
-    for name in llm_methods:
-        for r in llm_retentions:
-            times, n = one_row(model, inputs, args.device, name, r)
-            rows.append((name, r, n, times))
     spec = flops.spec_from_config(model.config.to_dict()["text_config"]).llm
     n_visual = rows[0][2]
+    for name in llm_methods:
+        rs = list(llm_retentions)
+        if match is not None and name == "fastv":  # its retention of equal LLM prefill FLOPs to METHOD at R
+            target = flops.prefill_flops(spec, aot.budget(match[1], 1, n_visual))
+            rs.append(equal_flops_retention(spec, name, n_visual, target, pdrop_layers))
+        for r in rs:
+            print(f"{name} {r:.4g}", file=sys.stderr, flush=True)
+            times, n = one_row(model, inputs, args.device, name, r, config=llm_config(name, r, pdrop_layers))
+            rows.append((name, r, n, times))
+
+    def config_of(name, r):
+        return None if name == "vanilla" or not aot.methods.get(name).in_llm else llm_config(name, r, pdrop_layers)
 
     def tflops(name, r, n):  # LLM prefill over the visual tokens, per layer for in-LLM methods
-        if name != "vanilla" and aot.methods.get(name).in_llm:
-            m = aot.methods.get(name)
-            return flops.schedule_prefill_flops(
-                spec, flops.inllm_tokens_per_layer(m, m.config(retention=r), n_visual, spec.layers)) / 1e12
-        return flops.prefill_flops(spec, n) / 1e12
+        return llm_prefill_flops(spec, None if name == "vanilla" else name, config_of(name, r), n, n_visual) / 1e12
 
     base_prefill = rows[0][3]["prefill"]
     video = (f"{len(clip.frames)} frames" + (f" -> {grid[0]} temporal slices of {grid[1]}x{grid[2]} patches "
@@ -218,23 +298,28 @@ def main(argv=None) -> int:
           f"thread(s), {platform.machine()} {platform.processor() or ''}".rstrip())
     print(f"decode {t_decode * 1e3:.0f} ms and preprocess {t_pre * 1e3:.0f} ms (once, counted in every TTFT)\n")
     head = ["method", "retention", "visual tokens", "vision tower (ms)", "scores (ms)", "compression (ms)",
-            "prefill (ms)", "TTFT (ms)", "prefill speed-up", "compression / TTFT", "LLM prefill TFLOPs"]
+            "prefill (ms)", "TTFT (ms)", "prefill speed-up", "compression / TTFT", "LLM prefill TFLOPs",
+            "visual tokens from LLM layer"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     out = []
     for name, r, n, t in rows:
         ttft = t_decode + t_pre + sum(t.values())
-        cells = [name, f"{r:.0%}", str(n), *(f"{t[k] * 1e3:.1f}" for k in ("vision tower", "scores", "compression",
+        sched = schedule_text(spec, None if name == "vanilla" else name, config_of(name, r), n, n_visual)
+        cells = [name, f"{r * 100:.4g}%", str(n), *(f"{t[k] * 1e3:.1f}" for k in ("vision tower", "scores", "compression",
                                                                         "prefill")),
                  f"{ttft * 1e3:.0f}", f"{base_prefill / t['prefill']:.1f}x", f"{t['compression'] / ttft:.2%}",
-                 f"{tflops(name, r, n):.3f}"]
+                 f"{tflops(name, r, n):.3f}", sched]
         print("| " + " | ".join(cells) + " |")
         out.append({"method": name, "retention": r, "visual_tokens": n, "times_s": t, "ttft_s": ttft,
-                    "llm_prefill_tflops": tflops(name, r, n),
+                    "llm_prefill_tflops": tflops(name, r, n), "llm_schedule": sched,
+                    "config": (config_of(name, r).__dict__ if config_of(name, r) is not None else None),
                     "decode_s": t_decode, "preprocess_s": t_pre})
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "shapes": shapes, "dtype": args.dtype,
                                                "frames": len(clip.frames), "grid_thw": grid,
+                                               "llm_match": args.llm_match or None,
+                                               "pdrop_layers": list(pdrop_layers) if pdrop_layers else None,
                                                "threads": torch.get_num_threads(), "device": args.device,
                                                "torch": torch.__version__, "machine": platform.machine(),
                                                "rows": out}, indent=2))

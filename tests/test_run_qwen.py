@@ -185,3 +185,30 @@ def test_run_qwen_in_llm_method_reports_its_layer_schedule(video, tmp_path, caps
     d, m = cfg.hidden_size, cfg.intermediate_size
     layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
     assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(2 * layer(n) + 2 * layer(kept))
+
+
+def test_run_qwen_small_budget_fits_and_an_empty_one_is_refused_before_the_tower(checkpoint, video, tmp_path, capsys,
+                                                                                monkeypatch):
+    """2 frames = 1 temporal slice of N LLM tokens (N from the processor called here): 10% keeps
+    round(0.1 N) >= 1 (the old up-front check counted 1 token a frame, round(0.2) = 0, and refused);
+    a retention of 0.4 / N keeps round(0.4) = 0: one error line after preprocessing, the tower never runs."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qm
+
+    _, inputs = direct(checkpoint, video, 2, None, new_tokens=1)
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    n = int((inputs["input_ids"] == hq.ids("<|video_pad|>")).sum())
+    assert t == 1 and n == h * w // 4
+    want = int(0.1 * n + 0.5)  # round half up, by hand
+    assert want >= 1
+    rc, res = run(checkpoint, video, tmp_path, frames=2, retention=0.1, new_tokens=1)
+    assert rc == 0, capsys.readouterr().err
+    assert res["video_tokens_in"] == n and res["video_tokens_out"] == want
+
+    def no_tower(*a, **k):
+        raise AssertionError("the vision tower ran before the budget check")
+
+    monkeypatch.setattr(qm.Qwen2_5_VisionTransformerPretrainedModel, "forward", no_tower)
+    rc, _ = run(checkpoint, video, tmp_path, frames=2, retention=0.4 / n, new_tokens=1)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"keeps 0 of {n} tokens" in one_error_line(err, "aot run"), err

@@ -41,7 +41,7 @@ from .scores import attention_received, hf_qk, record_scores
 from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
 from .splice import lay_out_video, splice_prompt
 
-__all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid"]
+__all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid", "config_grid"]
 
 VIDEO_LAYOUTS = ("onevision", "llava-video")
 # methods of transformers' classes this adapter calls, with the arguments it passes
@@ -320,7 +320,12 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
 def llm_grid(model, video_layout: str = "onevision") -> tuple[int, int]:
     """(h, w) of the LLM-facing grid of one frame: ceil(side / 2) for transformers' bilinear pooling,
     floor(side / 2) for LLaVA-Video's average pooling (side = image_size // patch_size)."""
-    vc = model.model.config.vision_config
+    return config_grid(model.model.config.vision_config, video_layout)
+
+
+def config_grid(vision_config, video_layout: str = "onevision") -> tuple[int, int]:
+    """:func:`llm_grid` from the checkpoint's vision config alone (no weights needed)."""
+    vc = vision_config
     side = vc.image_size // vc.patch_size
     h = -(-side // 2) if video_layout == "onevision" else side // 2
     return h, h
