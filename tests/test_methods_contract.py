@@ -42,7 +42,8 @@ CASES = sorted(
 
 def test_every_comparison_method_is_covered():
     # a method that dropped out of the registry would otherwise silently drop out of every test here
-    assert set(COMPARISON) == {"visionzip", "fastvid", "dycoke", "pooling", "random", "holitom", "flashvid"}
+    assert set(COMPARISON) == {"visionzip", "fastvid", "dycoke", "pooling", "random", "holitom", "flashvid",
+                               "prunevid"}
 
 
 @pytest.mark.parametrize("name", COMPARISON)
