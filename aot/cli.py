@@ -26,8 +26,9 @@ __all__ = ["main", "build_parser", "add_config_flags", "config_from_args", "expl
 _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "paper:" where ours differs
     "retention": "fraction of visual tokens kept, in (0, 1]",
     "reg": "Sinkhorn entropy (cost 1 - cos lies in [0, 2])",
-    "n_iters": "Sinkhorn iterations",
-    "tol": "early stop on the marginal error ('none': always run n_iters; paper: 0.01)",
+    "n_iters": "Sinkhorn iterations at most",
+    "tol": "stop Sinkhorn once the column-marginal L1 error is below this, checked every 10 iterations "
+           "(paper's delta 0.01, on the change of v); 'none': always run n_iters",
     "global_share": "fraction of a frame's anchors chosen globally",
     "windows": "local-anchor windows, ROWSxCOLS",
     "lam_intra": "Eq. 11 weight of the context folded into each anchor (paper: 1.0)",

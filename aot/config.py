@@ -20,8 +20,10 @@ class AOTConfig:
 
     retention: float = 0.1  # rho in (0, 1]: output keeps exactly round_half_up(rho * F * N) tokens
     reg: float = 0.1  # Sinkhorn entropy lambda (paper: 0.1); cost 1 - cos lies in [0, 2]
-    n_iters: int = 100  # Sinkhorn iterations, intra and inter (paper: 100)
-    tol: float | None = None  # optional early stop on the marginal error (paper's delta: 0.01)
+    n_iters: int = 100  # Sinkhorn iterations at most, intra and inter (paper: 100)
+    # early stop once the column-marginal L1 error is below tol, checked every 10 iterations (the
+    # paper's delta = 0.01; the paper tests the change of v instead, README); None: always n_iters
+    tol: float | None = 0.01
     global_share: float = 0.5  # fraction of a frame's anchors chosen globally (paper: |global| = |local|)
     windows: tuple[int, int] = (3, 3)  # local-anchor windows over the (h, w) grid, rows x cols
     lam_intra: float = 0.1  # Eq. 11 weight of the context folded into each anchor (paper: 1.0; 0.1 measured better, README)
