@@ -41,6 +41,10 @@ class AOTConfig:
     # rule, "plan"); cosine is the default because the task benchmark measured the paper's rule far
     # below it: a balanced plan spreads *ambiguous* tokens, so q keeps redundant background (README)
     keep_by: Literal["plan", "cosine"] = "cosine"
+    keep_ref: Literal["keyframe", "previous"] = "keyframe"  # dynamic tokens judged against the keyframe or the previous frame
+    # an anchor with no counterpart among a later frame's merged tokens (best cosine <= the keep rule's cutoff):
+    # "absorb" it anyway (balanced plan, the paper) or "skip" it in that frame's plan (counting, README)
+    unmatched_anchors: Literal["absorb", "skip"] = "absorb"
     seed: int = 0  # seed of the random-anchor ablation
 
     def __post_init__(self) -> None:
@@ -70,6 +74,10 @@ class AOTConfig:
                 raise ValueError(f"{name} must be 'ot', 'cosine' or 'none', got {getattr(self, name)!r}")
         if self.keep_by not in ("plan", "cosine"):
             raise ValueError(f"keep_by must be 'plan' or 'cosine', got {self.keep_by!r}")
+        if self.keep_ref not in ("keyframe", "previous"):
+            raise ValueError(f"keep_ref must be 'keyframe' or 'previous', got {self.keep_ref!r}")
+        if self.unmatched_anchors not in ("absorb", "skip"):
+            raise ValueError(f"unmatched_anchors must be 'absorb' or 'skip', got {self.unmatched_anchors!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 

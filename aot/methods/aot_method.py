@@ -32,6 +32,8 @@ PAPER = dict(
     intra_merge="ot",
     inter_merge="ot",
     keep_by="plan",  # Eq. 15: keep the tokens with the lowest q = max_j p_ij (ours: "cosine")
+    keep_ref="keyframe",  # Eq. 13-15: later frames against the clip's first frame
+    unmatched_anchors="absorb",  # Eq. 15-16: one balanced plan over all anchors
 )
 
 _ABLATIONS = {
