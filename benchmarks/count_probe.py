@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"split": args.split, "retention": args.retention, "w_min": args.w_min,
                                         "summaries": {r["label"]: summary(r) for r in results},
-                                        "results": results}, indent=1))
+                                        "results": results}, separators=(",", ":")))
         print(f"json: {args.out}")
     return 0
 
