@@ -26,8 +26,9 @@ __all__ = ["main", "build_parser", "add_config_flags", "config_from_args", "expl
 _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "paper:" where ours differs
     "retention": "fraction of visual tokens kept, in (0, 1]",
     "reg": "Sinkhorn entropy (cost 1 - cos lies in [0, 2])",
-    "n_iters": "Sinkhorn iterations",
-    "tol": "early stop on the marginal error ('none': always run n_iters; paper: 0.01)",
+    "n_iters": "Sinkhorn iterations at most",
+    "tol": "stop Sinkhorn once the column-marginal L1 error is below this, checked every 10 iterations "
+           "(paper's delta 0.01, on the change of v); 'none': always run n_iters",
     "global_share": "fraction of a frame's anchors chosen globally",
     "windows": "local-anchor windows, ROWSxCOLS",
     "lam_intra": "Eq. 11 weight of the context folded into each anchor (paper: 1.0)",
@@ -41,6 +42,9 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "pa
     "intra_merge": "ablation: fold a frame's other tokens by 'ot', 'cosine' weights, or 'none' (drop)",
     "inter_merge": "ablation: merge later frames by 'ot', 'cosine' weights, or 'none' (drop)",
     "keep_by": "dynamic tokens kept by lowest 'plan' q (paper) or lowest max 'cosine' to the anchors",
+    "keep_ref": "dynamic tokens judged 'changed' against the clip's 'keyframe' or the 'previous' frame",
+    "unmatched_anchors": "'absorb' (balanced plan, paper) or 'skip': an anchor with no counterpart in a later frame "
+                         "receives nothing from it",
     "seed": "seed of the random-anchor ablation",
 }
 CONFIG_GROUP_TITLE = ("AOT configuration (defaults: ours, measured on the task benchmark; "

@@ -122,7 +122,8 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
                             tol=config.tol, lam=config.lam_intra, mass=config.mass, merge=config.intra_merge)
     inter = aggregate_inter(intra.tokens, intra.sizes, clips, n_keep, valid, reg=config.reg,
                             n_iters=config.n_iters, tol=config.tol, lam=config.lam_inter, merge=config.inter_merge,
-                            keep_by=config.keep_by)
+                            keep_by=config.keep_by, keep_ref=config.keep_ref,
+                            guard=config.unmatched_anchors == "skip")
 
     # every (frame, anchor slot) either is an output row (clip first frames, kept tokens) or is
     # merged into its clip's anchor; rows in row-major order are sorted by (frame, position)

@@ -20,8 +20,10 @@ class AOTConfig:
 
     retention: float = 0.1  # rho in (0, 1]: output keeps exactly round_half_up(rho * F * N) tokens
     reg: float = 0.1  # Sinkhorn entropy lambda (paper: 0.1); cost 1 - cos lies in [0, 2]
-    n_iters: int = 100  # Sinkhorn iterations, intra and inter (paper: 100)
-    tol: float | None = None  # optional early stop on the marginal error (paper's delta: 0.01)
+    n_iters: int = 100  # Sinkhorn iterations at most, intra and inter (paper: 100)
+    # early stop once the column-marginal L1 error is below tol, checked every 10 iterations (the
+    # paper's delta = 0.01; the paper tests the change of v instead, README); None: always n_iters
+    tol: float | None = 0.01
     global_share: float = 0.5  # fraction of a frame's anchors chosen globally (paper: |global| = |local|)
     windows: tuple[int, int] = (3, 3)  # local-anchor windows over the (h, w) grid, rows x cols
     lam_intra: float = 0.1  # Eq. 11 weight of the context folded into each anchor (paper: 1.0; 0.1 measured better, README)
@@ -39,6 +41,10 @@ class AOTConfig:
     # rule, "plan"); cosine is the default because the task benchmark measured the paper's rule far
     # below it: a balanced plan spreads *ambiguous* tokens, so q keeps redundant background (README)
     keep_by: Literal["plan", "cosine"] = "cosine"
+    keep_ref: Literal["keyframe", "previous"] = "keyframe"  # dynamic tokens judged against the keyframe or the previous frame
+    # an anchor with no counterpart among a later frame's merged tokens (best cosine <= the keep rule's cutoff):
+    # "absorb" it anyway (balanced plan, the paper) or "skip" it in that frame's plan (counting, README)
+    unmatched_anchors: Literal["absorb", "skip"] = "absorb"
     seed: int = 0  # seed of the random-anchor ablation
 
     def __post_init__(self) -> None:
@@ -68,6 +74,10 @@ class AOTConfig:
                 raise ValueError(f"{name} must be 'ot', 'cosine' or 'none', got {getattr(self, name)!r}")
         if self.keep_by not in ("plan", "cosine"):
             raise ValueError(f"keep_by must be 'plan' or 'cosine', got {self.keep_by!r}")
+        if self.keep_ref not in ("keyframe", "previous"):
+            raise ValueError(f"keep_ref must be 'keyframe' or 'previous', got {self.keep_ref!r}")
+        if self.unmatched_anchors not in ("absorb", "skip"):
+            raise ValueError(f"unmatched_anchors must be 'absorb' or 'skip', got {self.unmatched_anchors!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 

@@ -70,18 +70,21 @@ class InterResult(NamedTuple):
     q: Tensor  # (F, M) float: max assignment probability against the clip's first frame (1 on first frames)
 
 
-def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: int, tol) -> Tensor:
+def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: int, tol,
+                 cols: Tensor | None = None) -> Tensor:
     """Row-normalised weights p (B, M, M) between tokens (rows) and anchors (columns) of Eq. 15.
 
     cost: 1 - cos; valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors
     have the same count); padding rows and columns get zero mass and come back as zero rows and
-    columns. merge="ot": the row-normalised Sinkhorn plan; otherwise cosine weights max(cos, 0).
+    columns. cols: (B, M) bool, the anchors that may receive (default: valid); the others get
+    zero mass too. merge="ot": the row-normalised Sinkhorn plan; otherwise cosine weights max(cos, 0).
     """
     w = valid.to(cost.dtype) / valid.sum(-1, keepdim=True)
+    wc = w if cols is None else cols.to(cost.dtype) / cols.sum(-1, keepdim=True)
     if merge == "ot":
-        plan = sinkhorn(cost, reg, n_iters, a=w, b=w, tol=tol)
+        plan = sinkhorn(cost, reg, n_iters, a=w, b=wc, tol=tol)
     else:
-        plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (w.unsqueeze(-2) > 0)
+        plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
     return plan / plan.sum(-1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
 
 
@@ -112,6 +115,8 @@ def aggregate_inter(
     lam: float = 1.0,
     merge: str = "ot",
     keep_by: str = "cosine",
+    keep_ref: str = "keyframe",
+    guard: bool = False,
 ) -> InterResult:
     """Eq. 13-16 with an exact budget.
 
@@ -129,6 +134,14 @@ def aggregate_inter(
     not kept (owner -1).
     Differentiable w.r.t. tokens when they require grad (the anchor updates then run out of place;
     the choice of kept tokens and owners is discrete and carries no gradient).
+    Options tried for counting (issue 8, README "Where peers win"; both off by default):
+    keep_ref="previous" judges "changed" against the previous frame's tokens instead of the
+    keyframe's (position 1 of a clip: the keyframe either way). guard=True lets an anchor receive
+    nothing from a frame in which it has no counterpart: its highest cosine to the frame's merged
+    tokens is at most tau, the keep rule's own cutoff (the highest max-cosine-to-the-keyframe of a
+    kept token); the balanced plan of that frame then runs over the other anchors (all of them
+    when every anchor would be guarded). Without it, balanced marginals make every anchor absorb
+    one token's worth of each later frame, so an object seen only on the keyframe is averaged away.
     """
     f, m, d = tokens.shape
     dev = tokens.device
@@ -151,12 +164,21 @@ def aggregate_inter(
     norms = tokens.norm(dim=-1)  # (F, M)
     key_cost = _keyframe_costs(tokens, norms, clips)  # (F - C, M, M)
     p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
+    col_ok = valid[later_idx].unsqueeze(-2)
+    key_cos = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1)  # (F - C, M) best cosine to the keyframe
+    ref_cost = key_cost
+    if keep_ref == "previous":  # each later frame against the frame before it (same clip)
+        prev = later_idx - 1
+        ref_cost = cosine_cost(tokens[later_idx], tokens[prev], norms[later_idx], norms[prev])
     if keep_by == "plan":
-        p = _row_weights(key_cost, valid[later_idx], "ot", reg, n_iters, tol)
-        q[later_idx] = p.detach().amax(-1).to(q.dtype)
-    else:  # "changed" as far from every keyframe anchor: q = max cosine
-        col_ok = valid[later_idx].unsqueeze(-2)
-        q[later_idx] = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
+        sel = _row_weights(ref_cost, valid[later_idx], "ot", reg, n_iters, tol)
+        q[later_idx] = sel.detach().amax(-1).to(q.dtype)
+        if ref_cost is key_cost:
+            p = sel
+    elif ref_cost is key_cost:  # "changed" as far from every keyframe anchor: q = max cosine
+        q[later_idx] = key_cos.to(q.dtype)
+    else:
+        q[later_idx] = (1.0 - ref_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
     if merge != "none" and (p is None or merge != "ot"):
         p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
     if n_keep:
@@ -167,6 +189,7 @@ def aggregate_inter(
         kept_later = torch.zeros_like(flat_q, dtype=torch.bool)
         kept_later[pick] = True
         kept[later_idx] = kept_later.view(-1, m)
+    tau = float(key_cos[kept[later_idx]].max()) if guard and n_keep else None
 
     # merge pass: sequential over positions within the clips, batched over clips
     clip_starts = [s for s, _ in clips]
@@ -177,12 +200,18 @@ def aggregate_inter(
         frames = [clip_starts[c] + step for c in active]
         s = _rows(tokens, frames)  # (A, M, d), a view for uniform clips
         a = _rows(anchors, active)
-        if step == 1:  # anchors are still the keyframes: reuse the selection pass plans
-            pa = p[[first_plan[t] for t in frames]]
-        else:
-            cost = cosine_cost(s, a, s.norm(dim=-1), a.norm(dim=-1))
-            pa = _row_weights(cost, valid[frames], merge, reg, n_iters, tol)
         merged = ~kept[frames] & valid[frames]  # (A, M)
+        rows = [first_plan[t] for t in frames]
+        cost = key_cost[rows] if step == 1 else cosine_cost(s, a, s.norm(dim=-1), a.norm(dim=-1))
+        cols = None
+        if tau is not None:  # anchors without a counterpart among this frame's merged tokens receive nothing
+            best = (1.0 - cost).masked_fill(~merged.unsqueeze(-1), -2.0).amax(1)  # (A, M_anc)
+            cols = valid[frames] & (best > tau)
+            cols = torch.where(cols.any(-1, keepdim=True), cols, valid[frames])
+        if step == 1 and cols is None:  # anchors are still the keyframes: reuse the selection pass plans
+            pa = p[rows]
+        else:
+            pa = _row_weights(cost, valid[frames], merge, reg, n_iters, tol, cols)
         w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
         # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), in place unless a graph is recorded

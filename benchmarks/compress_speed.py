@@ -1,7 +1,7 @@
 """Speed and memory of aot.compress against one dense linear layer, measured side by side.
 
-For each (F, N, d): the median wall time of ``aot.compress`` at 10% retention with 100 Sinkhorn
-iterations, the median time of one dense matmul [F*N, d] x [d, d] (one linear layer of the LLM
+For each (F, N, d): the median wall time of ``aot.compress`` at 10% retention with the default
+Sinkhorn stop (``tol`` 0.01, at most 100 iterations; ``--tol none``: always 100), the median time of one dense matmul [F*N, d] x [d, d] (one linear layer of the LLM
 on the uncompressed tokens) in the same run, their ratio, and the peak memory that compress
 allocates beyond its input and output, as a multiple of the input size.
 
@@ -14,7 +14,7 @@ printed in the table's column titles. ``--busy K`` starts K busy-looping process
 measurement, to see what a loaded machine does to the times (README "Threads").
 
     python benchmarks/compress_speed.py [--reps 7] [--shapes 32x196x3584,...] [--device cpu]
-                                        [--threads N] [--busy K] [--no-memory]
+                                        [--threads N] [--busy K] [--no-memory] [--tol 0.01|none]
 """
 
 from __future__ import annotations
@@ -68,10 +68,18 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(f: int, n: int, d: int) -> None:
+def _config(tol) -> aot.AOTConfig:
+    return aot.AOTConfig(retention=0.1, n_iters=100, tol=tol)
+
+
+def _parse_tol(raw: str):
+    return None if raw.lower() == "none" else float(raw)
+
+
+def memory_child(f: int, n: int, d: int, tol) -> None:
     """Runs in a child process (its own torch threads): prints JSON with the peak extra bytes of one compress call."""
     x, scores = _inputs(f, n, d, "cpu")
-    config = aot.AOTConfig(retention=0.1)
+    config = _config(tol)
     aot.compress(x, scores, config=config)  # warm-up: thread pools, lazy inits
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak-RSS counter to the current RSS
@@ -83,11 +91,12 @@ def memory_child(f: int, n: int, d: int) -> None:
                       "input": x.numel() * x.element_size(), "output": out_bytes}))
 
 
-def measure_memory(f: int, n: int, d: int, threads: int) -> dict | None:
+def measure_memory(f: int, n: int, d: int, threads: int, tol) -> dict | None:
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}", "--threads", str(threads)]
+    cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}", "--threads", str(threads),
+           "--tol", str(tol).lower()]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -110,13 +119,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads for every measurement (default: aot.runtime.default_threads())")
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes to run beside the measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
+    ap.add_argument("--tol", type=_parse_tol, default=aot.AOTConfig().tol,
+                    help="Sinkhorn early stop of compress ('none': always 100 iterations; default: AOTConfig's)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads < 1 or args.busy < 0 or args.reps < 1:
         ap.error("--threads and --reps must be >= 1, --busy >= 0")
     with torch_threads(args.threads):
         if args.memory_child:
-            memory_child(*map(int, args.memory_child.split("x")))
+            memory_child(*map(int, args.memory_child.split("x")), args.tol)
             return
         busy = _busy(args.busy)
         try:
@@ -134,18 +145,19 @@ def _report(args) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {t}, device {dev}, {args.busy} busy processes beside"
           + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
-    print("retention 0.1, 100 Sinkhorn iterations, uniform clips, float32\n")
+    stop = "always 100 Sinkhorn iterations" if args.tol is None else f"Sinkhorn tol {args.tol:g} (at most 100 iterations)"
+    print(f"retention 0.1, {stop}, uniform clips, float32\n")
     print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |")
     print("|---|---|---|---|---|---|")
     for f, n, d in shapes:
         x, scores = _inputs(f, n, d, dev)
-        config = aot.AOTConfig(retention=0.1, n_iters=100)
+        config = _config(args.tol)
         out = aot.compress(x, scores, config=config)
         t_c = _median_time(lambda: aot.compress(x, scores, config=config), args.reps, dev)
         w = torch.randn(d, d, device=dev)
         flat = x.view(f * n, d)
         t_m = _median_time(lambda: flat @ w, args.reps, dev)
-        mem = measure_memory(f, n, d, torch.get_num_threads()) if dev == "cpu" and not args.no_memory else None
+        mem = measure_memory(f, n, d, torch.get_num_threads(), args.tol) if dev == "cpu" and not args.no_memory else None
         mem_s = f"{mem['extra'] / mem['input']:.2f}" if mem else "n/a"
         print(f"| {f} x {n} x {d} | {out.tokens.shape[0]} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | "
               f"{t_c / t_m:.3f} | {mem_s} |")

@@ -211,3 +211,15 @@ def test_short_videos_have_an_inter_frame_stage(f):
     assert int((per_frame > 0).sum()) == -(-f // 2)  # clips of 2 frames (the last one may be single)
     assert out.dynamic.any()  # later frames supply dynamic tokens
     assert (out.sizes[~out.dynamic] > 1).any()
+
+
+def test_default_stops_sinkhorn_early_and_stays_close_to_fixed_iterations():
+    # issue 8: tol=0.01 (the paper's delta) is the default; tol=None keeps 100 fixed iterations
+    assert aot.AOTConfig().tol == 0.01 and aot.AOTConfig().n_iters == 100
+    x, s, ls = _video(16, 64, d=32, seed=3)
+    early = aot.compress(x, s, local_scores=ls, config=aot.AOTConfig(retention=0.2))
+    fixed = aot.compress(x, s, local_scores=ls, config=aot.AOTConfig(retention=0.2, tol=None))
+    assert not torch.equal(early.tokens, fixed.tokens)  # it did stop before 100 iterations
+    assert torch.equal(early.positions, fixed.positions) and torch.equal(early.sizes, fixed.sizes)
+    cos = torch.nn.functional.cosine_similarity(early.tokens, fixed.tokens, dim=-1)
+    assert cos.min() > 0.999

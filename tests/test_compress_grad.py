@@ -15,6 +15,8 @@ CONFIGS = {
                                   lam_intra=1.0),
     "cosine-merges": aot.AOTConfig(retention=0.3, clip_length=3, intra_merge="cosine", inter_merge="cosine"),
     "dynamic-clips": aot.AOTConfig(retention=0.4, clips="dynamic", clip_length=2, tau_seg=0.0, n_iters=30),
+    "counting-options": aot.AOTConfig(retention=0.3, clip_length=3, n_iters=30, keep_ref="previous",
+                                      unmatched_anchors="skip"),
 }
 
 

@@ -113,3 +113,81 @@ def test_keep_by_cosine_keeps_the_least_similar_tokens():
     best = {(t, i): max(unit[t, i] @ unit[s, j] for j in range(5)) for s in (0, 3) for t in (s + 1, s + 2) for i in range(5)}
     want = {k for k, _ in sorted(best.items(), key=lambda kv: kv[1])[:4]}
     assert {tuple(p) for p in torch.nonzero(got.kept).tolist()} == want
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_keep_ref_previous_keeps_the_tokens_least_like_the_previous_frame():
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randn(8, 5, 8, generator=g, dtype=torch.float64)
+    clips = [(0, 4), (4, 4)]
+    got = aggregate_inter(tokens, torch.ones(8, 5, dtype=torch.long), clips, 6, keep_ref="previous")
+    u = _unit(tokens.numpy())
+    best = {(t, i): max(u[t, i] @ u[t - 1, j] for j in range(5)) for s, n in clips for t in range(s + 1, s + n)
+            for i in range(5)}
+    want = {k for k, _ in sorted(best.items(), key=lambda kv: kv[1])[:6]}
+    assert {tuple(p) for p in torch.nonzero(got.kept).tolist()} == want
+    # the keyframe rule picks a different set on the same tokens (the option changes something)
+    key = aggregate_inter(tokens, torch.ones(8, 5, dtype=torch.long), clips, 6)
+    assert not torch.equal(key.kept, got.kept)
+
+
+def test_unmatched_anchor_guard_matches_sequential_loop():
+    g = torch.Generator().manual_seed(5)
+    f, m, d = 7, 6, 5
+    tokens = torch.randn(f, m, d, generator=g, dtype=torch.float64)
+    sizes = torch.randint(1, 5, (f, m), generator=g)
+    clips = [(0, 3), (3, 4)]
+    n_keep, reg, iters = 5, 0.1, 60
+    got = aggregate_inter(tokens, sizes, clips, n_keep, reg=reg, n_iters=iters, guard=True)
+    x = tokens.numpy()
+    u = _unit(x)
+    best = {(t, i): max(u[t, i] @ u[s, j] for j in range(m)) for s, n in clips for t in range(s + 1, s + n)
+            for i in range(m)}
+    kept = {k for k, _ in sorted(best.items(), key=lambda kv: kv[1])[:n_keep]}
+    assert {tuple(p) for p in torch.nonzero(got.kept).tolist()} == kept
+    tau = max(best[k] for k in kept)
+    skipped = 0
+    for c, (s, n) in enumerate(clips):
+        anchors = x[s].copy()
+        for t in range(s + 1, s + n):
+            merged = [i for i in range(m) if (t, i) not in kept]
+            cos = _unit(x[t]) @ _unit(anchors).T  # (tokens, anchors)
+            cols = [j for j in range(m) if max(cos[i, j] for i in merged) > tau] or list(range(m))
+            skipped += m - len(cols)
+            b = np.zeros(m)
+            b[cols] = 1 / len(cols)
+            plan = ot.sinkhorn(np.full(m, 1 / m), b, 1 - cos, reg, numItermax=iters, stopThr=0, warn=False)
+            p = plan / plan.sum(1, keepdims=True)
+            new = anchors.copy()
+            for j in range(m):
+                recv = sum(p[i, j] for i in merged)
+                new[j] = (anchors[j] + sum(p[i, j] * x[t, i] for i in merged)) / (1 + recv)
+                if j not in cols:
+                    assert recv < 1e-12  # a skipped anchor receives nothing
+            anchors = new
+        np.testing.assert_allclose(got.anchors[c].numpy(), anchors, rtol=1e-7, atol=1e-9)
+    assert skipped > 0  # the case exercises the guard
+
+
+def test_unmatched_anchor_guard_keeps_an_object_seen_only_on_the_keyframe():
+    # keyframe: 5 background tokens + one "needle" orthogonal to them; later frames: background only
+    g = torch.Generator().manual_seed(6)
+    d = 16
+    background = torch.randn(5, d, generator=g, dtype=torch.float64)
+    background[:, 0] = 0.0
+    needle = torch.zeros(d, dtype=torch.float64)
+    needle[0] = 1.0
+    frames = [torch.cat([background, needle[None]])]
+    for _ in range(3):
+        frames.append(background[torch.tensor([0, 1, 2, 3, 4, 4])] + 0.05 * torch.randn(6, d, generator=g, dtype=torch.float64))
+    tokens = torch.stack(frames)
+    ones = torch.ones(4, 6, dtype=torch.long)
+    cos = lambda a: float(a @ needle / a.norm())  # noqa: E731
+    plain = aggregate_inter(tokens, ones, [(0, 4)], 1)
+    guarded = aggregate_inter(tokens, ones, [(0, 4)], 1, guard=True)
+    assert cos(plain.anchors[0, 5]) < 0.6  # balanced OT: the needle anchor absorbed background each frame
+    assert cos(guarded.anchors[0, 5]) > 0.999 and guarded.anchor_sizes[0, 5] == 1
+    assert int(guarded.anchor_sizes.sum() + ones[guarded.kept].sum()) == 24
