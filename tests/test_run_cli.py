@@ -126,7 +126,7 @@ def test_run_in_llm_method_reports_its_layer_schedule(tmp_path, capsys):
 @pytest.mark.parametrize("retention", [0.1, 0.07])
 def test_run_small_budget_that_fits_is_not_refused(checkpoint, tmp_path, capsys, retention):
     """2 frames at 10% (or 7%): 2 x 16 LLM tokens (the tiny checkpoint's 4x4 grid a frame) keep
-    round(0.1 * 32) = 3 (round(2.24) = 2, AOT's one token for each of its 2 clips); the old up-front
+    round(0.1 * 32) = 3 (7%: round(2.24) = 2, at least AOT's one token for its clip of 2 frames); the old up-front
     check counted 1 token a frame (round(0.2) = 0) and refused."""
     out = tmp_path / "small.json"
     rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "what moves ?",
@@ -143,11 +143,13 @@ def test_run_small_budget_that_fits_is_not_refused(checkpoint, tmp_path, capsys,
     assert res["video_tokens_in"] == 2 * per_frame and res["video_tokens_out"] == want
 
 
-@pytest.mark.parametrize("retention, msg", [(0.01, "keeps 0 of 32 tokens"),
-                                            (0.02, "below one token per clip (2 clips)")])
-def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, capsys, monkeypatch, retention, msg):
-    """2 frames at 1% keep round(0.32) = 0 of 32 tokens; at 2% round(0.64) = 1, fewer than AOT's 2
-    clips: one error line, before the weights load (so before decoding and the vision tower)."""
+@pytest.mark.parametrize("frames, retention, msg", [(2, 0.01, "keeps 0 of 32 tokens"),
+                                                    (4, 0.02, "below one token per clip (2 clips)")])
+def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, capsys, monkeypatch, frames,
+                                                                 retention, msg):
+    """2 frames at 1% keep round(0.32) = 0 of 32 tokens; 4 frames at 2% keep round(1.28) = 1, fewer
+    than AOT's 2 clips (default clip length: 4 // 8 raised to 2): one error line, before the weights
+    load (so before decoding and the vision tower)."""
     import transformers
 
     import aot.video
@@ -158,7 +160,7 @@ def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, cap
     monkeypatch.setattr(transformers.LlavaOnevisionForConditionalGeneration, "from_pretrained", forbidden)
     monkeypatch.setattr(aot.video, "read_frames", forbidden)
     rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "hi",
-               "--frames", "2", "--retention", str(retention), "--layers", "1,-2"])
+               "--frames", str(frames), "--retention", str(retention), "--layers", "1,-2"])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("aot run: error: "), err
