@@ -9,26 +9,10 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.prunevid import contiguous_labels, prunevid_segments
+from methods_common import check_invariants
+from methods_common import video as _video
 
 METHOD = methods.get("prunevid")
-
-
-def _video(f, n, d=8, seed=0, dtype=torch.float32, still=0.0):
-    """Random tokens; ``still`` > 0 mixes every frame towards frame 0 (so cells repeat over time)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(f, n, d, generator=g, dtype=torch.float64)
-    x = still * x[:1] + (1 - still) * x
-    return x.to(dtype), torch.rand(f, n, generator=g).to(dtype)
-
-
-def _check_invariants(out, f, n, r):
-    a = out.assignment
-    assert out.tokens.shape[0] == r and out.sizes.shape == (r,) and a.shape == (f * n,)
-    assert torch.equal(torch.bincount(a[a >= 0], minlength=r), out.sizes)
-    assert (out.positions.diff() > 0).all()  # sorted by (frame, position), one token per cell
-    assert torch.equal(out.frames, out.positions // n)
-    assert ((a >= -1) & (a < r)).all()
-    assert torch.equal(a[out.positions], torch.arange(r))  # each output token sits on a cell it absorbed
 
 
 # ---- exact budget -----------------------------------------------------------------------------
@@ -42,7 +26,7 @@ def test_every_budget_is_exact(still):
         retention = r / (f * n)
         assert budget(retention, f, n) == r
         out = METHOD(x, s, config=METHOD.config(retention=retention))
-        _check_invariants(out, f, n, r)
+        check_invariants(out, f, n, r)
         assert out.tokens.dtype == x.dtype
         if r >= f:  # at least one token per pool here: nothing dropped
             assert int(out.sizes.sum()) == f * n
@@ -58,7 +42,7 @@ def test_exact_budget_over_shapes_and_retentions():
                     if r == 0:
                         continue
                     METHOD.check(METHOD.config(retention=retention), f, n)
-                    _check_invariants(METHOD(x, s, config=METHOD.config(retention=retention)), f, n, r)
+                    check_invariants(METHOD(x, s, config=METHOD.config(retention=retention)), f, n, r)
 
 
 def test_deterministic_batch_equals_loop_identity_and_dtype():
