@@ -9,7 +9,7 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.prunevid import contiguous_labels, prunevid_segments
-from methods_common import check_invariants
+from methods_common import check_invariants, cos, dpc_loop, settle_loop
 from methods_common import video as _video
 
 METHOD = methods.get("prunevid")
@@ -112,27 +112,6 @@ def test_published_defaults():
 
 # ---- plain-loop reimplementation -----------------------------------------------------------
 
-def _cos(a, b):
-    return float(a @ b) / (float(a.norm()) * float(b.norm()))
-
-
-def _dpc_loop(feat, c, k):
-    """DPC-kNN by hand: centres (ascending) and per row the index of its centre (nearest, ties lower)."""
-    m, d = len(feat), len(feat[0])
-    dist = [[float((feat[a] - feat[b]).norm()) / math.sqrt(d) for b in range(m)] for a in range(m)]
-    kk = min(k, m)
-    dens = [math.exp(-sum(v * v for v in sorted(row)[:kk]) / kk) for row in dist]
-    dmax = max(max(row) for row in dist)
-    score = []
-    for a in range(m):
-        denser = [dist[a][b] for b in range(m) if (dens[b], -b) > (dens[a], -a)]
-        score.append(dens[a] * (min(denser) if denser else dmax))
-    centres = sorted(sorted(range(m), key=lambda a: (-score[a], a))[:c])
-    owner = [a if a in centres else min(centres, key=lambda b: (float((feat[a] - feat[b]).norm()), b))
-             for a in range(m)]
-    return centres, owner
-
-
 def _runs(labels):
     """Maximal runs of equal values: (value, first, last)."""
     out = []
@@ -178,29 +157,10 @@ def _refine_loop(labels):
     return out
 
 
-def _settle_loop(total, quotas, counts, caps):
-    counts = list(counts)
-    while sum(counts) > total:
-        pool = [i for i in range(len(counts)) if counts[i] >= 2] or [i for i in range(len(counts)) if counts[i] >= 1]
-        best = pool[0]
-        for i in pool[1:]:
-            if counts[i] - quotas[i] >= counts[best] - quotas[best]:
-                best = i
-        counts[best] -= 1
-    while sum(counts) < total:
-        pool = [i for i in range(len(counts)) if counts[i] < caps[i]]
-        best = pool[0]
-        for i in pool[1:]:
-            if quotas[i] - counts[i] > quotas[best] - counts[best]:
-                best = i
-        counts[best] += 1
-    return counts
-
-
 def _segments_loop(x, ratio, k):
     f = x.shape[0]
     feats = [x[t].mean(0) for t in range(f)]
-    centres, owner = _dpc_loop(feats, max(1, int(f * ratio)), k)
+    centres, owner = dpc_loop(feats, max(1, int(f * ratio)), k)
     labels = _refine_loop([centres.index(o) for o in owner])
     return [list(range(a, b + 1)) for _, a, b in _runs(labels)]
 
@@ -213,7 +173,7 @@ def _prunevid_loop(x, total, tau, ratio, k):
         w = len(frames)
         static = []
         for c in range(n):
-            pairs = [_cos(x[i, c], x[j, c]) for i in frames for j in frames if i != j]
+            pairs = [cos(x[i, c], x[j, c]) for i in frames for j in frames if i != j]
             if pairs and sum(pairs) / len(pairs) > tau:
                 static.append(c)
         if static:
@@ -246,12 +206,12 @@ def _prunevid_loop(x, total, tau, ratio, k):
                 start += length
         return out
     quotas = [Fraction(total * len(p[2]), left) for p in pools]
-    counts = _settle_loop(total, quotas, [math.floor(q) for q in quotas], [len(p[2]) for p in pools])
+    counts = settle_loop(total, quotas, [math.floor(q) for q in quotas], [len(p[2]) for p in pools])
     for (kind, frames, cells), cnt in zip(pools, counts):
         if cnt == 0:
             continue
         feats = [sum(x[t, c] for t in frames) / len(frames) for c in cells]
-        centres, owner = _dpc_loop(feats, cnt, k)
+        centres, owner = dpc_loop(feats, cnt, k)
         for j in centres:
             members = [a for a in range(len(cells)) if owner[a] == j]
             out[frames[0] * n + cells[j]] = (sum(feats[a] for a in members) / len(members),
@@ -327,7 +287,7 @@ def test_still_video_is_spatial_clustering_of_one_frame(f, n, retention):
     assert r <= n
     out = METHOD(x, s, config=METHOD.config(retention=retention))
     assert prunevid_segments(x, 0.25, 7) == [(0, f)]
-    centres, owner = _dpc_loop(list(frame), r, 7)
+    centres, owner = dpc_loop(list(frame), r, 7)
     assert out.positions.tolist() == centres and (out.frames == 0).all() and not out.dynamic.any()
     for row, j in enumerate(centres):
         members = [a for a in range(n) if owner[a] == j]
