@@ -88,14 +88,13 @@ def entry_point_line() -> str:
     return "".join(f"{k} = {v}\n" for k, v in eps.items())
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny checkpoint, a tiny task, and a dist-info carrying pyproject's entry point (what
-    `pip install aot-video` writes), so lmms-eval finds the model exactly as it would installed."""
-    tmp = tmp_path_factory.mktemp("lmms")
+def lmms_setup(tmp: Path, save_checkpoint) -> dict:
+    """Under tmp: a tiny checkpoint (``save_checkpoint(tmp / "ckpt")`` writes it), the tiny task, and
+    a dist-info carrying pyproject's entry point (what `pip install aot-video` writes), so lmms-eval
+    finds the model exactly as it would installed. Returns tmp, ckpt, task, docs and the env to run
+    lmms-eval in."""
     ckpt = tmp / "ckpt"
-    hf_tiny.model().save_pretrained(ckpt)
-    hf_tiny.processor().save_pretrained(ckpt)
+    save_checkpoint(ckpt)
     task = tmp / "task"
     task.mkdir()
     vids = videos()
@@ -113,6 +112,16 @@ def setup(tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp / "ep"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("LMMS_EVAL_PLUGINS", None)
     return {"tmp": tmp, "ckpt": ckpt, "task": task, "docs": docs, "env": env}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """lmms_setup with the tiny LLaVA-OneVision checkpoint."""
+    def save(ckpt):
+        hf_tiny.model().save_pretrained(ckpt)
+        hf_tiny.processor().save_pretrained(ckpt)
+
+    return lmms_setup(tmp_path_factory.mktemp("lmms"), save)
 
 
 def lmms_eval_cmd(s, out: Path, launcher: list[str]) -> list[str]:
