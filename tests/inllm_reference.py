@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+import aot
+
 
 def llm_inputs(ref, inp):
     """inputs_embeds (B, L, d) and position_ids (None, (B, L) or (3, B, L)) the unpatched model gives
@@ -82,3 +84,20 @@ def reference(ref, embeds, ids, mask2d, positions, stages, query, *, mrope=False
             extra = {} if mrope else {"position_ids": pos}
             h = layer(h, attention_mask=add, position_embeddings=cos_sin, **extra)
         return ref.lm_head(lm.norm(h)), idx
+
+
+def patched_forward_equals_reference(m, config, inp, want, want_idx, text_layers):
+    """aot.patch(m, config) on the SDPA model m, one forward on inp: the tokens kept at the last layer
+    are the reference's (want_idx) and the logits of the real rows equal its logits (want). Returns
+    the output."""
+    mask2d = inp["attention_mask"]
+    assert m.config.text_config._attn_implementation == "sdpa"
+    aot.patch(m, config)
+    with torch.no_grad():
+        out = m(**inp)
+    kept = out.past_key_values._aot_inllm.kept[text_layers - 1]
+    assert torch.equal(kept, want_idx)
+    real = mask2d.gather(1, want_idx).bool()
+    assert out.logits.shape == want.shape
+    torch.testing.assert_close(out.logits[real], want[real], atol=2e-4, rtol=1e-4)
+    return out

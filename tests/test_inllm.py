@@ -16,7 +16,7 @@ pytest.importorskip("torchvision")  # transformers' video processors need it (se
 import aot  # noqa: E402
 import aot.methods  # noqa: E402
 import hf_tiny  # noqa: E402
-from inllm_reference import last_real, llm_inputs, reference  # noqa: E402
+from inllm_reference import last_real, llm_inputs, patched_forward_equals_reference, reference  # noqa: E402
 from aot.methods.inllm import Stage  # noqa: E402
 
 TEXTS = ["<video> what is in the video ?", "describe it , where does the cat move ? <video> red or blue ?"]
@@ -67,15 +67,7 @@ def test_logits_equal_the_eager_reference(proc, name):
                                last_real(mask2d))
 
     m = model()
-    assert m.config.text_config._attn_implementation == "sdpa"
-    aot.patch(m, CONFIGS[name])
-    with torch.no_grad():
-        out = m(**inp)
-    kept = out.past_key_values._aot_inllm.kept[TEXT_LAYERS - 1]
-    assert torch.equal(kept, want_idx)
-    real = mask2d.gather(1, want_idx).bool()
-    assert out.logits.shape == want.shape
-    torch.testing.assert_close(out.logits[real], want[real], atol=2e-4, rtol=1e-4)
+    patched_forward_equals_reference(m, CONFIGS[name], inp, want, want_idx, TEXT_LAYERS)
     n_visual = int((inp["input_ids"][0] == m.config.video_token_id).sum())
     assert m._aot.last["tokens_in"] == n_visual
     assert m._aot.last["schedule"] == [(st.prune_before, st.keep) for st in stages]

@@ -19,7 +19,7 @@ pytest.importorskip("torchvision")  # transformers' video processors need it (se
 import aot  # noqa: E402
 import aot.methods  # noqa: E402
 import hf_tiny_qwen as hq  # noqa: E402
-from inllm_reference import last_real  # noqa: E402
+from inllm_reference import last_real, patched_forward_equals_reference  # noqa: E402
 from inllm_reference import llm_inputs as shared_llm_inputs  # noqa: E402
 from inllm_reference import reference as shared_reference  # noqa: E402
 from aot.models.inllm import query_scores, rotate_half_rope  # noqa: E402
@@ -136,15 +136,7 @@ def test_logits_equal_the_eager_reference(proc, name):
     want, want_idx = reference(ref, embeds, inp["input_ids"], mask2d, pos3, stages, last_real(mask2d))
 
     m = model()
-    assert m.config.text_config._attn_implementation == "sdpa"
-    aot.patch(m, CONFIGS[name])
-    with torch.no_grad():
-        out = m(**inp)
-    kept = out.past_key_values._aot_inllm.kept[TEXT_LAYERS - 1]
-    assert torch.equal(kept, want_idx)
-    real = mask2d.gather(1, want_idx).bool()
-    assert out.logits.shape == want.shape
-    torch.testing.assert_close(out.logits[real], want[real], atol=2e-4, rtol=1e-4)
+    patched_forward_equals_reference(m, CONFIGS[name], inp, want, want_idx, TEXT_LAYERS)
     n_visual = int((inp["input_ids"][0] == m.config.video_token_id).sum())
     assert n_visual == 64
     last = m._aot.last
