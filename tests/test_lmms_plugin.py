@@ -198,16 +198,22 @@ def test_plugin_data_parallel_two_cpu_processes(setup, single):
            [(d["doc_id"], d["filtered_resps"], d["token_counts"][0]["aot"]) for d in ref]
 
 
-def test_legacy_plugins_variable_and_registry(setup):
-    code = ("from lmms_eval.models import get_model, get_model_manifest;"
-            "c = get_model('aot_llava_onevision'); print(c.__module__, c.__name__, c.is_simple)")
-    env = {k: v for k, v in setup["env"].items()}
+def run_with_legacy_plugins_variable(s, code: str) -> str:
+    """stdout of ``python -c code`` found by LMMS_EVAL_PLUGINS=aot alone (no entry point on the path);
+    the run must succeed."""
+    env = dict(s["env"])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # no entry point
     env["LMMS_EVAL_PLUGINS"] = "aot"
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "AOTLlavaOneVision True" in res.stdout
+    return res.stdout
+
+
+def test_legacy_plugins_variable_and_registry(setup):
+    code = ("from lmms_eval.models import get_model, get_model_manifest;"
+            "c = get_model('aot_llava_onevision'); print(c.__module__, c.__name__, c.is_simple)")
+    assert "AOTLlavaOneVision True" in run_with_legacy_plugins_variable(setup, code)
 
 
 def test_model_args_are_config_fields():

@@ -9,7 +9,6 @@ processor's placeholder count (``method=vanilla``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ import torch  # noqa: E402
 import aot  # noqa: E402
 import hf_tiny  # noqa: E402
 import hf_tiny_qwen as hq  # noqa: E402
-from test_lmms_plugin import ROOT, lmms_setup, samples  # noqa: E402
+from test_lmms_plugin import lmms_setup, run_with_legacy_plugins_variable, samples  # noqa: E402
 
 MODEL_ARGS = "method=aot,retention=0.25,frames=8,n_iters=20,windows=2x2"
 POST = "Only give the best option.\n"
@@ -107,13 +106,7 @@ def test_qwen_plugin_vanilla_counts_the_processor_placeholders(setup):
 def test_qwen_plugin_legacy_plugins_variable(setup):
     code = ("from lmms_eval.models import get_model;"
             "c = get_model('aot_qwen2_5_vl'); print(c.__module__, c.__name__, c.is_simple)")
-    env = dict(setup["env"])
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # no entry point
-    env["LMMS_EVAL_PLUGINS"] = "aot"
-    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "AOTQwen2_5_VL True" in res.stdout
+    assert "AOTQwen2_5_VL True" in run_with_legacy_plugins_variable(setup, code)
 
 
 def test_qwen_plugin_refuses_the_other_family_and_llava_options(setup, tmp_path):
