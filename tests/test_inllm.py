@@ -1,9 +1,9 @@
 """FastV and PDrop (in-LLM pruning, aot.models.inllm) through aot.patch on tiny LLaVA-OneVision models.
 
-The independent answer is written here: the language model's layers run one by one with eager
-attention (weights taken from the attention module itself), visual tokens dropped by hand between
-layers with freshly built masks and RoPE at the kept positions, no KV cache. The patched model runs
-with SDPA and its own loop.
+The independent answer (inllm_reference.reference, shared with test_qwen_inllm): the language
+model's layers run one by one with eager attention (weights taken from the attention module
+itself), visual tokens dropped by hand between layers with freshly built masks and RoPE at the
+kept positions, no KV cache. The patched model runs with SDPA and its own loop.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ pytest.importorskip("torchvision")  # transformers' video processors need it (se
 import aot  # noqa: E402
 import aot.methods  # noqa: E402
 import hf_tiny  # noqa: E402
+from inllm_reference import last_real, llm_inputs, patched_forward_equals_reference, reference  # noqa: E402
 from aot.methods.inllm import Stage  # noqa: E402
 
 TEXTS = ["<video> what is in the video ?", "describe it , where does the cat move ? <video> red or blue ?"]
@@ -49,71 +50,9 @@ def model(eager=False):
     return m
 
 
-def llm_inputs(ref, inp):
-    """inputs_embeds and position_ids the unpatched model gives its language model."""
-    got = {}
-
-    def grab(_m, _a, kw):
-        got.update(embeds=kw["inputs_embeds"], position_ids=kw.get("position_ids"))
-
-    h = ref.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        ref(**inp, use_cache=False)
-    h.remove()
-    return got["embeds"], got["position_ids"]
-
-
-def reference(ref, embeds, ids, mask2d, positions, stages, query):
-    """Logits (B, n, V) and kept original positions (B, n): layers by hand, eager, tokens dropped by hand."""
-    lm = ref.model.language_model
-    b, length, _ = embeds.shape
-    video = ids == ref.config.video_token_id
-    idx = torch.arange(length).expand(b, length)  # original positions of the current sequence
-    h = embeds
-    rows = torch.arange(b)
-
-    def state():
-        pos = positions.gather(1, idx)
-        cos_sin = lm.rotary_emb(h, pos)
-        real = mask2d.gather(1, idx).bool()
-        allowed = (idx[:, None, :] <= idx[:, :, None]) & real[:, None, :]
-        allowed |= torch.eye(idx.shape[1], dtype=torch.bool)[None]  # padding rows attend themselves: no NaN
-        add = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
-        return pos, cos_sin, add
-
-    with torch.no_grad():
-        for i, layer in enumerate(lm.layers):
-            pos, cos_sin, add = state()
-            for st in stages:
-                if st.score_layer == i:
-                    _, weights = layer.self_attn(layer.input_layernorm(h), position_embeddings=cos_sin,
-                                                 attention_mask=add)
-                    qi = (idx == query[:, None]).float().argmax(1)
-                    scores = weights[rows, :, qi].mean(1)  # (B, n): the query row, averaged over heads
-            for st in stages:
-                if st.prune_before == i:
-                    vis = video.gather(1, idx)
-                    kept = ~vis
-                    for r in range(b):
-                        cand = vis[r].nonzero().squeeze(1)
-                        order = torch.argsort(scores[r, cand], descending=True)
-                        kept[r, cand[order[:st.keep]]] = True
-                    sel = torch.stack([kept[r].nonzero().squeeze(1) for r in range(b)])
-                    idx = idx.gather(1, sel)
-                    h = h.gather(1, sel[..., None].expand(-1, -1, h.shape[-1]))
-                    pos, cos_sin, add = state()
-            h = layer(h, attention_mask=add, position_embeddings=cos_sin, position_ids=pos)
-        return ref.lm_head(lm.norm(h)), idx
-
-
 def stages_for(name, inp):
     n_visual = int((inp["input_ids"][0] == hf_tiny.config().video_token_id).sum())
     return aot.methods.get(name).schedule(CONFIGS[name], n_visual, TEXT_LAYERS)
-
-
-def last_real(mask2d):
-    pos = torch.arange(mask2d.shape[1]).expand_as(mask2d)
-    return torch.where(mask2d.bool(), pos, -1).amax(1)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -128,15 +67,7 @@ def test_logits_equal_the_eager_reference(proc, name):
                                last_real(mask2d))
 
     m = model()
-    assert m.config.text_config._attn_implementation == "sdpa"
-    aot.patch(m, CONFIGS[name])
-    with torch.no_grad():
-        out = m(**inp)
-    kept = out.past_key_values._aot_inllm.kept[TEXT_LAYERS - 1]
-    assert torch.equal(kept, want_idx)
-    real = mask2d.gather(1, want_idx).bool()
-    assert out.logits.shape == want.shape
-    torch.testing.assert_close(out.logits[real], want[real], atol=2e-4, rtol=1e-4)
+    patched_forward_equals_reference(m, CONFIGS[name], inp, want, want_idx, TEXT_LAYERS)
     n_visual = int((inp["input_ids"][0] == m.config.video_token_id).sum())
     assert m._aot.last["tokens_in"] == n_visual
     assert m._aot.last["schedule"] == [(st.prune_before, st.keep) for st in stages]

@@ -88,14 +88,13 @@ def entry_point_line() -> str:
     return "".join(f"{k} = {v}\n" for k, v in eps.items())
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny checkpoint, a tiny task, and a dist-info carrying pyproject's entry point (what
-    `pip install aot-video` writes), so lmms-eval finds the model exactly as it would installed."""
-    tmp = tmp_path_factory.mktemp("lmms")
+def lmms_setup(tmp: Path, save_checkpoint) -> dict:
+    """Under tmp: a tiny checkpoint (``save_checkpoint(tmp / "ckpt")`` writes it), the tiny task, and
+    a dist-info carrying pyproject's entry point (what `pip install aot-video` writes), so lmms-eval
+    finds the model exactly as it would installed. Returns tmp, ckpt, task, docs and the env to run
+    lmms-eval in."""
     ckpt = tmp / "ckpt"
-    hf_tiny.model().save_pretrained(ckpt)
-    hf_tiny.processor().save_pretrained(ckpt)
+    save_checkpoint(ckpt)
     task = tmp / "task"
     task.mkdir()
     vids = videos()
@@ -113,6 +112,16 @@ def setup(tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp / "ep"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("LMMS_EVAL_PLUGINS", None)
     return {"tmp": tmp, "ckpt": ckpt, "task": task, "docs": docs, "env": env}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """lmms_setup with the tiny LLaVA-OneVision checkpoint."""
+    def save(ckpt):
+        hf_tiny.model().save_pretrained(ckpt)
+        hf_tiny.processor().save_pretrained(ckpt)
+
+    return lmms_setup(tmp_path_factory.mktemp("lmms"), save)
 
 
 def lmms_eval_cmd(s, out: Path, launcher: list[str]) -> list[str]:
@@ -189,16 +198,22 @@ def test_plugin_data_parallel_two_cpu_processes(setup, single):
            [(d["doc_id"], d["filtered_resps"], d["token_counts"][0]["aot"]) for d in ref]
 
 
-def test_legacy_plugins_variable_and_registry(setup):
-    code = ("from lmms_eval.models import get_model, get_model_manifest;"
-            "c = get_model('aot_llava_onevision'); print(c.__module__, c.__name__, c.is_simple)")
-    env = {k: v for k, v in setup["env"].items()}
+def run_with_legacy_plugins_variable(s, code: str) -> str:
+    """stdout of ``python -c code`` found by LMMS_EVAL_PLUGINS=aot alone (no entry point on the path);
+    the run must succeed."""
+    env = dict(s["env"])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # no entry point
     env["LMMS_EVAL_PLUGINS"] = "aot"
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "AOTLlavaOneVision True" in res.stdout
+    return res.stdout
+
+
+def test_legacy_plugins_variable_and_registry(setup):
+    code = ("from lmms_eval.models import get_model, get_model_manifest;"
+            "c = get_model('aot_llava_onevision'); print(c.__module__, c.__name__, c.is_simple)")
+    assert "AOTLlavaOneVision True" in run_with_legacy_plugins_variable(setup, code)
 
 
 def test_model_args_are_config_fields():

@@ -9,7 +9,6 @@ processor's placeholder count (``method=vanilla``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -23,37 +22,20 @@ import torch  # noqa: E402
 import aot  # noqa: E402
 import hf_tiny  # noqa: E402
 import hf_tiny_qwen as hq  # noqa: E402
-from test_lmms_plugin import ROOT, TASK_UTILS, TASK_YAML, entry_point_line, samples  # noqa: E402
-from test_eval_runner import videos  # noqa: E402
+from test_lmms_plugin import lmms_setup, run_with_legacy_plugins_variable, samples  # noqa: E402
 
-OPTS = ["a cat", "a dog", "red", "blue"]
 MODEL_ARGS = "method=aot,retention=0.25,frames=8,n_iters=20,windows=2x2"
 POST = "Only give the best option.\n"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lmms-qwen")
-    ckpt = tmp / "ckpt"
-    hq.model().save_pretrained(ckpt)
-    hq.processor(hq.CHAT_TEMPLATE).save_pretrained(ckpt)
-    task = tmp / "task"
-    task.mkdir()
-    vids = videos()
-    docs = [{"video": str(vids[i % len(vids)]), "question": "what moves ?", "candidates": OPTS,
-             "answer": OPTS[i % 4]} for i in range(4)]
-    (task / "tiny.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (task / "tiny_mvbench.yaml").write_text(TASK_YAML.format(data=task / "tiny.jsonl"))
-    (task / "utils.py").write_text(TASK_UTILS)
-    dist = tmp / "ep" / "aot_video_test_ep-0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aot-video-test-ep\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text("[lmms_eval.models]\n" + entry_point_line())
-    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp / "ep"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    env.pop("LMMS_EVAL_PLUGINS", None)
-    return {"tmp": tmp, "ckpt": ckpt, "task": task, "docs": docs, "env": env}
+    """test_lmms_plugin.lmms_setup with the tiny Qwen2.5-VL checkpoint (processor with a chat template)."""
+    def save(ckpt):
+        hq.model().save_pretrained(ckpt)
+        hq.processor(hq.CHAT_TEMPLATE).save_pretrained(ckpt)
+
+    return lmms_setup(tmp_path_factory.mktemp("lmms-qwen"), save)
 
 
 def lmms_eval(s, name: str, model_args: str):
@@ -124,13 +106,7 @@ def test_qwen_plugin_vanilla_counts_the_processor_placeholders(setup):
 def test_qwen_plugin_legacy_plugins_variable(setup):
     code = ("from lmms_eval.models import get_model;"
             "c = get_model('aot_qwen2_5_vl'); print(c.__module__, c.__name__, c.is_simple)")
-    env = dict(setup["env"])
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # no entry point
-    env["LMMS_EVAL_PLUGINS"] = "aot"
-    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "AOTQwen2_5_VL True" in res.stdout
+    assert "AOTQwen2_5_VL True" in run_with_legacy_plugins_variable(setup, code)
 
 
 def test_qwen_plugin_refuses_the_other_family_and_llava_options(setup, tmp_path):

@@ -15,7 +15,7 @@ import aot.methods as methods
 from aot.config import budget
 from aot.methods.common import settle
 from aot.methods.holitom import holitom_windows
-from methods_common import check_invariants
+from methods_common import check_invariants, cos, dpc_loop, settle_loop
 from methods_common import video as _video
 
 
@@ -54,49 +54,6 @@ def test_settle_hand_cases():
     # a shortfall goes to the part furthest below its quota that has room
     assert settle(4, [Fraction(5, 2), Fraction(3, 2)], [2, 1], [3, 3]) == [3, 1]
     assert settle(4, [Fraction(5, 2), Fraction(3, 2)], [2, 1], [2, 3]) == [2, 2]
-
-
-def _cos(a, b):
-    return float(a @ b) / (float(a.norm()) * float(b.norm()))
-
-
-def _settle_loop(total, quotas, counts, caps):
-    counts = list(counts)
-    while sum(counts) > total:
-        pool = [i for i in range(len(counts)) if counts[i] >= 2]
-        if not pool:
-            pool = [i for i in range(len(counts)) if counts[i] >= 1]
-        best = pool[0]
-        for i in pool[1:]:
-            if counts[i] - quotas[i] >= counts[best] - quotas[best]:
-                best = i
-        counts[best] -= 1
-    while sum(counts) < total:
-        pool = [i for i in range(len(counts)) if counts[i] < caps[i]]
-        best = pool[0]
-        for i in pool[1:]:
-            if quotas[i] - counts[i] > quotas[best] - counts[best]:
-                best = i
-        counts[best] += 1
-    return counts
-
-
-def _dpc_loop(feat, c, k):
-    """DPC-kNN by hand: centres (ascending) and, per row, its centre (nearest, ties to the lower centre)."""
-    m, d = len(feat), len(feat[0])
-    dist = [[float((feat[a] - feat[b]).norm()) / math.sqrt(d) for b in range(m)] for a in range(m)]
-    kk = min(k, c, m)
-    dens = [math.exp(-sum(v * v for v in sorted(row)[:kk]) / kk) for row in dist]
-    dmax = max(max(row) for row in dist)
-    score = []
-    for a in range(m):
-        denser = [dist[a][b] for b in range(m) if (dens[b], -b) > (dens[a], -a)]
-        score.append(dens[a] * (min(denser) if denser else dmax))
-    centres = sorted(sorted(range(m), key=lambda a: (-score[a], a))[:c])
-    owner = {}
-    for a in range(m):
-        owner[a] = a if a in centres else min(centres, key=lambda b: (float((feat[a] - feat[b]).norm()), b))
-    return centres, owner
 
 
 # ---- HoliTom ---------------------------------------------------------------------------------
@@ -139,7 +96,7 @@ def test_holitom_windows_are_optimal_by_brute_force():
 
 def _holitom_loop(x, s, total, tau, beta, k, share, max_window):
     f, n, d = x.shape
-    static = [[_cos(x[t, c], x[t + 1, c]) > tau for c in range(n)] for t in range(f - 1)]
+    static = [[cos(x[t, c], x[t + 1, c]) > tau for c in range(n)] for t in range(f - 1)]
     _, optimal = _best_partition(static, f, max_window)
     assert len(optimal) == 1, "test data must have a unique best segmentation"
     windows = optimal[0]
@@ -154,14 +111,14 @@ def _holitom_loop(x, s, total, tau, beta, k, share, max_window):
     assert total <= left, "this loop covers the budget-below-P case"
     quotas = [Fraction(total * len(p[3]), left) for p in pools]
     rounded = [math.ceil(q) if p[0] == "dynamic" else math.floor(q + Fraction(1, 2)) for p, q in zip(pools, quotas)]
-    counts = _settle_loop(total, quotas, rounded, [len(p[3]) for p in pools])
+    counts = settle_loop(total, quotas, rounded, [len(p[3]) for p in pools])
     out = {}  # flat position -> (token, size)
     for (kind, t0, length, cells), c in zip(pools, counts):
         if c == 0:
             continue
         if kind == "static":
             means = [sum(x[t, cell] for t in range(t0, t0 + length)) / length for cell in cells]
-            centres, owner = _dpc_loop(means, c, k)
+            centres, owner = dpc_loop(means, c, min(k, c))
             for j in centres:
                 members = [means[a] for a in range(len(cells)) if owner[a] == j and a != j]
                 tok = beta * means[j] + (1 - beta) * sum(members) / len(members) if members else means[j]
@@ -173,7 +130,7 @@ def _holitom_loop(x, s, total, tau, beta, k, share, max_window):
             out[t0 * n + cell] = (x[t0, cell], 1)
         if c > n_dom:
             rest = sorted(ranked[n_dom:])
-            centres, owner = _dpc_loop([x[t0, cell] for cell in rest], c - n_dom, k)
+            centres, owner = dpc_loop([x[t0, cell] for cell in rest], c - n_dom, min(k, c - n_dom))
             for j in centres:
                 members = [x[t0, rest[a]] for a in range(len(rest)) if owner[a] == j and a != j]
                 tok = beta * x[t0, rest[j]] + (1 - beta) * sum(members) / len(members) if members else x[t0, rest[j]]
@@ -235,7 +192,7 @@ def _flashvid_segments_loop(x, c, threshold):
     """FlashVID's own DySeg: cuts below the threshold, then the least similar other pairs up to c segments."""
     f = x.shape[0]
     g = [x[t].mean(0) for t in range(f)]
-    sims = [_cos(g[t], g[t + 1]) for t in range(f - 1)]
+    sims = [cos(g[t], g[t + 1]) for t in range(f - 1)]
     cuts = [t for t in range(f - 1) if sims[t] < threshold]
     others = sorted((t for t in range(f - 1) if t not in cuts), key=lambda t: (sims[t], t))
     cuts = sorted(cuts + others[:max(0, min(c, f) - 1 - len(cuts))])
@@ -247,7 +204,7 @@ def _adts_loop(x, s, frames, t, k):
     n = x.shape[1]
     event = sum(x[u, i] for u in frames for i in range(n)) / (len(frames) * n)
     w = [float(s[t, j]) * float(x[t, j] @ event) for j in range(n)]
-    dist = [[(1 - _cos(x[t, i], x[t, j])) * w[j] for j in range(n)] for i in range(n)]
+    dist = [[(1 - cos(x[t, i], x[t, j])) * w[j] for j in range(n)] for i in range(n)]
     first = max(range(n), key=lambda j: (min([dist[i][j] for i in range(n) if i != j] or [math.inf]), -j))
     picked = [first]
     while len(picked) < k:
@@ -276,8 +233,8 @@ def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
         for t in frames[1:]:
             for i in free[t]:
                 if free[t - 1]:
-                    p = max(free[t - 1], key=lambda j: (_cos(x[t, i], x[t - 1, j]), -j))
-                    links.append((_cos(x[t, i], x[t - 1, p]), t, i, p))
+                    p = max(free[t - 1], key=lambda j: (cos(x[t, i], x[t - 1, j]), -j))
+                    links.append((cos(x[t, i], x[t - 1, p]), t, i, p))
         n_free = sum(len(v) for v in free.values())
         above = [lk for lk in links if lk[0] > threshold]
         chosen = sorted(above, key=lambda lk: (-lk[0], lk[1], lk[2]))[:n_free - m]
@@ -293,7 +250,7 @@ def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
         per_frame = [sorted(i for (u, i) in trees if u == t) for t in frames]
         n_roots = sum(len(p) for p in per_frame)
         quotas = [Fraction(m * len(p), n_roots) for p in per_frame]
-        counts = _settle_loop(m, quotas, [math.ceil(q) for q in quotas], [len(p) for p in per_frame])
+        counts = settle_loop(m, quotas, [math.ceil(q) for q in quotas], [len(p) for p in per_frame])
         for t, cells, cnt in zip(frames, per_frame, counts):
             if cnt == 0:
                 continue
@@ -302,7 +259,7 @@ def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
                 for i in cells:
                     out[t * n + i] = (means[(t, i)], len(trees[(t, i)]))
                 continue
-            centres, owner = _dpc_loop(feats, cnt, k)
+            centres, owner = dpc_loop(feats, cnt, min(k, cnt))
             for j in centres:
                 members = [a for a in range(len(cells)) if owner[a] == j]
                 out[t * n + cells[j]] = (sum(feats[a] for a in members) / len(members),

@@ -9,26 +9,10 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.prunevid import contiguous_labels, prunevid_segments
+from methods_common import check_invariants, cos, dpc_loop, settle_loop
+from methods_common import video as _video
 
 METHOD = methods.get("prunevid")
-
-
-def _video(f, n, d=8, seed=0, dtype=torch.float32, still=0.0):
-    """Random tokens; ``still`` > 0 mixes every frame towards frame 0 (so cells repeat over time)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(f, n, d, generator=g, dtype=torch.float64)
-    x = still * x[:1] + (1 - still) * x
-    return x.to(dtype), torch.rand(f, n, generator=g).to(dtype)
-
-
-def _check_invariants(out, f, n, r):
-    a = out.assignment
-    assert out.tokens.shape[0] == r and out.sizes.shape == (r,) and a.shape == (f * n,)
-    assert torch.equal(torch.bincount(a[a >= 0], minlength=r), out.sizes)
-    assert (out.positions.diff() > 0).all()  # sorted by (frame, position), one token per cell
-    assert torch.equal(out.frames, out.positions // n)
-    assert ((a >= -1) & (a < r)).all()
-    assert torch.equal(a[out.positions], torch.arange(r))  # each output token sits on a cell it absorbed
 
 
 # ---- exact budget -----------------------------------------------------------------------------
@@ -42,7 +26,7 @@ def test_every_budget_is_exact(still):
         retention = r / (f * n)
         assert budget(retention, f, n) == r
         out = METHOD(x, s, config=METHOD.config(retention=retention))
-        _check_invariants(out, f, n, r)
+        check_invariants(out, f, n, r)
         assert out.tokens.dtype == x.dtype
         if r >= f:  # at least one token per pool here: nothing dropped
             assert int(out.sizes.sum()) == f * n
@@ -58,7 +42,7 @@ def test_exact_budget_over_shapes_and_retentions():
                     if r == 0:
                         continue
                     METHOD.check(METHOD.config(retention=retention), f, n)
-                    _check_invariants(METHOD(x, s, config=METHOD.config(retention=retention)), f, n, r)
+                    check_invariants(METHOD(x, s, config=METHOD.config(retention=retention)), f, n, r)
 
 
 def test_deterministic_batch_equals_loop_identity_and_dtype():
@@ -128,27 +112,6 @@ def test_published_defaults():
 
 # ---- plain-loop reimplementation -----------------------------------------------------------
 
-def _cos(a, b):
-    return float(a @ b) / (float(a.norm()) * float(b.norm()))
-
-
-def _dpc_loop(feat, c, k):
-    """DPC-kNN by hand: centres (ascending) and per row the index of its centre (nearest, ties lower)."""
-    m, d = len(feat), len(feat[0])
-    dist = [[float((feat[a] - feat[b]).norm()) / math.sqrt(d) for b in range(m)] for a in range(m)]
-    kk = min(k, m)
-    dens = [math.exp(-sum(v * v for v in sorted(row)[:kk]) / kk) for row in dist]
-    dmax = max(max(row) for row in dist)
-    score = []
-    for a in range(m):
-        denser = [dist[a][b] for b in range(m) if (dens[b], -b) > (dens[a], -a)]
-        score.append(dens[a] * (min(denser) if denser else dmax))
-    centres = sorted(sorted(range(m), key=lambda a: (-score[a], a))[:c])
-    owner = [a if a in centres else min(centres, key=lambda b: (float((feat[a] - feat[b]).norm()), b))
-             for a in range(m)]
-    return centres, owner
-
-
 def _runs(labels):
     """Maximal runs of equal values: (value, first, last)."""
     out = []
@@ -194,29 +157,10 @@ def _refine_loop(labels):
     return out
 
 
-def _settle_loop(total, quotas, counts, caps):
-    counts = list(counts)
-    while sum(counts) > total:
-        pool = [i for i in range(len(counts)) if counts[i] >= 2] or [i for i in range(len(counts)) if counts[i] >= 1]
-        best = pool[0]
-        for i in pool[1:]:
-            if counts[i] - quotas[i] >= counts[best] - quotas[best]:
-                best = i
-        counts[best] -= 1
-    while sum(counts) < total:
-        pool = [i for i in range(len(counts)) if counts[i] < caps[i]]
-        best = pool[0]
-        for i in pool[1:]:
-            if quotas[i] - counts[i] > quotas[best] - counts[best]:
-                best = i
-        counts[best] += 1
-    return counts
-
-
 def _segments_loop(x, ratio, k):
     f = x.shape[0]
     feats = [x[t].mean(0) for t in range(f)]
-    centres, owner = _dpc_loop(feats, max(1, int(f * ratio)), k)
+    centres, owner = dpc_loop(feats, max(1, int(f * ratio)), k)
     labels = _refine_loop([centres.index(o) for o in owner])
     return [list(range(a, b + 1)) for _, a, b in _runs(labels)]
 
@@ -229,7 +173,7 @@ def _prunevid_loop(x, total, tau, ratio, k):
         w = len(frames)
         static = []
         for c in range(n):
-            pairs = [_cos(x[i, c], x[j, c]) for i in frames for j in frames if i != j]
+            pairs = [cos(x[i, c], x[j, c]) for i in frames for j in frames if i != j]
             if pairs and sum(pairs) / len(pairs) > tau:
                 static.append(c)
         if static:
@@ -262,12 +206,12 @@ def _prunevid_loop(x, total, tau, ratio, k):
                 start += length
         return out
     quotas = [Fraction(total * len(p[2]), left) for p in pools]
-    counts = _settle_loop(total, quotas, [math.floor(q) for q in quotas], [len(p[2]) for p in pools])
+    counts = settle_loop(total, quotas, [math.floor(q) for q in quotas], [len(p[2]) for p in pools])
     for (kind, frames, cells), cnt in zip(pools, counts):
         if cnt == 0:
             continue
         feats = [sum(x[t, c] for t in frames) / len(frames) for c in cells]
-        centres, owner = _dpc_loop(feats, cnt, k)
+        centres, owner = dpc_loop(feats, cnt, k)
         for j in centres:
             members = [a for a in range(len(cells)) if owner[a] == j]
             out[frames[0] * n + cells[j]] = (sum(feats[a] for a in members) / len(members),
@@ -343,7 +287,7 @@ def test_still_video_is_spatial_clustering_of_one_frame(f, n, retention):
     assert r <= n
     out = METHOD(x, s, config=METHOD.config(retention=retention))
     assert prunevid_segments(x, 0.25, 7) == [(0, f)]
-    centres, owner = _dpc_loop(list(frame), r, 7)
+    centres, owner = dpc_loop(list(frame), r, 7)
     assert out.positions.tolist() == centres and (out.frames == 0).all() and not out.dynamic.any()
     for row, j in enumerate(centres):
         members = [a for a in range(n) if owner[a] == j]

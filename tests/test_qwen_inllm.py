@@ -1,11 +1,12 @@
 """FastV and PDrop (in-LLM pruning) through aot.patch on tiny Qwen2.5-VL models (3-D M-RoPE).
 
-The independent answer is written here: the text decoder's layers run one by one with eager
-attention (the attention module's own weights), visual tokens dropped by hand between layers with
-freshly built masks, and RoPE tables made by the model's rotary embedding from the kept tokens'
-original (t, h, w) position ids, which come from the unpatched model (its own ``get_rope_index``);
-no KV cache. The patched model runs with SDPA and its own loop. The M-RoPE tables a decoder layer
-receives are checked against cos/sin written by hand from ``mrope_section``.
+The independent answer (inllm_reference.reference, shared with test_inllm): the text decoder's
+layers run one by one with eager attention (the attention module's own weights), visual tokens
+dropped by hand between layers with freshly built masks, and RoPE tables made by the model's rotary
+embedding from the kept tokens' original (t, h, w) position ids, which come from the unpatched
+model (its own ``get_rope_index``); no KV cache. The patched model runs with SDPA and its own loop.
+The M-RoPE tables a decoder layer receives are checked against cos/sin written by hand from
+``mrope_section``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ pytest.importorskip("torchvision")  # transformers' video processors need it (se
 import aot  # noqa: E402
 import aot.methods  # noqa: E402
 import hf_tiny_qwen as hq  # noqa: E402
+from inllm_reference import last_real, patched_forward_equals_reference  # noqa: E402
+from inllm_reference import llm_inputs as shared_llm_inputs  # noqa: E402
+from inllm_reference import reference as shared_reference  # noqa: E402
 from aot.models.inllm import query_scores, rotate_half_rope  # noqa: E402
 
 V = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -56,72 +60,19 @@ def model(eager=False):
 
 def llm_inputs(ref, inp):
     """inputs_embeds (B, L, d) and the (3, B, L) M-RoPE ids the unpatched model gives its decoder."""
-    got = {}
-
-    def grab(_m, _a, kw):
-        got.update(embeds=kw["inputs_embeds"], position_ids=kw["position_ids"])
-
-    h = ref.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        ref(**inp, use_cache=False)
-    h.remove()
-    pos = got["position_ids"]
-    assert pos.shape == (3, *got["embeds"].shape[:2])
-    return got["embeds"], pos
+    embeds, pos = shared_llm_inputs(ref, inp)
+    assert pos.shape == (3, *embeds.shape[:2])
+    return embeds, pos
 
 
 def reference(ref, embeds, ids, mask2d, positions, stages, query):
-    """Logits (B, n, V) and kept original positions (B, n): layers by hand, eager, tokens dropped by
-    hand; ``positions`` (3, B, L) are the unpruned prompt's M-RoPE ids, gathered for the kept tokens."""
-    lm = ref.model.language_model
-    b, length, _ = embeds.shape
-    video = ids == ref.config.video_token_id
-    idx = torch.arange(length).expand(b, length)  # original positions of the current sequence
-    h = embeds
-    rows = torch.arange(b)
-
-    def state():
-        pos = positions.gather(2, idx[None].expand(3, -1, -1))  # (3, B, n): original t, h, w ids
-        cos_sin = lm.rotary_emb(h, pos)
-        real = mask2d.gather(1, idx).bool()
-        allowed = (idx[:, None, :] <= idx[:, :, None]) & real[:, None, :]
-        allowed |= torch.eye(idx.shape[1], dtype=torch.bool)[None]  # padding rows attend themselves: no NaN
-        add = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
-        return cos_sin, add
-
-    with torch.no_grad():
-        for i, layer in enumerate(lm.layers):
-            cos_sin, add = state()
-            for st in stages:
-                if st.score_layer == i:
-                    _, weights = layer.self_attn(layer.input_layernorm(h), position_embeddings=cos_sin,
-                                                 attention_mask=add)
-                    qi = (idx == query[:, None]).float().argmax(1)
-                    scores = weights[rows, :, qi].mean(1)  # (B, n): the query row, averaged over heads
-            for st in stages:
-                if st.prune_before == i:
-                    vis = video.gather(1, idx)
-                    kept = ~vis
-                    for r in range(b):
-                        cand = vis[r].nonzero().squeeze(1)
-                        order = torch.argsort(scores[r, cand], descending=True)
-                        kept[r, cand[order[:st.keep]]] = True
-                    sel = torch.stack([kept[r].nonzero().squeeze(1) for r in range(b)])
-                    idx = idx.gather(1, sel)
-                    h = h.gather(1, sel[..., None].expand(-1, -1, h.shape[-1]))
-                    cos_sin, add = state()
-            h = layer(h, attention_mask=add, position_embeddings=cos_sin)
-        return ref.lm_head(lm.norm(h)), idx
+    """inllm_reference.reference with ``positions`` (3, B, L): the unpruned prompt's M-RoPE ids."""
+    return shared_reference(ref, embeds, ids, mask2d, positions, stages, query, mrope=True)
 
 
 def stages_for(name, inp):
     n_visual = int((inp["input_ids"][0] == hq.config().video_token_id).sum())
     return aot.methods.get(name).schedule(CONFIGS[name], n_visual, TEXT_LAYERS)
-
-
-def last_real(mask2d):
-    pos = torch.arange(mask2d.shape[1]).expand_as(mask2d)
-    return torch.where(mask2d.bool(), pos, -1).amax(1)
 
 
 # --- the scoring row: M-RoPE as the layer applies it -----------------------------------------------
@@ -185,15 +136,7 @@ def test_logits_equal_the_eager_reference(proc, name):
     want, want_idx = reference(ref, embeds, inp["input_ids"], mask2d, pos3, stages, last_real(mask2d))
 
     m = model()
-    assert m.config.text_config._attn_implementation == "sdpa"
-    aot.patch(m, CONFIGS[name])
-    with torch.no_grad():
-        out = m(**inp)
-    kept = out.past_key_values._aot_inllm.kept[TEXT_LAYERS - 1]
-    assert torch.equal(kept, want_idx)
-    real = mask2d.gather(1, want_idx).bool()
-    assert out.logits.shape == want.shape
-    torch.testing.assert_close(out.logits[real], want[real], atol=2e-4, rtol=1e-4)
+    patched_forward_equals_reference(m, CONFIGS[name], inp, want, want_idx, TEXT_LAYERS)
     n_visual = int((inp["input_ids"][0] == m.config.video_token_id).sum())
     assert n_visual == 64
     last = m._aot.last

@@ -9,6 +9,7 @@ the input dtype.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -17,7 +18,8 @@ from torch import Tensor
 from ..compress import Compressed, _check_inputs, _identity, prepare
 from ..config import _check_range
 
-__all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention"]
+__all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention",
+           "merge_pools"]
 
 
 def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_scores, grid, config) -> Compressed:
@@ -111,3 +113,81 @@ def assemble(tokens: Tensor, positions: Tensor, assignment: Tensor, n: int, dyna
     if dynamic is None:
         dynamic = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
     return Compressed(tokens[order], sizes, positions // n, positions, assignment, dynamic[order])
+
+
+def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], total: int,
+                round_quota: Callable[[str, Fraction], int],
+                reduce: Callable[[str, int, Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]) -> Compressed:
+    """Exactly ``total`` tokens from pools of temporally merged cells (HoliTom, PruneVid).
+
+    x (F, N, d); spans [(first frame s, length L)] cut frames 0..F-1 into consecutive windows;
+    static[w] (N,) bool: the cells of span w merged over its L frames (all False when L = 1).
+    Pools, in order: per span, ("static", its static cells) if any, then ("dynamic", the other
+    cells) per frame of the span. They hold P = F * N - (tokens removed by temporal merging).
+
+    - total <= P: pool i of S_i cells gets settle(total, quotas, rounded) tokens, with quota
+      total * S_i / P (a Fraction) and rounded = round_quota(kind, quota). A pool with c > 0
+      tokens is reduced by ``reduce(kind, t, cells, feat, c)``: t the span's first frame (static)
+      or the frame (dynamic), cells (S,) its cell indices ascending, feat (S, d) the static cells'
+      means over the span or the frame's tokens. It returns (tokens (c, d), slots (c,) index in
+      ``cells`` each token sits at, owner (S,) long: the token 0..c-1 each cell joins, -1 dropped).
+      A pool with c = 0 is dropped.
+    - total > P: every pool is kept whole and the total - P extra tokens undo temporal merging
+      evenly over the static cells (``capped_split``, at most L - 1 per cell): a static cell with
+      e extra tokens becomes e + 1 runs of consecutive frames (``even_split``), each the mean of
+      its run, sitting at its run's first frame; each dynamic pool is still ``reduce``d, with
+      c = S.
+    Static tokens are ``dynamic=False``, dynamic-pool tokens ``dynamic=True``.
+    """
+    f, n, d = x.shape
+    dev = x.device
+    pools = []  # (kind, span, frame: the span's first (static) or the pool's own (dynamic), cells)
+    for w, ((s, length), is_static) in enumerate(zip(spans, static)):
+        if is_static.any():
+            pools.append(("static", w, s, torch.nonzero(is_static).flatten()))
+        for t in range(s, s + length):
+            pools.append(("dynamic", w, t, torch.nonzero(~is_static).flatten()))
+    sizes = [cells.numel() for _, _, _, cells in pools]
+    left = sum(sizes)  # P
+    split = total > left
+    if not split:
+        quotas = [Fraction(total * z, left) for z in sizes]
+        counts = settle(total, quotas, [round_quota(kind, q) for (kind, _, _, _), q in zip(pools, quotas)], sizes)
+    else:
+        counts = sizes
+        lengths = [spans[w][1] for kind, w, _, cells in pools if kind == "static" for _ in range(cells.numel())]
+        extra = capped_split(total - left, [length - 1 for length in lengths])
+
+    toks, poss, dyn = [], [], []
+    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    row, cell_no = 0, 0
+    for (kind, w, t, cells), c in zip(pools, counts):
+        if kind == "static":
+            s, length = spans[w]
+            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
+            if split:
+                for j in range(cells.numel()):
+                    t0 = s
+                    for run_len in even_split(length, extra[cell_no + j] + 1):  # runs of consecutive frames
+                        toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
+                        poss.append(flat[t0 - s:t0 - s + 1, j])
+                        assignment[flat[t0 - s:t0 - s + run_len, j]] = row
+                        dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
+                        row += 1
+                        t0 += run_len
+                cell_no += cells.numel()
+                continue
+            feat = x[s:s + length, cells].mean(0)  # (S, d): each static cell's mean over the span
+        else:
+            flat = (t * n + cells).unsqueeze(0)  # (1, S)
+            feat = x[t, cells]
+        if c == 0:
+            continue
+        tokens, slots, owner = reduce(kind, t, cells, feat, c)
+        kept = owner >= 0
+        toks.append(tokens)
+        poss.append(flat[0, slots])
+        assignment[flat[:, kept]] = row + owner[kept].unsqueeze(0)
+        dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
+        row += c
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))

@@ -66,7 +66,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import assemble, capped_split, check_retention, even_split, run, settle, top_by_score
+from .common import check_retention, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
@@ -156,83 +156,36 @@ def _beta_merge(feat: Tensor, centres: Tensor, owner: Tensor, beta: float) -> Te
 
 
 def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: HoliTomConfig) -> Compressed:
-    f, n, d = x.shape
-    dev = x.device
+    n = x.shape[1]
     unit = x / norms.unsqueeze(-1)
     static = (unit[:-1] * unit[1:]).sum(-1) > config.threshold  # (F - 1, N)
     windows = holitom_windows(static, config.max_window)
+    masks = [static[s:s + length - 1].all(0) if length > 1 else torch.zeros(n, dtype=torch.bool, device=x.device)
+             for s, length in windows]
 
-    # pools: ("static", window, cells) once per window of >= 2 frames, ("dynamic", frame, cells) per frame
-    pools = []
-    for w, (s, length) in enumerate(windows):
-        is_static = static[s:s + length - 1].all(0) if length > 1 else torch.zeros(n, dtype=torch.bool, device=dev)
-        if is_static.any():
-            pools.append(("static", w, torch.nonzero(is_static).flatten()))
-        for t in range(s, s + length):
-            pools.append(("dynamic", t, torch.nonzero(~is_static).flatten()))
-    sizes = [cells.numel() for _, _, cells in pools]
-    left = sum(sizes)  # P = F * N - tokens removed by temporal merging
-    split = total > left  # the budget exceeds what temporal merging left
-    if not split:
-        quotas = [Fraction(total * z, left) for z in sizes]
-        rounded = [-(-total * z // left) if kind == "dynamic" else (2 * total * z + left) // (2 * left)
-                   for (kind, _, _), z in zip(pools, sizes)]  # released: ceil for dynamic, round for static
-        counts = settle(total, quotas, rounded, sizes)
-    else:  # keep every pool whole; the extra tokens split static cells into runs of frames
-        counts = sizes
-        lengths = [windows[w][1] for kind, w, cells in pools if kind == "static" for _ in range(cells.numel())]
-        extra = capped_split(total - left, [length - 1 for length in lengths])
+    def round_quota(kind: str, quota: Fraction) -> int:  # released: ceil for dynamic, round for static
+        return math.ceil(quota) if kind == "dynamic" else math.floor(quota + Fraction(1, 2))
 
-    toks, poss, dyn = [], [], []
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    row, cell_no = 0, 0
-    for (kind, key, cells), c in zip(pools, counts):
-        if kind == "static":
-            s, length = windows[key]
-            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
-            if split:
-                for j in range(cells.numel()):
-                    t0 = s
-                    for run_len in even_split(length, extra[cell_no + j] + 1):  # runs of consecutive frames
-                        toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
-                        poss.append(flat[t0 - s:t0 - s + 1, j])
-                        assignment[flat[t0 - s:t0 - s + run_len, j]] = row
-                        dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
-                        row += 1
-                        t0 += run_len
-                cell_no += cells.numel()
-                continue
-            if c == 0:  # released: a static pool rounded to 0 clusters is dropped
-                continue
-            means = x[s:s + length, cells].mean(0)  # (S, d)
-            centres, owner = dpc_knn_clusters(means, c, config.k)
-            toks.append(_beta_merge(means, centres, owner, config.beta))
-            poss.append(flat[0, centres])
-            assignment[flat] = row + owner.unsqueeze(0)
-            dyn.append(torch.zeros(c, dtype=torch.bool, device=dev))
-            row += c
-            continue
-        t = key
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+        if kind == "static":  # DPC-kNN clusters of the cells' window means, beta-merged
+            centres, owner = dpc_knn_clusters(feat, c, config.k)
+            return _beta_merge(feat, centres, owner, config.beta), centres, owner
         n_dom = min(c, math.floor(c * (1 - config.context_share) + 0.5))
         n_ctx = c - n_dom
-        dom = cells[top_by_score(scores[t, cells], n_dom)]
-        toks.append(x[t, dom])
-        poss.append(dom + t * n)
-        assignment[dom + t * n] = torch.arange(row, row + n_dom, device=dev)
-        row += n_dom
-        if n_ctx:
-            keep = torch.ones(n, dtype=torch.bool, device=dev)
-            keep[dom] = False
-            keep_cells = torch.zeros(n, dtype=torch.bool, device=dev)
-            keep_cells[cells] = True
-            rest = torch.nonzero(keep & keep_cells).flatten()  # the pool's other cells, ascending
-            centres, owner = dpc_knn_clusters(x[t, rest], n_ctx, config.k)
-            toks.append(_beta_merge(x[t, rest], centres, owner, config.beta))
-            poss.append(rest[centres] + t * n)
-            assignment[rest + t * n] = row + owner
-            row += n_ctx
-        dyn.append(torch.ones(c, dtype=torch.bool, device=dev))
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))
+        dom = top_by_score(scores[t, cells], n_dom)  # slots of the top-attention cells
+        owner = torch.full((cells.numel(),), -1, dtype=torch.long, device=x.device)
+        owner[dom] = torch.arange(n_dom, device=x.device)
+        if not n_ctx:
+            return feat[dom], dom, owner
+        keep = torch.ones(cells.numel(), dtype=torch.bool, device=x.device)
+        keep[dom] = False
+        rest = torch.nonzero(keep).flatten()  # the pool's other cells, ascending
+        centres, rest_owner = dpc_knn_clusters(feat[rest], n_ctx, config.k)
+        owner[rest] = n_dom + rest_owner
+        return (torch.cat([feat[dom], _beta_merge(feat[rest], centres, rest_owner, config.beta)]),
+                torch.cat([dom, rest[centres]]), owner)
+
+    return merge_pools(x, windows, masks, total, round_quota, reduce)
 
 
 register(Method("holitom", holitom, HoliTomConfig,

@@ -57,15 +57,15 @@ Where and why ours differs from the release:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import assemble, capped_split, check_retention, even_split, run, settle, top_by_score
+from .common import check_retention, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
@@ -165,67 +165,24 @@ def prunevid_segments(x: Tensor, segment_ratio: float, k: int) -> list[tuple[int
 
 
 def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: PruneVidConfig) -> Compressed:
-    f, n, d = x.shape
-    dev = x.device
+    n, d = x.shape[1:]
     segments = prunevid_segments(x, config.segment_ratio, config.k)
     unit = x / norms.unsqueeze(-1)
-
-    # pools: ("static", segment, cells) for a segment with static cells, ("dynamic", frame, cells) per frame
-    pools = []
-    for seg, (s, length) in enumerate(segments):
+    masks = []  # per segment: its static cells
+    for s, length in segments:
         if length > 1:
             summed = unit[s:s + length].sum(0)  # (N, d): sum_{i != j} cos = |sum|^2 - W
             mean_cos = ((summed * summed).sum(-1) - length) / (length * (length - 1))
-            is_static = mean_cos > config.tau
+            masks.append(mean_cos > config.tau)
         else:
-            is_static = torch.zeros(n, dtype=torch.bool, device=dev)
-        if is_static.any():
-            pools.append(("static", seg, torch.nonzero(is_static).flatten()))
-        for t in range(s, s + length):
-            pools.append(("dynamic", t, torch.nonzero(~is_static).flatten()))
-    sizes = [cells.numel() for _, _, cells in pools]
-    left = sum(sizes)  # P = F * N - tokens removed by temporal merging
-    split = total > left
-    if not split:
-        counts = settle(total, [Fraction(total * z, left) for z in sizes], [total * z // left for z in sizes], sizes)
-    else:  # keep every pool whole; the extra tokens split static cells into runs of frames
-        counts = sizes
-        lengths = [segments[seg][1] for kind, seg, cells in pools if kind == "static" for _ in range(cells.numel())]
-        extra = capped_split(total - left, [length - 1 for length in lengths])
+            masks.append(torch.zeros(n, dtype=torch.bool, device=x.device))
 
-    toks, poss, dyn = [], [], []
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    row, cell_no = 0, 0
-    for (kind, key, cells), c in zip(pools, counts):
-        if kind == "static":
-            s, length = segments[key]
-            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (W, S) flat indices
-            if split:
-                for j in range(cells.numel()):
-                    t0 = s
-                    for run_len in even_split(length, extra[cell_no + j] + 1):
-                        toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
-                        poss.append(flat[t0 - s:t0 - s + 1, j])
-                        assignment[flat[t0 - s:t0 - s + run_len, j]] = row
-                        dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
-                        row += 1
-                        t0 += run_len
-                cell_no += cells.numel()
-                continue
-            feat = x[s:s + length, cells].mean(0)  # (S, d): each static cell's mean over the segment
-        else:
-            flat = (key * n + cells).unsqueeze(0)  # (1, S)
-            feat = x[key, cells]
-        if c == 0:  # below one token per pool: this pool is dropped
-            continue
-        centres, owner = dpc_knn_assign(feat, c, config.k)
-        counts_c = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
-        toks.append(torch.zeros(c, d, dtype=feat.dtype, device=dev).index_add_(0, owner, feat) / counts_c)
-        poss.append(flat[0, centres])
-        assignment[flat] = row + owner.unsqueeze(0)
-        dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
-        row += c
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+        centres, owner = dpc_knn_assign(feat, c, config.k)  # every pool: DPC-kNN clusters, plain means
+        counts = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
+        return torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts, centres, owner
+
+    return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce)
 
 
 register(Method("prunevid", prunevid, PruneVidConfig,
