@@ -143,3 +143,19 @@ def test_flops_subcommand(capsys):
     assert "| 40.77 |" in out and "| 3.36 |" in out  # Table 1: 40.8 T vanilla, 3.4 T at 10% (2 decimals here)
     assert main(["flops", "--model", "nosuch"]) == 2
     assert "llava-onevision-7b" in capsys.readouterr().err
+
+
+def test_python_dash_m_aot_is_the_aot_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "aot", "methods"], capture_output=True, text=True, cwd=root,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    names = {line.split()[0] for line in res.stdout.splitlines() if line.strip()}
+    assert {"aot", "prunevid", "fastv", "pdrop"} <= names, res.stdout
+    bad = subprocess.run([sys.executable, "-m", "aot", "run", "--retention", "2"], capture_output=True, text=True,
+                         cwd=root, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
