@@ -39,8 +39,12 @@ greedy decoding gives the continuation). Lower is more likely; those tasks pick 
 
 Every answer is returned as a ``GenerationResult`` whose token counts carry, besides the prompt
 and output lengths, an ``aot`` entry: method, full config, frames, layout and the visual tokens the
-LLM received for that sample (the processor's placeholder count for ``vanilla``); with ``--log_samples`` it is written into each sample's record,
-beside its score (``token_counts[0].aot``). The full config is also logged once at start.
+LLM received for that sample (the processor's placeholder count for ``vanilla``; for the in-LLM
+methods FastV and PDrop, the tokens left after their last pruning layer, as ``aot eval`` and ``aot
+run``'s ``video_tokens_out``) and ``visual_tokens_in`` (the processor's placeholders, the tokens that
+enter the LLM); with ``--log_samples`` it is written into each sample's record,
+beside its score (``token_counts[0].aot``). In-LLM methods need the same number of video tokens in
+every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full config is also logged once at start.
 
 Data parallel: ``accelerate launch --num_processes N -m lmms_eval ...``: each process loads the
 model on its own device (``cuda:LOCAL_RANK``, or the CPU without CUDA) and answers its shard.

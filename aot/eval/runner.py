@@ -6,7 +6,10 @@ retentions, batched, resumable, with a Markdown table and a plot.
 
 Every answer is appended to the cache (``--cache``, default ``OUT/answers.jsonl``) as one JSON
 line the moment its batch finishes: question id, method, retention, the method's full config,
-predicted letter, raw reply, visual tokens the LLM received, time. A rerun with the same settings
+predicted letter, raw reply, visual tokens the LLM received (FastV/PDrop, which prune inside the LLM: those
+left after their last pruning layer; ``visual_tokens_in``: the processor's placeholders), time. In-LLM
+methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
+counts runs as sub-batches of equal count. A rerun with the same settings
 computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
 the table). A cache line belongs to a setting (model, frames, generation length, layout,
 positions, layers, prompt, method config) and to the question's content (video, question,
@@ -300,8 +303,10 @@ def markdown(rows: list[dict], title: str = "") -> str:
         body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {acc} | {r['visual_tokens']:.1f} | "
                  f"{fl:.4g} | {r['time_s']:.3g} |\n")
     notes = ("\nAccuracy: predicted letter (lmms-eval MVBench rule) equals the answer; interval: Wilson, 95%. "
-             "Visual tokens: video tokens the LLM received per sample, newlines included. Prefill TFLOPs: "
-             "paper Eq. 17 over the visual tokens, LLM only. s / sample: `generate` wall time of a batch "
+             "Visual tokens: video tokens the LLM received per sample, newlines included (in-LLM methods: "
+             "those left after their last pruning layer; the whole video enters the LLM). Prefill TFLOPs: "
+             "paper Eq. 17 over the visual tokens, LLM only (in-LLM methods: summed over the layers by their "
+             "schedule). s / sample: `generate` wall time of a batch "
              "divided by its size (video decoding excluded).\n")
     configs = "\nFull method configs:\n\n" + "".join(
         f"- {r['method']} @ {r['retention']:g}: `{json.dumps(r['config'], sort_keys=True)}`\n"
