@@ -7,7 +7,8 @@ layer schedule by hand (round half up of retention x tokens in, per stage), and 
 the layers by hand (prefill FLOPs). "visual_tokens" is what the layers after the last stage (and the
 decoding steps) see; "visual_tokens_in" the processor's placeholders, which enter the LLM whole.
 Qwen2.5-VL videos of different frame sizes have different token counts, which in-LLM pruning cannot
-batch: those rows run apart (batch 1), rows of equal count together."""
+batch: those rows run apart (batch 1), rows of equal count together. `aot run --method fastv` on the
+same question reports the same reply, token counts and FLOPs."""
 
 from __future__ import annotations
 
@@ -151,3 +152,32 @@ def test_eval_fastv_pdrop_qwen_batch_mixing_frame_sizes(tmp_path, capsys):
         assert got[("q2", method)]["batch"] == got[("q3", method)]["batch"] == (1 if mixed else 2)
     if len(videos()) > 1:  # the real videos: one batch of two grids with equal counts, one of two counts
         assert counts["q0"] == counts["q1"] and mixed
+
+
+def test_aot_run_and_aot_eval_report_fastv_alike(tmp_path, capsys):
+    """The same question through `aot run --method fastv` and `aot eval --methods fastv`: one reply,
+    video_tokens_in/out = visual_tokens_in/visual_tokens, the same visual prefill FLOPs."""
+    import json
+
+    torch.set_num_threads(1)
+    ckpt = tmp_path / "tiny4"
+    hf_tiny.model(text_layers=4).save_pretrained(ckpt)
+    hf_tiny.processor().save_pretrained(ckpt)
+    row, = write(tmp_path / "qa.jsonl", videos()[:1])
+    rc = main(["eval", "--questions", str(tmp_path / "qa.jsonl"), "--model", str(ckpt), "--methods", "fastv",
+               "--retention", "0.5", "--frames", "8", "--max-new-tokens", "3", "--out", str(tmp_path / "out"),
+               "--threads", "1", "--no-progress", "--no-vanilla"])
+    assert rc == 0, capsys.readouterr()
+    entries, _ = read_cache(tmp_path / "out" / "answers.jsonl")
+    (e,) = entries.values()
+    rc = main(["run", "--model", str(ckpt), "--video", row["video"], "--question",
+               mvbench_prompt(row["question"], row["options"]), "--frames", "8", "--retention", "0.5",
+               "--method", "fastv", "--max-new-tokens", "3", "--json", str(tmp_path / "run.json"), "--threads", "1"])
+    assert rc == 0, capsys.readouterr()
+    res = json.loads((tmp_path / "run.json").read_text())
+    n = 8 * 16 + 1
+    assert res["answer"] == e["raw"]
+    assert (res["video_tokens_in"], res["video_tokens_out"]) == (e["visual_tokens_in"], e["visual_tokens"]) \
+        == (n, by_hand("fastv", n)[-1])
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(e["prefill_tflops"])
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(eq17(by_hand("fastv", n)))
