@@ -181,3 +181,18 @@ def test_aot_run_and_aot_eval_report_fastv_alike(tmp_path, capsys):
         == (n, by_hand("fastv", n)[-1])
     assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(e["prefill_tflops"])
     assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(eq17(by_hand("fastv", n)))
+
+
+def test_eval_pdrop_schedule_that_does_not_fit_is_one_error_line(tmp_path, capsys):
+    ckpt = tmp_path / "tiny4"
+    hf_tiny.model(text_layers=4).save_pretrained(ckpt)
+    hf_tiny.processor().save_pretrained(ckpt)
+    write(tmp_path / "qa.jsonl", videos()[:1])
+    rc = main(["eval", "--questions", str(tmp_path / "qa.jsonl"), "--model", str(ckpt), "--methods", "pdrop",
+               "--retention", "0.5", "--frames", "4", "--max-new-tokens", "1", "--out", str(tmp_path / "out"),
+               "--threads", "1", "--no-progress", "--no-vanilla"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("aot eval: error:")] == [
+        "aot eval: error: pdrop layers (8, 16, 24) do not fit a language model of 4 layers "
+        "(every pruning layer must be < 4)"], err
