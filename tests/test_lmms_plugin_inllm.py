@@ -113,3 +113,38 @@ def test_qwen_plugin_in_llm_method_equals_patch_and_generate(qwen, method):
         info = got[i].token_counts.aot
         assert info["visual_tokens"] == by_hand(method, n)[-1] and info["visual_tokens_in"] == n
     assert len(set(counts)) > 1 or len({d["video"] for d in qwen["docs"]}) == 1  # batches mixed token counts
+
+
+def test_llava_plugin_loglikelihood_with_fastv_is_the_patched_models_own(llava):
+    """loglikelihood with method=fastv: -mean log p of the continuation from the patched model's own
+    logits (the text after the video is never pruned, so its logits are the last rows), by hand."""
+    from lmms_eval.api.instance import Instance
+
+    from aot.eval.lmms_plugin import AOTLlavaOneVision
+    from aot.video import read_frames
+
+    torch.set_num_threads(1)
+    m = AOTLlavaOneVision(pretrained=str(llava["ckpt"]), method="fastv", frames=4, **ARGS["fastv"])
+    m.task_dict = {"tiny": {"test": llava["docs"]}}
+    req = Instance(request_type="loglikelihood", idx=0, metadata={"task": "tiny", "doc_id": 0, "repeats": 1},
+                   arguments=(CONTEXT, " a dog", lambda doc: [doc["video"]], 0, "tiny", "test"))
+    result, = m.loglikelihood([req])
+    value, greedy = result
+    proc = hf_tiny.processor()
+    prompt = LMMS_EVAL_QWEN_1_5.format(placeholder="<video>", context=CONTEXT)
+    frames = read_frames(llava["docs"][0]["video"], 4).frames
+    full = proc(text=prompt + " a dog<|im_end|>\n", videos=[frames], return_tensors="pt", do_sample_frames=False)
+    short = proc(text=prompt, videos=[frames], return_tensors="pt", do_sample_frames=False)
+    k = full["input_ids"].shape[1] - short["input_ids"].shape[1]
+    model = hf_tiny.model(text_layers=4)
+    aot.patch(model, CONFIGS["fastv"])
+    with torch.inference_mode():
+        logits = model(**full).logits[0].double()
+    n = 4 * 16 + 1
+    assert logits.shape[0] == full["input_ids"].shape[1] - n + by_hand("fastv", n)[-1]  # one row per kept token
+    ids = full["input_ids"][0, -k:]
+    logp = torch.log_softmax(logits[-k - 1:-1], -1)[torch.arange(k), ids]
+    assert value == pytest.approx(float(-logp.mean()), abs=1e-5)
+    assert greedy == bool((logits[-k - 1:-1].argmax(-1) == ids).all())
+    info = result.token_counts.aot
+    assert (info["visual_tokens"], info["visual_tokens_in"]) == (by_hand("fastv", n)[-1], n)
