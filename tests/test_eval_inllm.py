@@ -148,7 +148,8 @@ def test_eval_fastv_pdrop_qwen_batch_mixing_frame_sizes(tmp_path, capsys):
             assert e["prompt_tokens"] == inputs["input_ids"].shape[1] - n + tokens[-1]
     mixed = counts["q2"] != counts["q3"]
     for method in CONFIGS:  # equal counts (different grids allowed) share a generate call
-        assert got[("q0", method)]["batch"] == got[("q1", method)]["batch"] == (2 if counts["q0"] == counts["q1"] else 1)
+        same = counts["q0"] == counts["q1"]
+        assert got[("q0", method)]["batch"] == got[("q1", method)]["batch"] == (2 if same else 1)
         assert got[("q2", method)]["batch"] == got[("q3", method)]["batch"] == (1 if mixed else 2)
     if len(videos()) > 1:  # the real videos: one batch of two grids with equal counts, one of two counts
         assert counts["q0"] == counts["q1"] and mixed

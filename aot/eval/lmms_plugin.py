@@ -44,7 +44,8 @@ methods FastV and PDrop, the tokens left after their last pruning layer, as ``ao
 run``'s ``video_tokens_out``) and ``visual_tokens_in`` (the processor's placeholders, the tokens that
 enter the LLM); with ``--log_samples`` it is written into each sample's record,
 beside its score (``token_counts[0].aot``). In-LLM methods need the same number of video tokens in
-every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full config is also logged once at start.
+every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full
+config is also logged once at start.
 
 Data parallel: ``accelerate launch --num_processes N -m lmms_eval ...``: each process loads the
 model on its own device (``cuda:LOCAL_RANK``, or the CPU without CUDA) and answers its shard.
