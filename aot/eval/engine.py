@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 import torch
 
 __all__ = ["VANILLA", "parse_field", "method_config", "config_dict", "collate", "Generated",
-           "generate_batch", "pad_token_id"]
+           "generate_batch", "pad_token_id", "sub_batches"]
 
 VANILLA = "vanilla"  # no compression, the model unpatched (retention 1)
 
@@ -152,11 +152,26 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return out
 
 
+def sub_batches(model, method, items: list[dict]) -> list[list[int]]:
+    """Indices of ``items`` (per-video processor outputs) to run as one ``generate`` call each. One
+    group for every method but the in-LLM ones (FastV, PDrop), which need the same number of video
+    tokens in every row: their items are grouped by placeholder count, in order of first
+    appearance (Qwen2.5-VL videos of different frame sizes then run apart)."""
+    if method is None or not getattr(method, "in_llm", False):
+        return [list(range(len(items)))]
+    groups: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(int((it["input_ids"] == model.config.video_token_id).sum()), []).append(i)
+    return list(groups.values())
+
+
 @dataclass
 class Generated:
     texts: list[str]
     new_tokens: list[int]  # generated tokens per row (padding after an early stop not counted)
-    visual_tokens: list[int]  # video tokens the LLM received per row (newlines included)
+    visual_tokens: list[int]  # video tokens the LLM received per row (newlines included); in-LLM methods
+    # (FastV, PDrop): those its layers after the last pruning stage (and the decoding steps) see
+    visual_tokens_in: list[int]  # the processor's video placeholders per row (what enters the LLM unpatched)
     prompt_tokens: list[int]  # prompt length the LLM received per row
     seconds: float  # wall time of the whole generate call (batch)
     last: dict  # model._aot.last ({} for vanilla)
@@ -204,4 +219,4 @@ def generate_batch(model, inputs: dict, decode, *, method=None, config=None, gen
         if len(visual) != len(placeholders):
             raise ValueError("one video per prompt is supported in a batch")
     prompt = [int(n - p + v) for n, p, v in zip(lengths, placeholders, visual)]
-    return Generated(texts, new_tokens, visual, prompt, seconds, last)
+    return Generated(texts, new_tokens, visual, [int(p) for p in placeholders], prompt, seconds, last)

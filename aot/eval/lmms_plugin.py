@@ -39,8 +39,13 @@ greedy decoding gives the continuation). Lower is more likely; those tasks pick 
 
 Every answer is returned as a ``GenerationResult`` whose token counts carry, besides the prompt
 and output lengths, an ``aot`` entry: method, full config, frames, layout and the visual tokens the
-LLM received for that sample (the processor's placeholder count for ``vanilla``); with ``--log_samples`` it is written into each sample's record,
-beside its score (``token_counts[0].aot``). The full config is also logged once at start.
+LLM received for that sample (the processor's placeholder count for ``vanilla``; for the in-LLM
+methods FastV and PDrop, the tokens left after their last pruning layer, as ``aot eval`` and ``aot
+run``'s ``video_tokens_out``) and ``visual_tokens_in`` (the processor's placeholders, the tokens that
+enter the LLM); with ``--log_samples`` it is written into each sample's record,
+beside its score (``token_counts[0].aot``). In-LLM methods need the same number of video tokens in
+every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full
+config is also logged once at start.
 
 Data parallel: ``accelerate launch --num_processes N -m lmms_eval ...``: each process loads the
 model on its own device (``cuda:LOCAL_RANK``, or the CPU without CUDA) and answers its shard.
@@ -59,7 +64,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from .engine import collate, config_dict, generate_batch, method_config, pad_token_id
+from .engine import collate, config_dict, generate_batch, method_config, pad_token_id, sub_batches
 
 __all__ = ["AOTLlavaOneVision", "AOTQwen2_5_VL", "AOTTokenCounts"]
 
@@ -233,11 +238,11 @@ class _AOTVideoLMM(lmms):
     def world_size(self):
         return self._world_size
 
-    def _summary(self, visual: int) -> dict:
+    def _summary(self, visual: int, visual_in: int) -> dict:
         out = {"method": self.method_name, "config": self.config_json, "frames": self.frames}
         if self.FAMILY == "llava_onevision":  # Qwen2.5-VL has one layout and its own positions
             out.update(video_layout=self.video_layout, positions=self.positions)
-        return {**out, "visual_tokens": visual}
+        return {**out, "visual_tokens": visual, "visual_tokens_in": visual_in}
 
     def _prepare(self, request) -> dict:
         return self._inputs(self._frames(request), request.args[0])
@@ -306,22 +311,11 @@ class _AOTVideoLMM(lmms):
             gen, until = self._gen_kwargs(requests[idxs[0]].args[1])
             for start in range(0, len(idxs), self.batch_size):
                 chunk = idxs[start:start + self.batch_size]
-                inputs = collate([self._prepare(requests[i]) for i in chunk], self._pad)
-                res = generate_batch(self._model, inputs, self._decode, method=self._method, config=self._config,
-                                     gen_kwargs=gen, video_layout=self.video_layout, positions=self.positions,
-                                     layers=self.layers)
-                for j, i in enumerate(chunk):
-                    text = res.texts[j]
-                    for stop in until:
-                        if stop:
-                            text = text.split(stop)[0]
-                    text = text.strip()
-                    counts = AOTTokenCounts(input_tokens=res.prompt_tokens[j], output_tokens=res.new_tokens[j],
-                                            aot=self._summary(res.visual_tokens[j]))
-                    out[i] = GenerationResult(text=text, token_counts=counts)
-                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
-                    visual_total += res.visual_tokens[j]
-                    n_done += 1
+                items = [self._prepare(requests[i]) for i in chunk]
+                for group in sub_batches(self._model, self._method, items):  # in-LLM: equal video tokens
+                    self._generate([chunk[g] for g in group], [items[g] for g in group], requests, gen, until, out)
+                    visual_total += sum(out[chunk[g]].token_counts.aot["visual_tokens"] for g in group)
+                    n_done += len(group)
                 bar.update(len(chunk))
         bar.close()
         if n_done:
@@ -329,6 +323,23 @@ class _AOTVideoLMM(lmms):
                         f"mean visual tokens {visual_total / n_done:.1f}, config {json.dumps(self.config_json)}, "
                         f"{time.perf_counter() - t_start:.1f} s")
         return out
+
+    def _generate(self, chunk: list[int], items: list[dict], requests, gen: dict, until: list[str], out: list) -> None:
+        """One ``generate`` call over ``requests[chunk]`` (processor outputs ``items``), answers into ``out``."""
+        inputs = collate(items, self._pad)
+        res = generate_batch(self._model, inputs, self._decode, method=self._method, config=self._config,
+                             gen_kwargs=gen, video_layout=self.video_layout, positions=self.positions,
+                             layers=self.layers)
+        for j, i in enumerate(chunk):
+            text = res.texts[j]
+            for stop in until:
+                if stop:
+                    text = text.split(stop)[0]
+            text = text.strip()
+            counts = AOTTokenCounts(input_tokens=res.prompt_tokens[j], output_tokens=res.new_tokens[j],
+                                    aot=self._summary(res.visual_tokens[j], res.visual_tokens_in[j]))
+            out[i] = GenerationResult(text=text, token_counts=counts)
+            self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
 
     def loglikelihood(self, requests) -> list[LoglikelihoodResult]:
         """(mean -log p of the continuation's tokens, greedy?) for every request, compressed as configured.
@@ -366,7 +377,7 @@ class _AOTVideoLMM(lmms):
                     unpatch(self._model)
             placeholders = int((full["input_ids"] == self._model.config.video_token_id).sum())
             counts = AOTTokenCounts(input_tokens=int(full["input_ids"].shape[1]) - placeholders + visual,
-                                    output_tokens=0, aot=self._summary(visual))
+                                    output_tokens=0, aot=self._summary(visual, placeholders))
             out.append(LoglikelihoodResult(text=pair, token_counts=counts))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), pair)
         return out

@@ -6,7 +6,10 @@ retentions, batched, resumable, with a Markdown table and a plot.
 
 Every answer is appended to the cache (``--cache``, default ``OUT/answers.jsonl``) as one JSON
 line the moment its batch finishes: question id, method, retention, the method's full config,
-predicted letter, raw reply, visual tokens the LLM received, time. A rerun with the same settings
+predicted letter, raw reply, visual tokens the LLM received (FastV/PDrop, which prune inside the LLM: those
+left after their last pruning layer; ``visual_tokens_in``: the processor's placeholders), time. In-LLM
+methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
+counts runs as sub-batches of equal count. A rerun with the same settings
 computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
 the table). A cache line belongs to a setting (model, frames, generation length, layout,
 positions, layers, prompt, method config) and to the question's content (video, question,
@@ -204,8 +207,8 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
     from .. import flops
     from ..run import _dtype, load
     from ..video import read_frames
-    from .engine import collate, generate_batch, pad_token_id
-    from .questions import extract_letter, mvbench_prompt
+    from .engine import pad_token_id, sub_batches
+    from .questions import mvbench_prompt
 
     pending = {s.key: {q.id for q in questions if (s.key, q.id, q.content_hash) not in cache} for s in grid}
     todo = sum(len(v) for v in pending.values())
@@ -233,27 +236,42 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
                 rows = [q for q in batch if q.id in pending[s.key]]
                 if not rows:
                     continue
-                inputs = collate([prepared[q.id] for q in rows], pad)
-                res = generate_batch(model, inputs, decode, method=s.method_obj, config=s.config_obj,
-                                     gen_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
-                                     video_layout=args.video_layout, positions=args.positions, layers=layers)
+                items = [prepared[q.id] for q in rows]
                 lines = []
-                for i, q in enumerate(rows):
-                    lines.append({
-                        "id": q.id, "question_hash": q.content_hash, "key": s.key, "method": s.method,
-                        "retention": s.retention, "config": s.config,
-                        "pred": extract_letter(res.texts[i], len(q.options)), "raw": res.texts[i],
-                        "visual_tokens": res.visual_tokens[i], "prompt_tokens": res.prompt_tokens[i],
-                        "new_tokens": res.new_tokens[i],
-                        "prefill_tflops": _prefill_tflops(flops, spec, s, res, i),
-                        "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
-                        "model": args.model, "frames": args.frames, "device": device,
-                    })
+                for group in sub_batches(model, s.method_obj, items):  # in-LLM methods: equal video tokens
+                    lines += _answer(args, s, [rows[i] for i in group], [items[i] for i in group], model, decode,
+                                     pad, spec, layers, read_s, device)
                 _append(cache_path, lines)
                 bar.update(len(rows))
     finally:
         bar.close()
     return todo
+
+
+def _answer(args, s, rows, items, model, decode, pad, spec, layers, read_s, device) -> list[dict]:
+    """Cache lines of one ``generate`` call over ``rows`` (their processor outputs ``items``)."""
+    from .. import flops
+    from .engine import collate, generate_batch
+    from .questions import extract_letter
+
+    inputs = collate(items, pad)
+    res = generate_batch(model, inputs, decode, method=s.method_obj, config=s.config_obj,
+                         gen_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
+                         video_layout=args.video_layout, positions=args.positions, layers=layers)
+    lines = []
+    for i, q in enumerate(rows):
+        lines.append({
+            "id": q.id, "question_hash": q.content_hash, "key": s.key, "method": s.method,
+            "retention": s.retention, "config": s.config,
+            "pred": extract_letter(res.texts[i], len(q.options)), "raw": res.texts[i],
+            "visual_tokens": res.visual_tokens[i], "visual_tokens_in": res.visual_tokens_in[i],
+            "prompt_tokens": res.prompt_tokens[i],
+            "new_tokens": res.new_tokens[i],
+            "prefill_tflops": _prefill_tflops(flops, spec, s, res, i),
+            "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
+            "model": args.model, "frames": args.frames, "device": device,
+        })
+    return lines
 
 
 # --------------------------------------------------------------------------------------- report
@@ -285,8 +303,10 @@ def markdown(rows: list[dict], title: str = "") -> str:
         body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {acc} | {r['visual_tokens']:.1f} | "
                  f"{fl:.4g} | {r['time_s']:.3g} |\n")
     notes = ("\nAccuracy: predicted letter (lmms-eval MVBench rule) equals the answer; interval: Wilson, 95%. "
-             "Visual tokens: video tokens the LLM received per sample, newlines included. Prefill TFLOPs: "
-             "paper Eq. 17 over the visual tokens, LLM only. s / sample: `generate` wall time of a batch "
+             "Visual tokens: video tokens the LLM received per sample, newlines included (in-LLM methods: "
+             "those left after their last pruning layer; the whole video enters the LLM). Prefill TFLOPs: "
+             "paper Eq. 17 over the visual tokens, LLM only (in-LLM methods: summed over the layers by their "
+             "schedule). s / sample: `generate` wall time of a batch "
              "divided by its size (video decoding excluded).\n")
     configs = "\nFull method configs:\n\n" + "".join(
         f"- {r['method']} @ {r['retention']:g}: `{json.dumps(r['config'], sort_keys=True)}`\n"
