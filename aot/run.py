@@ -46,6 +46,9 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retention", type=float, default=0.1, help="fraction of video tokens kept (1 = no compression)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (lmms-eval's rule)")
     p.add_argument("--method", default="aot", help="compression method (see `aot methods`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a field of the method's config, e.g. --set n_iters=50 or, for pdrop, --set layers=2x4x6 "
+                        "(repeatable; `aot methods` names the methods, their configs the fields)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"),
                    help="'llava-video': LLaVA-Video-7B's original 13x13 average pooling and grid newlines "
@@ -365,13 +368,12 @@ def _flops(tflops: float) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from . import methods
+    from .eval.engine import method_config, parse_overrides
 
     try:
         _check_args(args)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        method = methods.get(args.method)
-        config = method.config(retention=args.retention)
+        _, config = method_config(args.method, args.retention, parse_overrides(args.overrides))
         old_threads = torch.get_num_threads()
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -165,3 +165,40 @@ def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, cap
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("aot run: error: "), err
     assert msg in err and "Traceback" not in err, err
+
+
+def test_run_sets_config_fields_pdrop_layers(tmp_path, capsys):
+    """aot run --method pdrop --set layers=1x3 on a 4-layer LLM: the video enters whole, half stays after
+    layer 1 and a quarter after layer 3 (round half up, by hand); FLOPs per layer by hand (Eq. 17)."""
+    path = tmp_path / "tiny4"
+    hf_tiny.model(text_layers=4).save_pretrained(path)
+    hf_tiny.processor().save_pretrained(path)
+    out = tmp_path / "run.json"
+    rc = main(["run", "--model", str(path), "--video", str(sample_video()), "--question", "what moves ?",
+               "--frames", "8", "--retention", "0.5", "--method", "pdrop", "--set", "layers=1x3",
+               "--max-new-tokens", "1", "--json", str(out), "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    n = 8 * 16 + 1  # the video's placeholders, newline included
+    half, quarter = int(0.5 * n + 0.5), int(0.25 * n + 0.5)
+    assert res["video_tokens_in"] == n and res["video_tokens_out"] == quarter
+    d, m = 64, 128
+    layer = lambda t: (4 * t * d * d + 2 * t * t * d + 2 * t * d * m) / 1e12  # noqa: E731
+    assert res["prefill_tflops_visual"]["compressed"] == pytest.approx(layer(n) + 2 * layer(half) + layer(quarter))
+
+
+@pytest.mark.parametrize("extra, msg", [(["--set", "foo=1"], "has no field 'foo'"),
+                                        (["--set", "n_iters"], "--set needs FIELD=VALUE"),
+                                        (["--set", "n_iters=-3"], "n_iters")])
+def test_run_refuses_a_bad_config_field_in_one_line(checkpoint, capsys, monkeypatch, extra, msg):
+    import aot.video
+
+    def forbidden(*a, **k):
+        raise AssertionError("decoded before the config was checked")
+
+    monkeypatch.setattr(aot.video, "read_frames", forbidden)
+    rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "hi", *extra])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("aot run: error: ") and msg in err, err

@@ -80,6 +80,17 @@ def parse_field(cls, name: str, raw):
     return _coerce(hints[name], raw, name)
 
 
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``--set FIELD=VALUE`` items -> {field: raw value}; an item without ``=`` is a ValueError."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set needs FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def method_config(method: str, retention=None, overrides: dict[str, Any] | None = None):
     """(Method, config) for a registry name, or (None, None) for ``"vanilla"``. ``overrides``: field
     name -> value (strings parsed to the field's type); an unknown field is a ValueError listing them."""

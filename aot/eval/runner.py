@@ -102,23 +102,13 @@ def _floats(raw: str, what: str) -> list[float]:
     return vals
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set needs FIELD=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 def build_grid(args, layers) -> list[Setting]:
     import dataclasses
 
     from .. import methods
-    from .engine import VANILLA, config_dict, method_config
+    from .engine import VANILLA, config_dict, method_config, parse_overrides
 
-    overrides = _overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     retentions = _floats(args.retention, "--retention")
     used = set()
