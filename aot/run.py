@@ -61,7 +61,7 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                                                   "the first and last full-attention block, 7,31 for 3B/7B)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (aot.cli sets the default and help)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return p
 

@@ -65,7 +65,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                                   "LLaVA 5,-2; Qwen2.5-VL its first and last full-attention block)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (aot.cli sets the default and help)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
