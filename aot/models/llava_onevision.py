@@ -28,17 +28,16 @@ Two video layouts:
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inllm_patch import announce, attach, detach, wants_pruning
+from .inllm_patch import attach, detach
 from .scores import attention_received, hf_qk, record_scores
-from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
+from .patching import PatchState as _BaseState
+from .patching import install, missing_members, pad_token_id, resolve_method, timer, uninstall
 from .splice import lay_out_video, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid", "config_grid"]
@@ -62,39 +61,19 @@ def check_transformers() -> None:
     import transformers
     from transformers.models.llava_onevision import modeling_llava_onevision as mod
 
-    missing = []
-    for qual, args in _RELIED_ON.items():
-        cls_name, meth = qual.split(".")
-        fn = getattr(getattr(mod, cls_name, None), meth, None)
-        if fn is None:
-            missing.append(qual)
-            continue
-        params = inspect.signature(fn).parameters
-        missing += [f"{qual}({a})" for a in args if a not in params]
+    missing = missing_members(mod, _RELIED_ON)
     if missing:
         raise ImportError(f"transformers {transformers.__version__} lacks what aot.patch relies on: "
                           f"{', '.join(missing)}; install transformers>=5.0,<6")
 
 
 @dataclass
-class PatchState:
-    """Everything aot.patch keeps on a model (``model._aot``)."""
+class PatchState(_BaseState):
+    """Everything aot.patch keeps on a LLaVA-OneVision model (``model._aot``): the shared state and the
+    layout options."""
 
-    method: Any  # aot.methods.Method
-    config: Any  # the method's frozen config
-    video_layout: str
-    positions: str
-    local_layer: int
-    global_layer: int
-    chunk: int | None
-    handle: Any = None  # the forward pre-hook
-    pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the language model's layers
-    llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the language model
-    pending: Any = None  # in-LLM methods: (visual, query, stages) of the prefill about to reach the language model
-    video_token_id: int | None = None  # in-LLM methods: which input ids are the video's tokens
-    had_generate: bool = False  # an instance attribute `generate` existed before patching
-    old_generate: Any = None
-    last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
+    video_layout: str = "onevision"
+    positions: str = "contiguous"
 
 
 def vision_attention(tower: nn.Module, layer: int) -> nn.Module:
@@ -124,26 +103,20 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
           positions: str = "contiguous", local_layer: int = 5, global_layer: int = -2,
           chunk: int | None = 256) -> nn.Module:
     """Make a loaded LlavaOnevisionForConditionalGeneration compress its videos; see aot.patch."""
-    from .. import methods
-
     check_transformers()
     from transformers import LlavaOnevisionForConditionalGeneration
 
     if not isinstance(model, LlavaOnevisionForConditionalGeneration):
         raise TypeError(f"expected a LlavaOnevisionForConditionalGeneration, got {type(model).__name__}")
-    if getattr(model, "_aot", None) is not None:
-        raise ValueError("this model is already patched; call aot.unpatch(model) first")
     if video_layout not in VIDEO_LAYOUTS:
         raise ValueError(f"video_layout must be one of {VIDEO_LAYOUTS}, got {video_layout!r}")
     if positions not in ("contiguous", "original"):
         raise ValueError(f"positions must be 'contiguous' or 'original', got {positions!r}")
-    m = methods.get(method) if method is not None else methods.for_config(config)
-    if not isinstance(config, m.config_cls):
-        raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
+    m = resolve_method(model, config, method)
     tower = model.model.vision_tower
     vision_attention(tower, local_layer), vision_attention(tower, global_layer)  # range check now
-    state = PatchState(m, config, video_layout, positions, local_layer, global_layer, chunk)
-    install(model, state, _pre_hook, _generate)
+    state = PatchState(m, config, local_layer, global_layer, chunk, video_layout=video_layout, positions=positions)
+    install(model, state, lambda mdl, kwargs, for_generate: _rewrite(mdl, kwargs))  # forward and generate alike
     if m.in_llm:
         try:
             attach(state, model.model.language_model, tower, model.model.config.video_token_id)
@@ -160,33 +133,6 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 # the rewrite of one call
-
-def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-    kwargs = forward_kwargs(module, args, kwargs)
-    state: PatchState = module._aot
-    if state.pruner is not None:
-        state.pending = None
-        # generate (transformers 5) encodes the video once and passes it as mm_encoder_outputs["video"]
-        if wants_pruning(kwargs):
-            announce(state, kwargs)
-        return ((), kwargs) if args else None
-    if kwargs.get("pixel_values_videos") is None:
-        return ((), kwargs) if args else None
-    if kwargs.get("labels") is not None:
-        raise NotImplementedError("labels with a compressing model: compression changes the sequence "
-                                  "length, so labels no longer line up; compute the loss unpatched")
-    return (), _rewrite(module, kwargs)
-
-
-def _generate(self, *args, **kwargs):
-    state: PatchState = self._aot
-    args, kwargs = generate_kwargs(args, kwargs)
-    if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
-        return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
-    original_ids = kwargs["input_ids"]
-    new = _rewrite(self, kwargs)
-    return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
-
 
 def _rewrite(model: nn.Module, kwargs: dict) -> dict:
     """kwargs of a call with ``pixel_values_videos`` -> kwargs with compressed ``mm_encoder_outputs``."""

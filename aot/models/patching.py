@@ -1,5 +1,7 @@
-"""What every model adapter's patch shares: call arguments, the prompt given back by generate,
-stage timers, the pad token. Pure torch; each adapter (one file per model family) uses these."""
+"""What every model adapter's patch shares: the patch state, the forward pre-hook and generate
+wrapper around the adapter's rewrite of a video call, the method and transformers checks, call
+arguments, the prompt given back by generate, stage timers, the pad token. Pure torch; each adapter
+(one file per model family) supplies its rewrite and uses these."""
 
 from __future__ import annotations
 
@@ -7,23 +9,107 @@ import inspect
 import time
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["install", "uninstall", "forward_kwargs", "generate_kwargs", "give_back_prompt", "timer", "pad_token_id"]
+from .inllm_patch import announce, wants_pruning
+
+__all__ = ["PatchState", "resolve_method", "missing_members", "install", "uninstall", "forward_kwargs",
+           "generate_kwargs", "give_back_prompt", "timer", "pad_token_id"]
 
 
-def install(model: nn.Module, state, pre_hook, generate) -> None:
-    """Patch ``model`` in place: ``pre_hook`` as a forward pre-hook (module hooks run before
-    accelerate's replaced forward, so device_map/offload hooks keep working), ``generate`` as an
-    instance method, ``state`` as ``model._aot``. ``state`` gets ``handle``, ``had_generate`` and
-    ``old_generate`` (the generate to call and to restore)."""
+@dataclass
+class PatchState:
+    """Everything aot.patch keeps on a model (``model._aot``); an adapter subclasses it for its own options."""
+
+    method: Any  # aot.methods.Method
+    config: Any  # the method's frozen config
+    local_layer: int  # vision layers whose attention scores the anchors
+    global_layer: int
+    chunk: int | None  # query chunk of the score hooks
+    handle: Any = None  # the forward pre-hook
+    pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the language model's layers
+    llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the language model and tower
+    pending: Any = None  # in-LLM methods: (visual, query, stages) of the prefill about to reach the language model
+    video_token_id: int | None = None  # in-LLM methods: which input ids are the video's tokens
+    had_generate: bool = False  # an instance attribute `generate` existed before patching
+    old_generate: Any = None
+    last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
+
+
+def resolve_method(model: nn.Module, config, method: str | None):
+    """The registry Method that ``config`` (or the name ``method``) selects, after refusing a model that
+    is already patched and a config of another method."""
+    from .. import methods
+
+    if getattr(model, "_aot", None) is not None:
+        raise ValueError("this model is already patched; call aot.unpatch(model) first")
+    m = methods.get(method) if method is not None else methods.for_config(config)
+    if not isinstance(config, m.config_cls):
+        raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
+    return m
+
+
+def missing_members(module, relied_on: dict[str, tuple[str, ...]]) -> list[str]:
+    """Which of ``relied_on`` ({"Class.method": (argument, ...)}) ``module`` lacks: "Class.method"
+    for a missing method, "Class.method(argument)" for a missing argument."""
+    missing = []
+    for qual, args in relied_on.items():
+        cls_name, meth = qual.split(".")
+        fn = getattr(getattr(module, cls_name, None), meth, None)
+        if fn is None:
+            missing.append(qual)
+            continue
+        params = inspect.signature(fn).parameters
+        missing += [f"{qual}({a})" for a in args if a not in params]
+    return missing
+
+
+Rewrite = Callable[[nn.Module, dict, bool], dict]  # (model, call kwargs, for_generate) -> kwargs for the model
+
+
+def install(model: nn.Module, state: PatchState, rewrite: Rewrite) -> None:
+    """Patch ``model`` in place: a forward pre-hook (module hooks run before accelerate's replaced
+    forward, so device_map/offload hooks keep working) and an instance ``generate`` that pass every
+    call carrying ``pixel_values_videos`` through ``rewrite`` (pre-LLM methods) or announce the
+    prefill to the pruner (in-LLM methods, ``state.pruner`` set), ``state`` as ``model._aot``.
+    ``state`` gets ``handle``, ``had_generate`` and ``old_generate`` (the generate to call and to restore)."""
     state.had_generate = "generate" in model.__dict__
     state.old_generate = model.generate
-    state.handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    model.generate = types.MethodType(generate, model)
+    state.handle = model.register_forward_pre_hook(partial(_pre_hook, rewrite), with_kwargs=True)
+    model.generate = types.MethodType(partial(_generate, rewrite), model)
     model._aot = state
+
+
+def _pre_hook(rewrite: Rewrite, module: nn.Module, args: tuple, kwargs: dict):
+    kwargs = forward_kwargs(module, args, kwargs)
+    state: PatchState = module._aot
+    if state.pruner is not None:  # in-LLM: announce the prefill, the model runs as it is
+        state.pending = None
+        # generate (transformers 5) encodes the video once and passes it as mm_encoder_outputs["video"]
+        if wants_pruning(kwargs):
+            announce(state, kwargs)
+        return ((), kwargs) if args else None
+    if kwargs.get("pixel_values_videos") is None:
+        return ((), kwargs) if args else None
+    if kwargs.get("labels") is not None:
+        raise NotImplementedError("labels with a compressing model: compression changes the sequence "
+                                  "length, so labels no longer line up; compute the loss unpatched")
+    return (), rewrite(module, kwargs, False)
+
+
+def _generate(rewrite: Rewrite, self: nn.Module, *args, **kwargs):
+    state: PatchState = self._aot
+    args, kwargs = generate_kwargs(args, kwargs)
+    if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
+        return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
+    original_ids = kwargs["input_ids"]
+    new = rewrite(self, kwargs, True)
+    return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
 
 
 def uninstall(model: nn.Module):

@@ -46,16 +46,12 @@ pruned. Limits as ``aot.models.inllm``: the same number of video tokens in every
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from .inllm import rotate_half_rope
-from .inllm_patch import announce, attach, detach, wants_pruning
-from .patching import forward_kwargs, install, uninstall, generate_kwargs, give_back_prompt, pad_token_id, timer
+from .inllm_patch import attach, detach
+from .patching import PatchState, install, missing_members, pad_token_id, resolve_method, timer, uninstall
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -79,40 +75,13 @@ def check_transformers() -> None:
     import transformers
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as mod
 
-    missing = []
-    for qual, args in _RELIED_ON.items():
-        cls_name, meth = qual.split(".")
-        fn = getattr(getattr(mod, cls_name, None), meth, None)
-        if fn is None:
-            missing.append(qual)
-            continue
-        params = inspect.signature(fn).parameters
-        missing += [f"{qual}({a})" for a in args if a not in params]
+    missing = missing_members(mod, _RELIED_ON)
     for name in ("get_vision_window_index", "apply_rotary_pos_emb_vision"):
         if getattr(mod, name, None) is None:
             missing.append(f"modeling_qwen2_5_vl.{name}")
     if missing:
         raise ImportError(f"transformers {transformers.__version__} lacks what aot.patch relies on: "
                           f"{', '.join(missing)}; install transformers>=5.0,<6")
-
-
-@dataclass
-class PatchState:
-    """Everything aot.patch keeps on a model (``model._aot``)."""
-
-    method: Any
-    config: Any
-    local_layer: int
-    global_layer: int
-    chunk: int | None
-    handle: Any = None
-    pruner: Any = None  # in-LLM methods: aot.models.inllm.InLLMPruner on the text decoder's layers
-    llm_handles: list = field(default_factory=list)  # in-LLM methods: hooks on the text decoder and tower
-    pending: Any = None  # in-LLM methods: (visual, query, stages) of the prefill about to reach the decoder
-    video_token_id: int | None = None
-    had_generate: bool = False
-    old_generate: Any = None
-    last: dict = field(default_factory=dict)
 
 
 def default_layers(vision_config) -> tuple[int, int]:
@@ -140,8 +109,6 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
 
     ``local_layer`` / ``global_layer``: vision blocks whose attention gives the local and global
     anchor scores (default: the first and the last of ``fullatt_block_indexes``)."""
-    from .. import methods
-
     check_transformers()
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -150,17 +117,13 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
                         f"(positions are the model's own 3-D M-RoPE, gathered)")
     if not isinstance(model, Qwen2_5_VLForConditionalGeneration):
         raise TypeError(f"expected a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
-    if getattr(model, "_aot", None) is not None:
-        raise ValueError("this model is already patched; call aot.unpatch(model) first")
-    m = methods.get(method) if method is not None else methods.for_config(config)
-    if not isinstance(config, m.config_cls):
-        raise TypeError(f"method {m.name!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
+    m = resolve_method(model, config, method)
     tower = model.model.visual
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
     state = PatchState(m, config, local_layer, global_layer, chunk)
-    install(model, state, _pre_hook, _generate)
+    install(model, state, _rewrite)
     if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it
         try:
             attach(state, model.model.language_model, tower, model.config.video_token_id, rope=rotate_half_rope)
@@ -177,32 +140,6 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-
-def _pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-    kwargs = forward_kwargs(module, args, kwargs)
-    state: PatchState = module._aot
-    if state.pruner is not None:  # in-LLM: announce the prefill, the model runs as it is
-        state.pending = None
-        if wants_pruning(kwargs):
-            announce(state, kwargs)
-        return ((), kwargs) if args else None
-    if kwargs.get("pixel_values_videos") is None:
-        return ((), kwargs) if args else None
-    if kwargs.get("labels") is not None:
-        raise NotImplementedError("labels with a compressing model: compression changes the sequence "
-                                  "length, so labels no longer line up; compute the loss unpatched")
-    return (), _rewrite(module, kwargs, for_generate=False)
-
-
-def _generate(self, *args, **kwargs):
-    state: PatchState = self._aot
-    args, kwargs = generate_kwargs(args, kwargs)
-    if kwargs.get("pixel_values_videos") is None or state.pruner is not None:
-        return state.old_generate(*args, **kwargs)  # in-LLM methods: the hooks do it all, call by call
-    original_ids = kwargs["input_ids"]
-    new = _rewrite(self, kwargs, for_generate=True)
-    return give_back_prompt(state.old_generate(*args, **new), original_ids, new["input_ids"].shape[1])
-
 
 def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | None = 256) -> Tensor:
     """Attention each token receives inside its segment, summed over the segment's queries and
@@ -239,7 +176,7 @@ def _score_hook(records: list, chunk, times):
     return hook
 
 
-def _rewrite(model: nn.Module, kwargs: dict, *, for_generate: bool) -> dict:
+def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     state: PatchState = model._aot
