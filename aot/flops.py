@@ -169,13 +169,7 @@ def inllm_report(model: str | ModelSpec | LLMSpec, frames: int | None = None, to
     """LLM prefill FLOPs of in-LLM methods (per-layer token counts), as the paper's FastV/PDrop rows."""
     from . import methods
 
-    spec = get_spec(model)
-    frames = spec.frames if frames is None else frames
-    tokens_per_frame = spec.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
-    if frames is None or tokens_per_frame is None:
-        raise ValueError(f"{spec.name} has no default frames/tokens per frame; pass both")
-    _check_count("frames", frames, low=1)
-    _check_count("tokens_per_frame", tokens_per_frame, low=1)
+    spec, frames, tokens_per_frame = _video(model, frames, tokens_per_frame)
     n_visual = frames * tokens_per_frame
     vanilla = prefill_flops(spec.llm, n_visual + text_tokens)
     rows = []
@@ -255,13 +249,7 @@ def get_spec(model: str | ModelSpec | LLMSpec) -> ModelSpec:
 def report(model: str | ModelSpec | LLMSpec, frames: int | None = None, tokens_per_frame: int | None = None,
            retentions=(1.0, 0.25, 0.2, 0.15, 0.1), text_tokens: int = 0, decode_tokens: int = 0) -> list[CostRow]:
     """Cost of one video at each retention. ``frames`` / ``tokens_per_frame`` default to the preset's."""
-    spec = get_spec(model)
-    frames = spec.frames if frames is None else frames
-    tokens_per_frame = spec.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
-    if frames is None or tokens_per_frame is None:
-        raise ValueError(f"{spec.name} has no default frames/tokens per frame; pass both")
-    _check_count("frames", frames, low=1)
-    _check_count("tokens_per_frame", tokens_per_frame, low=1)
+    spec, frames, tokens_per_frame = _video(model, frames, tokens_per_frame)
     _check_count("text_tokens", text_tokens)
     _check_count("decode_tokens", decode_tokens)
     vision = vision_flops(spec.vision, frames) if spec.vision is not None else 0
@@ -348,6 +336,18 @@ def spec_from_config(path_or_dict) -> ModelSpec:
     vision = VisionSpec(int(_get(vcfg, "num_hidden_layers", w)), hidden, int(_get(vcfg, "intermediate_size", w)),
                         grid * grid, ((hidden, llm.hidden), (llm.hidden, llm.hidden)), name="vit")
     return ModelSpec(name, llm, vision, 32, math.ceil(grid / 2) ** 2)
+
+
+def _video(model, frames: int | None, tokens_per_frame: int | None) -> tuple[ModelSpec, int, int]:
+    """(spec, frames, tokens per frame): the preset's defaults where None, both checked >= 1."""
+    spec = get_spec(model)
+    frames = spec.frames if frames is None else frames
+    tokens_per_frame = spec.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
+    if frames is None or tokens_per_frame is None:
+        raise ValueError(f"{spec.name} has no default frames/tokens per frame; pass both")
+    _check_count("frames", frames, low=1)
+    _check_count("tokens_per_frame", tokens_per_frame, low=1)
+    return spec, frames, tokens_per_frame
 
 
 def _check_count(name: str, value, low: int = 0) -> None:
