@@ -8,6 +8,7 @@ torchvision) around a small word-level tokenizer, so tests exercise the exact us
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -98,3 +99,53 @@ def moving_frames(n: int, seed: int, height: int, width: int):
         base = torch.stack([(xx + 3 * t) % width, (yy + 2 * t) % height, (xx + yy + t) % width], -1).float()
         out.append((base * (255.0 / max(height, width)) + 20 * torch.rand(height, width, 3, generator=g)).clamp(0, 255))
     return torch.stack(out).to(torch.uint8).numpy()
+
+
+# --- what the patched-model tests of every family share -------------------------------------------
+
+class LMInputs:
+    """Captures what a VLM's language model receives (inputs_embeds, position_ids, attention_mask) on each call."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
+
+    def remove(self):
+        self.handle.remove()
+
+
+def greedy_without_cache(model, inp: dict, steps: int, extra=lambda ids: {}) -> torch.Tensor:
+    """Greedy decoding by hand, the whole prompt (and its video) through ``model(...)`` at every step
+    with no cache; the video/image placeholder ids suppressed as in the ``generate`` it is compared
+    with. ``extra(ids)``: the model's other inputs for the current ids. Returns (B, L + steps) ids."""
+    special = [model.config.video_token_id, model.config.image_token_id]  # a random LM may emit them
+    ids, mask = inp["input_ids"], inp["attention_mask"]
+    for _ in range(steps):
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=inp["pixel_values_videos"],
+                        use_cache=False, **extra(ids))
+        logits = out.logits[:, -1]
+        logits[:, special] = -math.inf
+        nxt = logits.argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+def assert_offloaded_equals_plain(plain, hooked, inp: dict, config, **patch_kwargs) -> None:
+    """``hooked`` (the same weights loaded with accelerate's disk offload of the language model) patched
+    like ``plain`` keeps its offload hook and gives the same logits and generated tokens."""
+    import aot
+
+    assert hasattr(hooked.model.language_model, "_hf_hook")
+    aot.patch(plain, config, **patch_kwargs)
+    aot.patch(hooked, config, **patch_kwargs)
+    assert hasattr(hooked.model.language_model, "_hf_hook")  # the offload hook is still in place
+    with torch.no_grad():
+        a, b = plain(**inp).logits, hooked(**inp).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(plain.generate(**inp, max_new_tokens=3, do_sample=False),
+                       hooked.generate(**inp, max_new_tokens=3, do_sample=False))

@@ -40,20 +40,6 @@ def one(inp, i):
             "pixel_values_videos": inp["pixel_values_videos"][i:i + 1]}
 
 
-class LMInputs:
-    """Captures what the language model receives (inputs_embeds, position_ids) on each call."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.model.language_model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
-
-    def remove(self):
-        self.handle.remove()
-
-
 def greedy(model, inp, steps=5):
     out = model.generate(**inp, max_new_tokens=steps, do_sample=False, return_dict_in_generate=True,
                          output_scores=True)
@@ -138,7 +124,7 @@ def test_lm_receives_exactly_the_compressed_tokens(proc):
     cfg = aot.AOTConfig(retention=0.25)
     expected = eager_reference(model, inp["pixel_values_videos"], cfg)
     aot.patch(model, cfg, **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap.remove()
@@ -190,13 +176,13 @@ def test_ablation_config_runs_the_ablation(proc):
     model = hf_tiny.model()
     inp = inputs(proc)
     aot.patch(model, aot.methods.get("aot-no-ot").config(retention=0.25), **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap.remove()
     aot.unpatch(model)
     aot.patch(model, aot.AOTConfig(retention=0.25), **LAYERS)
-    cap2 = LMInputs(model)
+    cap2 = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap2.remove()
@@ -211,17 +197,7 @@ def test_generate_with_cache_equals_greedy_loop_without_cache(proc):
     aot.patch(model, aot.AOTConfig(retention=0.25), **LAYERS)
     special = [model.config.video_token_id, model.config.image_token_id]  # a random LM may emit them
     seq = model.generate(**inp, max_new_tokens=4, do_sample=False, suppress_tokens=special)
-    ids, mask = inp["input_ids"], inp["attention_mask"]
-    for _ in range(4):  # no cache: the whole (re-compressed) prompt every step
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=inp["pixel_values_videos"],
-                        use_cache=False)
-        logits = out.logits[:, -1]
-        logits[:, special] = -math.inf
-        nxt = logits.argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], 1)
-        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-    assert torch.equal(seq, ids)
+    assert torch.equal(seq, hf_tiny.greedy_without_cache(model, inp, 4))  # the (re-compressed) prompt every step
 
 
 def test_batch_equals_one_at_a_time(proc):
@@ -242,7 +218,7 @@ def test_original_positions_keep_the_uncompressed_indices(proc):
     model = hf_tiny.model()
     inp = one(inputs(proc), 1)  # text before and after the video
     aot.patch(model, aot.AOTConfig(retention=0.25), positions="original", **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     model.generate(**inp, max_new_tokens=3, do_sample=False)
     cap.remove()
     pos = cap.calls[0]["position_ids"][0]
@@ -266,7 +242,7 @@ def test_contiguous_positions_by_default(proc):
     model = hf_tiny.model()
     inp = one(inputs(proc), 1)
     aot.patch(model, aot.AOTConfig(retention=0.25), **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     model.generate(**inp, max_new_tokens=2, do_sample=False)
     cap.remove()
     n = cap.calls[0]["inputs_embeds"].shape[1]
@@ -283,7 +259,7 @@ def test_images_are_left_alone(proc):
     img = Image.fromarray(hf_tiny.frames(1, seed=5, size=28)[0])
     inp = proc(text=["<image> and <video> what moves ?"], images=[img], videos=[hf_tiny.frames(8)],
                return_tensors="pt")
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         ref = model(**inp).logits
     aot.patch(model, aot.AOTConfig(retention=1.0), **LAYERS)
@@ -319,7 +295,7 @@ def test_llava_video_layout_at_retention_one_is_the_original_layout(proc):
     model = hf_tiny.model()
     inp = one(inputs(proc), 0)
     aot.patch(model, aot.AOTConfig(retention=1.0), video_layout="llava-video", **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap.remove()
@@ -340,7 +316,7 @@ def test_llava_video_layout_compressed_has_a_newline_per_kept_row(proc):
     inp = one(inputs(proc), 0)
     cfg = aot.AOTConfig(retention=0.3)
     aot.patch(model, cfg, video_layout="llava-video", **LAYERS)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap.remove()
@@ -378,17 +354,7 @@ def test_patch_keeps_accelerate_hooks(proc, tmp_path):
     hooked = LlavaOnevisionForConditionalGeneration.from_pretrained(
         tmp_path / "m", device_map=device_map, offload_folder=str(tmp_path / "off")).eval()
     hooked.generation_config = plain.generation_config
-    assert hasattr(hooked.model.language_model, "_hf_hook")
-    inp = inputs(proc)
-    cfg = aot.AOTConfig(retention=0.25)
-    aot.patch(plain, cfg, **LAYERS)
-    aot.patch(hooked, cfg, **LAYERS)
-    assert hasattr(hooked.model.language_model, "_hf_hook")  # the offload hook is still in place
-    with torch.no_grad():
-        a, b = plain(**inp).logits, hooked(**inp).logits
-    assert torch.allclose(a, b, atol=1e-5)
-    assert torch.equal(plain.generate(**inp, max_new_tokens=3, do_sample=False),
-                       hooked.generate(**inp, max_new_tokens=3, do_sample=False))
+    hf_tiny.assert_offloaded_equals_plain(plain, hooked, inputs(proc), aot.AOTConfig(retention=0.25), **LAYERS)
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ pytest.importorskip("torchvision")  # transformers' video processors need it (se
 
 import aot  # noqa: E402
 import aot.methods  # noqa: E402
+import hf_tiny  # noqa: E402
 import hf_tiny_qwen as hq  # noqa: E402
 from aot.models.splice import VideoSlots, gather_positions, splice_prompt  # noqa: E402
 
@@ -38,18 +39,6 @@ def one(proc, i, texts=TEXTS, videos=None):
     """Row i alone, as the processor gives it."""
     videos = videos if videos is not None else [hq.frames(8, seed=0), hq.frames(6, seed=1, height=48)]
     return proc(text=[texts[i]], videos=[videos[i]], return_tensors="pt")
-
-
-class LMInputs:
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.model.language_model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
-
-    def remove(self):
-        self.handle.remove()
 
 
 def greedy(model, inp, steps=4):
@@ -215,7 +204,7 @@ def test_lm_receives_exactly_the_compressed_tokens(proc):
         expected.append(aot.compress(feats[v].reshape(1, t, n, -1), ref[3][v][None], local_scores=ref[0][v][None],
                                      grid=(h // 2, w // 2), config=cfg))
     aot.patch(model, cfg, local_layer=0, global_layer=3)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     with torch.no_grad():
         model(**inp)
     cap.remove()
@@ -260,7 +249,7 @@ def test_mrope_at_ten_percent_is_the_hand_built_expectation(proc):
     inp = one(proc, 1, videos=videos)  # text before and after a 4 x (6 x 4) video
     cfg = aot.AOTConfig(retention=0.1)
     aot.patch(model, cfg, local_layer=0, global_layer=3)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     model.generate(**inp, max_new_tokens=3, do_sample=False)
     with torch.no_grad():
         model(**inp)
@@ -295,7 +284,7 @@ def test_mrope_decoding_positions_equal_the_unpatched_model(proc):
     """The positions of the text and of every decoded token are those of the unpatched model."""
     model = hq.model()
     inp = inputs(proc)
-    cap = LMInputs(model)
+    cap = hf_tiny.LMInputs(model)
     greedy(model, inp, steps=3)
     ref = [c["position_ids"] for c in cap.calls]
     cap.calls.clear()
@@ -328,20 +317,15 @@ def test_generate_with_cache_equals_greedy_loop_without_cache(proc):
     aot.patch(model, aot.AOTConfig(retention=0.25))
     special = [model.config.video_token_id, model.config.image_token_id]
     seq = model.generate(**inp, max_new_tokens=4, do_sample=False, suppress_tokens=special)
-    ids, mask = inp["input_ids"], inp["attention_mask"]
-    for _ in range(4):  # no cache: the whole (re-compressed) prompt every step, through model(...)
-        types = torch.cat([inp["mm_token_type_ids"], torch.zeros(2, ids.shape[1] - inp["mm_token_type_ids"].shape[1],
-                                                                  dtype=inp["mm_token_type_ids"].dtype)], 1)
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=inp["pixel_values_videos"],
-                        video_grid_thw=inp["video_grid_thw"], second_per_grid_ts=inp["second_per_grid_ts"],
-                        mm_token_type_ids=types, use_cache=False)
-        logits = out.logits[:, -1]
-        logits[:, special] = -math.inf
-        nxt = logits.argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], 1)
-        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-    assert torch.equal(seq, ids)
+    types = inp["mm_token_type_ids"]
+
+    def extra(ids):  # Qwen's other inputs; the generated tokens are text (type 0)
+        pad = torch.zeros(2, ids.shape[1] - types.shape[1], dtype=types.dtype)
+        return {"video_grid_thw": inp["video_grid_thw"], "second_per_grid_ts": inp["second_per_grid_ts"],
+                "mm_token_type_ids": torch.cat([types, pad], 1)}
+
+    # no cache: the whole (re-compressed) prompt every step, through model(...)
+    assert torch.equal(seq, hf_tiny.greedy_without_cache(model, inp, 4, extra))
 
 
 def test_batch_equals_one_at_a_time(proc):
@@ -400,17 +384,7 @@ def test_patch_keeps_accelerate_hooks(proc, tmp_path):
     hooked = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         tmp_path / "m", device_map=device_map, offload_folder=str(tmp_path / "off")).eval()
     hooked.generation_config = plain.generation_config
-    assert hasattr(hooked.model.language_model, "_hf_hook")
-    inp = inputs(proc)
-    cfg = aot.AOTConfig(retention=0.25)
-    aot.patch(plain, cfg)
-    aot.patch(hooked, cfg)
-    assert hasattr(hooked.model.language_model, "_hf_hook")
-    with torch.no_grad():
-        a, b = plain(**inp).logits, hooked(**inp).logits
-    assert torch.allclose(a, b, atol=1e-5)
-    assert torch.equal(plain.generate(**inp, max_new_tokens=3, do_sample=False),
-                       hooked.generate(**inp, max_new_tokens=3, do_sample=False))
+    hf_tiny.assert_offloaded_equals_plain(plain, hooked, inputs(proc), aot.AOTConfig(retention=0.25))
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -514,7 +488,7 @@ def test_in_llm_methods_patch_and_prune_inside_the_decoder(proc, name):
     fits = method.config(retention=0.5, k=1) if name == "fastv" else method.config(retention=0.5, layers=(1,))
     aot.patch(model, fits)
     inp = inputs(proc, videos=[hq.frames(8, seed=0), hq.frames(8, seed=1)])
-    calls = LMInputs(model)
+    calls = hf_tiny.LMInputs(model)
     seq = model.generate(**inp, max_new_tokens=2, do_sample=False)
     calls.remove()
     assert calls.calls[0]["inputs_embeds"].shape[1] == inp["input_ids"].shape[1]
