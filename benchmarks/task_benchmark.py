@@ -272,7 +272,7 @@ def plot(results: list[Result], path: Path, full_correct, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     labels = [lab for lab in dict.fromkeys(r.label for r in results) if "@" not in lab or lab.endswith("@0")]
     cmap = plt.get_cmap("tab20")
     for i, lab in enumerate(labels):
@@ -287,7 +287,7 @@ def plot(results: list[Result], path: Path, full_correct, title: str) -> None:
     ax.set_xlabel("retention")
     ax.set_ylabel("mean relative accuracy (% of full tokens), ± 1 s.e.")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
