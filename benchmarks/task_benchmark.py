@@ -31,7 +31,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -86,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--n-test", type=int, default=D.DEFAULT_COUNTS["test"])
     p.add_argument("--n-persist", type=int, default=D.DEFAULT_COUNTS["persist"])
     p.add_argument("--seed", type=int, default=0, help="data seed (the reader uses --reader-seed)")
+    p.add_argument("--val-aspect-ref", type=float, default=None, metavar="R",
+                   help="validation needles look after the square resize as on a frame of W/H = R (e.g. 1.35, the "
+                        "training videos'); default: raw-pixel aspect, which bikes (640x272) stretches 2.35x")
     p.add_argument("--reader-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=RD.ReaderConfig.epochs)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -296,8 +299,11 @@ def plot(results: list[Result], path: Path, full_correct, title: str) -> None:
 
 
 def run_split(reader, ds, split: str, variants: list[Variant], retentions: list[float], full_correct, args,
-              rkey: str, progress: bool) -> list[Result]:
-    res_dir = args.cache / f"results-{_hash({'reader': rkey, 'split': split, 'n': len(ds), 'aot_source': _source_hash()})}"
+              rkey: str, progress: bool, data_key: str | None = None) -> list[Result]:
+    key = {'reader': rkey, 'split': split, 'n': len(ds), 'aot_source': _source_hash()}
+    if data_key is not None:  # a split generated with other settings than the reader's data
+        key['data'] = data_key
+    res_dir = args.cache / f"results-{_hash(key)}"
     res_dir.mkdir(parents=True, exist_ok=True)
     results = []
     limits = dict(parse_limit(t) for t in args.item_limit)
@@ -347,8 +353,16 @@ def main(argv=None) -> int:
     gcfg = D.GenConfig(seed=args.seed)
     counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test, "persist": args.n_persist}
 
+    if args.val_aspect_ref is not None and not args.val_aspect_ref > 0:
+        raise SystemExit(f"--val-aspect-ref must be > 0, got {args.val_aspect_ref}")
+    vcfg = replace(gcfg, aspect_ref=args.val_aspect_ref) if args.val_aspect_ref is not None else None
+
     t0 = time.time()
-    sets = D.build(gcfg, counts, cache_dir=args.cache, progress=progress, encode=not args.no_encode)
+    sets = D.build(gcfg, {**counts, "val": 0} if vcfg else counts, cache_dir=args.cache, progress=progress,
+                   encode=not args.no_encode)
+    if vcfg and counts["val"]:
+        sets["val"] = D.build(vcfg, {"val": counts["val"]}, cache_dir=args.cache, progress=progress,
+                              encode=not args.no_encode)["val"]
     train = sets["train"]
     print(f"data ({time.time() - t0:.0f} s, cache {args.cache}):\n{D.stats(sets)}", flush=True)
     if args.data_only:
@@ -399,7 +413,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{v.method} prunes inside the language model; this benchmark compresses before it "
                              f"(pre-LLM methods: {', '.join(M.names(stage='pre-llm'))})")
 
-    report = {"data": {"config": asdict(gcfg), "counts": {k: len(v) for k, v in sets.items()}, "stats": D.stats(sets)},
+    report = {"data": {"config": asdict(gcfg), "val_aspect_ref": args.val_aspect_ref, "counts": {k: len(v) for k, v in sets.items()}, "stats": D.stats(sets)},
               "reader": asdict(rcfg), "full_accuracy": {k: v[0] for k, v in full.items()}, "retentions": retentions,
               "variants": [{"label": v.label, "method": v.method, "overrides": dict(v.overrides)} for v in variants],
               "threads": args.threads, "splits": {}}
@@ -407,7 +421,8 @@ def main(argv=None) -> int:
         ds = sets[split]
         full_acc, full_correct = full[split]
         t2 = time.time()
-        results = run_split(reader, ds, split, variants, retentions, full_correct, args, rkey, progress)
+        results = run_split(reader, ds, split, variants, retentions, full_correct, args, rkey, progress,
+                            vcfg.item_key() if vcfg and split == "val" else None)
         print(f"evaluation [{split}]: {time.time() - t2:.0f} s\n")
         text = [f"## split {split} ({len(ds)} items)", "", markdown(results, retentions, full_acc, full_correct), ""]
         ptab, pdata = paired_table(results, retentions, full_correct, args.reference)

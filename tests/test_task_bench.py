@@ -283,3 +283,35 @@ def test_driver_helpers_prefix_limits_seed_noise():
     text, data = TB.seed_noise(rs, [0.1])
     assert data[0.1]["n_seeds"] == 3 and abs(data[0.1]["mean"] - 82.0) < 1e-9 and abs(data[0.1]["std"] - 2.0) < 1e-9
     assert "80.0 - 84.0" in text
+
+
+def test_default_data_keys_are_stable():
+    """The cache folder names of the default data (the ones every README number was measured on):
+    adding a GenConfig field must not change them (aspect_ref is left out of the key when unset).
+    Change these literals only on purpose: it invalidates every cached item, reader and result."""
+    cfg = D.GenConfig()
+    assert cfg.item_key() == "0d98459c04b3"
+    assert cfg.base_key() == "e8bb4f5ea999"
+    assert D.GenConfig(aspect_ref=1.35).item_key() != cfg.item_key()
+    assert D.GenConfig(aspect_ref=1.35).base_key() == cfg.base_key()  # same encoded base clips
+
+
+@pytest.mark.parametrize("ref", [None, 1.35, 2.0])
+def test_aspect_ref_sets_the_needle_shape_after_the_square_resize(ref):
+    H, W = 272, 640  # bikes
+    cfg = D.GenConfig(aspect_ref=ref)
+    aspects = [D.needle_source(c).shape[0] / D.needle_source(c).shape[1] for c in cfg.classes]
+    specs = [D.sample_item(cfg, "val", i, [0], {0: (H, W)}, aspects) for i in range(200)]
+    boxes = [(s.frame_cls[k], b) for s in specs if s.cls >= 0 for k, b in enumerate(s.boxes)]
+    assert len(boxes) > 100
+    for cls, (x0, y0, w, h) in boxes:
+        assert 0 <= y0 and y0 + h <= H and 0 <= x0 and x0 + w <= W
+        raw = h / w  # the needle's aspect in pixels
+        shown = (h / H) / (w / W)  # its aspect after resizing the frame to a square
+        want = aspects[cls] if ref is None else aspects[cls] * ref * H / W
+        if h < H - 2:  # not clamped to the frame's height
+            assert raw == pytest.approx(want, abs=1.0 / w + 1e-9 + want / w)
+        else:
+            assert w == round(h / want)
+        if ref is not None:
+            assert shown == pytest.approx(aspects[cls] * ref, rel=0.05 + 2.0 / min(w, h))
