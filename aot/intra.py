@@ -90,7 +90,8 @@ def aggregate_intra(
     if merge == "cosine":
         weights = 1.0 - cost
         weights = (weights.clamp(min=0.0) if grad else weights.clamp_(min=0.0)) * valid.unsqueeze(-1)  # (F, M, N)
-        plan = weights / weights.sum(1, keepdim=True).clamp_min(1e-12) * col_mass.unsqueeze(1)
+        den = weights.sum(1, keepdim=True)  # 0 for a token no anchor resembles: its column stays zero
+        plan = weights / torch.where(den > 0, den, torch.ones_like(den)) * col_mass.unsqueeze(1)
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
         plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)

@@ -85,7 +85,10 @@ def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: i
         plan = sinkhorn(cost, reg, n_iters, a=w, b=wc, tol=tol)
     else:
         plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
-    return plan / plan.sum(-1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
+    # a row with no mass (padding; with cosine weights and restricted cols, a token no allowed anchor
+    # resembles) stays zero; dividing it by a clamped tiny sum instead gives NaN gradients (0 / tiny^2)
+    den = plan.sum(-1, keepdim=True)
+    return plan / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def _keyframe_costs(tokens: Tensor, norms: Tensor, clips: list[Clip]) -> Tensor:

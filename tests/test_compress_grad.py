@@ -17,6 +17,11 @@ CONFIGS = {
     "dynamic-clips": aot.AOTConfig(retention=0.4, clips="dynamic", clip_length=2, tau_seg=0.0, n_iters=30),
     "counting-options": aot.AOTConfig(retention=0.3, clip_length=3, n_iters=30, keep_ref="previous",
                                       unmatched_anchors="skip"),
+    # cosine weights over the anchors "skip" leaves open: some merged token resembles none of them, so
+    # its weight row is all zero (its gradient was NaN before the row normalisation stopped dividing
+    # zero rows by a clamped tiny sum)
+    "counting-options-cosine": aot.AOTConfig(retention=0.3, clip_length=3, intra_merge="cosine",
+                                             inter_merge="cosine", keep_ref="previous", unmatched_anchors="skip"),
 }
 
 
