@@ -68,6 +68,19 @@ def run_eval(ckpt, qs, out, frames):
                  "--no-progress", "--no-vanilla"])
 
 
+def assert_entry(entry, model, method, cfg, proc, inputs, n):
+    """One cached aot eval answer == aot.patch + generate on that question alone; its visual tokens,
+    prompt tokens and Eq. 17 prefill FLOPs == the layer schedule by hand (n video placeholders)."""
+    aot.patch(model, cfg)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    want = proc.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert entry["raw"] == want, (method, entry["id"])
+    tokens = by_hand(method, n)
+    assert entry["visual_tokens"] == tokens[-1] and entry["visual_tokens_in"] == n
+    assert entry["prefill_tflops"] == pytest.approx(eq17(tokens))
+    assert entry["prompt_tokens"] == inputs["input_ids"].shape[1] - n + tokens[-1]
+
 def test_eval_fastv_pdrop_llava_equal_patch_and_generate_one_at_a_time(tmp_path, capsys):
     torch.set_num_threads(1)
     ckpt = tmp_path / "tiny4"
@@ -89,17 +102,8 @@ def test_eval_fastv_pdrop_llava_equal_patch_and_generate_one_at_a_time(tmp_path,
             inputs = proc(text="<video>\n" + mvbench_prompt(row["question"], row["options"]), videos=[clip.frames],
                           return_tensors="pt", do_sample_frames=False)
             assert int((inputs["input_ids"] == hf_tiny.model().config.video_token_id).sum()) == n
-            model = hf_tiny.model(text_layers=4)
-            aot.patch(model, cfg)
-            with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-            want = proc.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            e = got[(row["id"], method)]
-            assert e["raw"] == want, (method, row["id"])  # batched by 2 (left padding) = one question alone
-            tokens = by_hand(method, n)
-            assert e["visual_tokens"] == tokens[-1] and e["visual_tokens_in"] == n
-            assert e["prefill_tflops"] == pytest.approx(eq17(tokens))
-            assert e["prompt_tokens"] == inputs["input_ids"].shape[1] - n + tokens[-1]
+            # batched by 2 (left padding) = one question alone
+            assert_entry(got[(row["id"], method)], hf_tiny.model(text_layers=4), method, cfg, proc, inputs, n)
     assert [got[("q0", m)]["batch"] for m in CONFIGS] == [2, 2]  # same frames: one batch of 2
 
 
@@ -135,17 +139,7 @@ def test_eval_fastv_pdrop_qwen_batch_mixing_frame_sizes(tmp_path, capsys):
         assert int((inputs["input_ids"] == hq.ids("<|video_pad|>")).sum()) == n
         counts[row["id"]] = n
         for method, cfg in CONFIGS.items():
-            model = hq.model(text_layers=4)
-            aot.patch(model, cfg)
-            with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-            want = proc.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            e = got[(row["id"], method)]
-            assert e["raw"] == want, (method, row["id"])
-            tokens = by_hand(method, n)
-            assert e["visual_tokens"] == tokens[-1] and e["visual_tokens_in"] == n
-            assert e["prefill_tflops"] == pytest.approx(eq17(tokens))
-            assert e["prompt_tokens"] == inputs["input_ids"].shape[1] - n + tokens[-1]
+            assert_entry(got[(row["id"], method)], hq.model(text_layers=4), method, cfg, proc, inputs, n)
     mixed = counts["q2"] != counts["q3"]
     for method in CONFIGS:  # equal counts (different grids allowed) share a generate call
         same = counts["q0"] == counts["q1"]

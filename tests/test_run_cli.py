@@ -22,6 +22,15 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def checkpoint4(tmp_path_factory):
+    """A 4-layer LLM: room for an in-LLM method's pruning layers."""
+    path = tmp_path_factory.mktemp("tiny4")
+    hf_tiny.model(text_layers=4).save_pretrained(path)
+    hf_tiny.processor().save_pretrained(path)
+    return path
+
+
 def test_run_answers_and_reports_costs(checkpoint, tmp_path, capsys):
     out = tmp_path / "run.json"
     rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "what moves ?",
@@ -100,11 +109,9 @@ def test_run_checks_the_method_budget_before_decoding(checkpoint, capsys, monkey
     assert rc == 2 and "DyCoke" in err and "use retention >= 0.25" in err, err
 
 
-def test_run_in_llm_method_reports_its_layer_schedule(tmp_path, capsys):
+def test_run_in_llm_method_reports_its_layer_schedule(checkpoint4, tmp_path, capsys):
     """aot run --method fastv: the whole prompt reaches the LLM; FLOPs are counted per layer."""
-    path = tmp_path / "tiny4"
-    hf_tiny.model(text_layers=4).save_pretrained(path)
-    hf_tiny.processor().save_pretrained(path)
+    path = checkpoint4
     out = tmp_path / "run.json"
     rc = main(["run", "--model", str(path), "--video", str(sample_video()), "--question", "what moves ?",
                "--frames", "8", "--retention", "0.25", "--method", "fastv", "--max-new-tokens", "2",
@@ -167,12 +174,10 @@ def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, cap
     assert msg in err and "Traceback" not in err, err
 
 
-def test_run_sets_config_fields_pdrop_layers(tmp_path, capsys):
+def test_run_sets_config_fields_pdrop_layers(checkpoint4, tmp_path, capsys):
     """aot run --method pdrop --set layers=1x3 on a 4-layer LLM: the video enters whole, half stays after
     layer 1 and a quarter after layer 3 (round half up, by hand); FLOPs per layer by hand (Eq. 17)."""
-    path = tmp_path / "tiny4"
-    hf_tiny.model(text_layers=4).save_pretrained(path)
-    hf_tiny.processor().save_pretrained(path)
+    path = checkpoint4
     out = tmp_path / "run.json"
     rc = main(["run", "--model", str(path), "--video", str(sample_video()), "--question", "what moves ?",
                "--frames", "8", "--retention", "0.5", "--method", "pdrop", "--set", "layers=1x3",
