@@ -35,6 +35,13 @@ def tracks_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def normalise(w: Tensor, dim: int) -> Tensor:
+    """w divided by its sums along ``dim``; an all-zero slice stays zero. (Dividing by a clamped tiny
+    sum instead gives that slice NaN gradients: 0 / tiny^2 in the backward of the division.)"""
+    den = w.sum(dim, keepdim=True)
+    return w / torch.where(den > 0, den, torch.ones_like(den))
+
+
 def aggregate_intra(
     x: Tensor,
     norms: Tensor,
@@ -90,8 +97,7 @@ def aggregate_intra(
     if merge == "cosine":
         weights = 1.0 - cost
         weights = (weights.clamp(min=0.0) if grad else weights.clamp_(min=0.0)) * valid.unsqueeze(-1)  # (F, M, N)
-        den = weights.sum(1, keepdim=True)  # 0 for a token no anchor resembles: its column stays zero
-        plan = weights / torch.where(den > 0, den, torch.ones_like(den)) * col_mass.unsqueeze(1)
+        plan = normalise(weights, 1) * col_mass.unsqueeze(1)  # a token no anchor resembles: zero column
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
         plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .intra import cosine_cost, tracks_grad
+from .intra import cosine_cost, normalise, tracks_grad
 from .ot import sinkhorn
 
 __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
@@ -86,9 +86,8 @@ def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: i
     else:
         plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
     # a row with no mass (padding; with cosine weights and restricted cols, a token no allowed anchor
-    # resembles) stays zero; dividing it by a clamped tiny sum instead gives NaN gradients (0 / tiny^2)
-    den = plan.sum(-1, keepdim=True)
-    return plan / torch.where(den > 0, den, torch.ones_like(den))
+    # resembles) stays zero
+    return normalise(plan, -1)
 
 
 def _keyframe_costs(tokens: Tensor, norms: Tensor, clips: list[Clip]) -> Tensor:
