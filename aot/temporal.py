@@ -136,7 +136,8 @@ def aggregate_inter(
     not kept (owner -1).
     Differentiable w.r.t. tokens when they require grad (the anchor updates then run out of place;
     the choice of kept tokens and owners is discrete and carries no gradient).
-    Options tried for counting (issue 8, README "Where peers win"; both off by default):
+    Options for counting (issue 8, README "Where peers win"; off by default here, on in AOTConfig,
+    whose defaults validation chose: keep_ref="previous", guard=True via unmatched_anchors="skip"):
     keep_ref="previous" judges "changed" against the previous frame's tokens instead of the
     keyframe's (position 1 of a clip: the keyframe either way). guard=True lets an anchor receive
     nothing from a frame in which it has no counterpart: its highest cosine to the frame's merged
@@ -170,8 +171,10 @@ def aggregate_inter(
     key_cos = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1)  # (F - C, M) best cosine to the keyframe
     ref_cost = key_cost
     if keep_ref == "previous":  # each later frame against the frame before it (same clip)
-        prev = later_idx - 1
-        ref_cost = cosine_cost(tokens[later_idx], tokens[prev], norms[later_idx], norms[prev])
+        # every frame against its predecessor on slices (views: the tokens are never gathered into a
+        # copy), then the rows of later frames; the C - 1 clip-boundary pairs are computed and dropped
+        pairs = cosine_cost(tokens[1:], tokens[:-1], norms[1:], norms[:-1])  # (F - 1, M, M)
+        ref_cost = pairs[later_idx - 1]
     if keep_by == "plan":
         sel = _row_weights(ref_cost, valid[later_idx], "ot", reg, n_iters, tol)
         q[later_idx] = sel.detach().amax(-1).to(q.dtype)

@@ -15,6 +15,7 @@ measurement, to see what a loaded machine does to the times (README "Threads").
 
     python benchmarks/compress_speed.py [--reps 7] [--shapes 32x196x3584,...] [--device cpu]
                                         [--threads N] [--busy K] [--no-memory] [--tol 0.01|none]
+                                        [--set FIELD=VALUE ...]   # any other AOTConfig field
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -68,18 +70,23 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _config(tol) -> aot.AOTConfig:
-    return aot.AOTConfig(retention=0.1, n_iters=100, tol=tol)
+def _config(tol, sets: tuple[str, ...] = ()) -> aot.AOTConfig:
+    """AOT at 10% retention, at most 100 iterations, ``tol``, and ``--set FIELD=VALUE`` overrides
+    (parsed as `aot eval --set` parses them; an unknown field or bad value is a ValueError)."""
+    from aot.eval.engine import method_config, parse_overrides
+
+    _, config = method_config("aot", 0.1, {**parse_overrides(list(sets)), "n_iters": 100})
+    return replace(config, tol=tol)
 
 
 def _parse_tol(raw: str):
     return None if raw.lower() == "none" else float(raw)
 
 
-def memory_child(f: int, n: int, d: int, tol) -> None:
+def memory_child(f: int, n: int, d: int, tol, sets: tuple[str, ...] = ()) -> None:
     """Runs in a child process (its own torch threads): prints JSON with the peak extra bytes of one compress call."""
     x, scores = _inputs(f, n, d, "cpu")
-    config = _config(tol)
+    config = _config(tol, sets)
     aot.compress(x, scores, config=config)  # warm-up: thread pools, lazy inits
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak-RSS counter to the current RSS
@@ -91,12 +98,12 @@ def memory_child(f: int, n: int, d: int, tol) -> None:
                       "input": x.numel() * x.element_size(), "output": out_bytes}))
 
 
-def measure_memory(f: int, n: int, d: int, threads: int, tol) -> dict | None:
+def measure_memory(f: int, n: int, d: int, threads: int, tol, sets: tuple[str, ...] = ()) -> dict | None:
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--memory-child", f"{f}x{n}x{d}", "--threads", str(threads),
-           "--tol", str(tol).lower()]
+           "--tol", str(tol).lower()] + [a for kv in sets for a in ("--set", kv)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -121,13 +128,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     ap.add_argument("--tol", type=_parse_tol, default=aot.AOTConfig().tol,
                     help="Sinkhorn early stop of compress ('none': always 100 iterations; default: AOTConfig's)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                    help="another AOTConfig field, e.g. --set keep_ref=keyframe (repeatable)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads < 1 or args.busy < 0 or args.reps < 1:
         ap.error("--threads and --reps must be >= 1, --busy >= 0")
+    args.sets = tuple(args.sets)
+    try:
+        _config(args.tol, args.sets)  # a bad --set fails here, before any measurement
+    except ValueError as e:
+        ap.error(str(e))
     with torch_threads(args.threads):
         if args.memory_child:
-            memory_child(*map(int, args.memory_child.split("x")), args.tol)
+            memory_child(*map(int, args.memory_child.split("x")), args.tol, args.sets)
             return
         busy = _busy(args.busy)
         try:
@@ -146,18 +160,19 @@ def _report(args) -> None:
           f"{torch.__version__}, {t}, device {dev}, {args.busy} busy processes beside"
           + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
     stop = "always 100 Sinkhorn iterations" if args.tol is None else f"Sinkhorn tol {args.tol:g} (at most 100 iterations)"
-    print(f"retention 0.1, {stop}, uniform clips, float32\n")
+    sets = f", {', '.join(args.sets)}" if args.sets else ""
+    print(f"retention 0.1, {stop}, uniform clips{sets}, float32\n")
     print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |")
     print("|---|---|---|---|---|---|")
     for f, n, d in shapes:
         x, scores = _inputs(f, n, d, dev)
-        config = _config(args.tol)
+        config = _config(args.tol, args.sets)
         out = aot.compress(x, scores, config=config)
         t_c = _median_time(lambda: aot.compress(x, scores, config=config), args.reps, dev)
         w = torch.randn(d, d, device=dev)
         flat = x.view(f * n, d)
         t_m = _median_time(lambda: flat @ w, args.reps, dev)
-        mem = measure_memory(f, n, d, torch.get_num_threads(), args.tol) if dev == "cpu" and not args.no_memory else None
+        mem = measure_memory(f, n, d, torch.get_num_threads(), args.tol, args.sets) if dev == "cpu" and not args.no_memory else None
         mem_s = f"{mem['extra'] / mem['input']:.2f}" if mem else "n/a"
         print(f"| {f} x {n} x {d} | {out.tokens.shape[0]} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | "
               f"{t_c / t_m:.3f} | {mem_s} |")

@@ -30,3 +30,29 @@ def test_thread_count_in_every_timing_column_and_restored(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert set(seen) == {2}
     assert "| compress (ms, 2 threads) | dense matmul (ms, 2 threads) |" in out and ", 2 threads," in out
+
+
+def test_set_overrides_reach_every_compress_call_and_bad_ones_fail_first(capsys, monkeypatch):
+    configs = []
+    real = compress_speed.aot.compress
+
+    def spy(*args, **kwargs):
+        configs.append(kwargs["config"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compress_speed.aot, "compress", spy)
+    compress_speed.main(["--shapes", "4x16x8", "--reps", "1", "--threads", "1", "--no-memory",
+                         "--set", "keep_ref=keyframe", "--set", "unmatched_anchors=absorb", "--tol", "none"])
+    want = compress_speed.aot.AOTConfig(retention=0.1, tol=None, keep_ref="keyframe", unmatched_anchors="absorb")
+    assert configs and all(c == want for c in configs)
+    assert "keep_ref=keyframe, unmatched_anchors=absorb" in capsys.readouterr().out
+    configs.clear()
+    for bad, named in (("keep_ref=sideways", "sideways"), ("nofield=1", "nofield"), ("keep_ref", "FIELD=VALUE")):
+        try:
+            compress_speed.main(["--shapes", "4x16x8", "--reps", "1", "--no-memory", "--set", bad])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"--set {bad} was accepted")
+        assert named in capsys.readouterr().err
+    assert not configs  # rejected before any measurement
