@@ -10,7 +10,8 @@ accuracy on the full tokens (= 100%).
 
 Splits (by video, see needle/data.py): train (reader only), val (every default and benchmark
 choice is made here), test (reported once), persist (test videos, needles that stay 6-12 frames:
-a probe, not part of the headline).
+a probe, not part of the headline), heldout (new items on the train videos: a validation the
+reader can read, README "The counting options on validation, and on test").
 
     python benchmarks/task_benchmark.py                       # all methods on test, retentions 0.1..0.25
     python benchmarks/task_benchmark.py --split val --methods none --variant a8=aot:anchor_share=0.8
@@ -78,13 +79,15 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:K=V,...",
                    help="an extra row: a method with config overrides, e.g. lit=aot:mass=literal (repeatable)")
     p.add_argument("--retentions", default="0.1,0.15,0.2,0.25")
-    p.add_argument("--split", default="test", help="comma-separated splits to evaluate on: val, test, persist")
+    p.add_argument("--split", default="test", help="comma-separated splits to evaluate on: val, test, persist, heldout")
     p.add_argument("--reference", default="aot", help="label every paired difference is taken against")
     p.add_argument("--random-seeds", type=int, default=1, help="run `random` with seeds 0..N-1 (rows random@s)")
     p.add_argument("--n-train", type=int, default=D.DEFAULT_COUNTS["train"])
     p.add_argument("--n-val", type=int, default=D.DEFAULT_COUNTS["val"])
     p.add_argument("--n-test", type=int, default=D.DEFAULT_COUNTS["test"])
     p.add_argument("--n-persist", type=int, default=D.DEFAULT_COUNTS["persist"])
+    p.add_argument("--n-heldout", type=int, default=D.DEFAULT_COUNTS["heldout"],
+                   help="items of the heldout split (train videos, new needle draws)")
     p.add_argument("--seed", type=int, default=0, help="data seed (the reader uses --reader-seed)")
     p.add_argument("--val-aspect-ref", type=float, default=None, metavar="R",
                    help="validation needles look after the square resize as on a frame of W/H = R (e.g. 1.35, the "
@@ -348,10 +351,11 @@ def main(argv=None) -> int:
     retentions = [float(x) for x in args.retentions.split(",") if x.strip()]
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     for s in splits:
-        if s not in ("val", "test", "persist"):
-            raise SystemExit(f"--split: unknown split {s!r} (val, test, persist; train is the reader's)")
+        if s not in ("val", "test", "persist", "heldout"):
+            raise SystemExit(f"--split: unknown split {s!r} (val, test, persist, heldout; train is the reader's)")
     gcfg = D.GenConfig(seed=args.seed)
-    counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test, "persist": args.n_persist}
+    counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test, "persist": args.n_persist,
+              "heldout": args.n_heldout}
 
     if args.val_aspect_ref is not None and not args.val_aspect_ref > 0:
         raise SystemExit(f"--val-aspect-ref must be > 0, got {args.val_aspect_ref}")

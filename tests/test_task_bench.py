@@ -71,8 +71,13 @@ def test_items_deterministic_and_split_by_video():
     assert not train_videos & test_videos and not val_videos & (train_videos | test_videos)
     if not all((D.VIDEO_DIR / v).exists() for v in D.VIDEOS):
         pytest.skip("benchmark videos not present")
-    specs = D.item_specs(cfg, {"train": 40, "val": 20, "test": 20, "persist": 5})
+    specs = D.item_specs(cfg, {"train": 40, "val": 20, "test": 20, "persist": 5, "heldout": 40})
     assert {clips[s.clip].video for s in specs["train"]} <= train_videos
+    # heldout: the training videos' clips, but needle draws of its own (no item repeats a train item)
+    assert {clips[s.clip].video for s in specs["heldout"]} <= train_videos
+    strip = lambda sp: {k: v for k, v in sp.to_dict().items() if k not in ("split", "index")}  # noqa: E731
+    train_draws = [strip(sp) for sp in specs["train"]]
+    assert not any(strip(sp) in train_draws for sp in specs["heldout"])
     assert {clips[s.clip].video for s in specs["val"]} <= val_videos
     assert {clips[s.clip].video for s in specs["test"]} <= test_videos
     assert {clips[s.clip].video for s in specs["persist"]} <= test_videos
