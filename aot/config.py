@@ -41,10 +41,13 @@ class AOTConfig:
     # rule, "plan"); cosine is the default because the task benchmark measured the paper's rule far
     # below it: a balanced plan spreads *ambiguous* tokens, so q keeps redundant background (README)
     keep_by: Literal["plan", "cosine"] = "cosine"
-    keep_ref: Literal["keyframe", "previous"] = "keyframe"  # dynamic tokens judged against the keyframe or the previous frame
+    # dynamic tokens judged against the previous frame (ours) or the clip's keyframe (the paper, Eq. 13-15);
+    # "previous" chosen on validation (both draws, 10% retention; README "A second validation draw")
+    keep_ref: Literal["keyframe", "previous"] = "previous"
     # an anchor with no counterpart among a later frame's merged tokens (best cosine <= the keep rule's cutoff):
-    # "absorb" it anyway (balanced plan, the paper) or "skip" it in that frame's plan (counting, README)
-    unmatched_anchors: Literal["absorb", "skip"] = "absorb"
+    # "skip" it in that frame's plan (ours, chosen with keep_ref on validation) or "absorb" it anyway
+    # (one balanced plan over all anchors, the paper's Eq. 15-16)
+    unmatched_anchors: Literal["absorb", "skip"] = "skip"
     seed: int = 0  # seed of the random-anchor ablation
 
     def __post_init__(self) -> None:
