@@ -71,11 +71,16 @@ def _status_kb(field: str) -> int:
 
 
 def _config(tol, sets: tuple[str, ...] = ()) -> aot.AOTConfig:
-    """AOT at 10% retention, at most 100 iterations, ``tol``, and ``--set FIELD=VALUE`` overrides
-    (parsed as `aot eval --set` parses them; an unknown field or bad value is a ValueError)."""
+    """AOT at 10% retention with ``tol`` and ``--set FIELD=VALUE`` overrides (parsed as `aot eval
+    --set` parses them). An unknown field, a bad value, or a field this script fixes itself
+    (retention, tol) is a ValueError: a --set that would be silently overridden is refused."""
     from aot.eval.engine import method_config, parse_overrides
 
-    _, config = method_config("aot", 0.1, {**parse_overrides(list(sets)), "n_iters": 100})
+    overrides = parse_overrides(list(sets))
+    fixed = {"retention": "fixed at 0.1 by this benchmark", "tol": "use --tol"}
+    for k in overrides.keys() & fixed.keys():
+        raise ValueError(f"--set {k}: {fixed[k]}")
+    _, config = method_config("aot", 0.1, overrides)
     return replace(config, tol=tol)
 
 
@@ -159,14 +164,15 @@ def _report(args) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {t}, device {dev}, {args.busy} busy processes beside"
           + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
-    stop = "always 100 Sinkhorn iterations" if args.tol is None else f"Sinkhorn tol {args.tol:g} (at most 100 iterations)"
+    config = _config(args.tol, args.sets)
+    stop = (f"always {config.n_iters} Sinkhorn iterations" if args.tol is None
+            else f"Sinkhorn tol {args.tol:g} (at most {config.n_iters} iterations)")
     sets = f", {', '.join(args.sets)}" if args.sets else ""
     print(f"retention 0.1, {stop}, uniform clips{sets}, float32\n")
     print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |")
     print("|---|---|---|---|---|---|")
     for f, n, d in shapes:
         x, scores = _inputs(f, n, d, dev)
-        config = _config(args.tol, args.sets)
         out = aot.compress(x, scores, config=config)
         t_c = _median_time(lambda: aot.compress(x, scores, config=config), args.reps, dev)
         w = torch.randn(d, d, device=dev)

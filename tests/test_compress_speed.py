@@ -47,7 +47,12 @@ def test_set_overrides_reach_every_compress_call_and_bad_ones_fail_first(capsys,
     assert configs and all(c == want for c in configs)
     assert "keep_ref=keyframe, unmatched_anchors=absorb" in capsys.readouterr().out
     configs.clear()
-    for bad, named in (("keep_ref=sideways", "sideways"), ("nofield=1", "nofield"), ("keep_ref", "FIELD=VALUE")):
+    compress_speed.main(["--shapes", "4x16x8", "--reps", "1", "--threads", "1", "--no-memory", "--set", "n_iters=20"])
+    assert configs and all(c.n_iters == 20 for c in configs)  # taken, not overwritten by the script
+    assert "(at most 20 iterations)" in capsys.readouterr().out
+    configs.clear()
+    for bad, named in (("keep_ref=sideways", "sideways"), ("nofield=1", "nofield"), ("keep_ref", "FIELD=VALUE"),
+                       ("tol=0.5", "--tol"), ("retention=0.2", "fixed at 0.1")):
         try:
             compress_speed.main(["--shapes", "4x16x8", "--reps", "1", "--no-memory", "--set", bad])
         except SystemExit as e:
