@@ -350,12 +350,12 @@ def main(argv=None) -> int:
     progress = not args.no_progress
     retentions = [float(x) for x in args.retentions.split(",") if x.strip()]
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    evaluable = [s for s in D.SPLITS if s != "train"]  # train is the reader's
     for s in splits:
-        if s not in ("val", "test", "persist", "heldout"):
-            raise SystemExit(f"--split: unknown split {s!r} (val, test, persist, heldout; train is the reader's)")
+        if s not in evaluable:
+            raise SystemExit(f"--split: unknown split {s!r} ({', '.join(evaluable)}; train is the reader's)")
     gcfg = D.GenConfig(seed=args.seed)
-    counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test, "persist": args.n_persist,
-              "heldout": args.n_heldout}
+    counts = {s: getattr(args, f"n_{s}") for s in D.SPLITS}  # --n-train, --n-val, ...
 
     if args.val_aspect_ref is not None and not args.val_aspect_ref > 0:
         raise SystemExit(f"--val-aspect-ref must be > 0, got {args.val_aspect_ref}")

@@ -558,7 +558,7 @@ if __name__ == "__main__":  # python benchmarks/needle/data.py [N_TRAIN N_VAL N_
     import time
 
     torch.set_num_threads(1)
-    counts = dict(zip(("train", "val", "test", "persist", "heldout"), (int(a) for a in sys.argv[1:6]))) if len(sys.argv) > 4 else None
+    counts = dict(zip(DEFAULT_COUNTS, (int(a) for a in sys.argv[1:]))) if len(sys.argv) > 4 else None
     t = time.time()
     s = build(GenConfig(), counts)
     print(stats(s))
