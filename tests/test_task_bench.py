@@ -71,7 +71,7 @@ def test_items_deterministic_and_split_by_video():
     assert not train_videos & test_videos and not val_videos & (train_videos | test_videos)
     if not all((D.VIDEO_DIR / v).exists() for v in D.VIDEOS):
         pytest.skip("benchmark videos not present")
-    specs = D.item_specs(cfg, {"train": 40, "val": 20, "test": 20, "persist": 5, "heldout": 40})
+    specs = D.item_specs(cfg, {"train": 40, "val": 20, "test": 40, "persist": 5, "heldout": 40, "test2": 40})
     assert {clips[s.clip].video for s in specs["train"]} <= train_videos
     # heldout: the training videos' clips, but needle draws of its own (no item repeats a train item)
     assert {clips[s.clip].video for s in specs["heldout"]} <= train_videos
@@ -81,6 +81,10 @@ def test_items_deterministic_and_split_by_video():
     assert {clips[s.clip].video for s in specs["val"]} <= val_videos
     assert {clips[s.clip].video for s in specs["test"]} <= test_videos
     assert {clips[s.clip].video for s in specs["persist"]} <= test_videos
+    # test2: a fresh draw on the test videos (no item repeats a test item)
+    assert {clips[s.clip].video for s in specs["test2"]} <= test_videos
+    test_draws = [strip(sp) for sp in specs["test"]]
+    assert not any(strip(sp) in test_draws for sp in specs["test2"])
     assert specs["train"][:10] == D.item_specs(cfg, {"train": 10})["train"]  # prefix-stable
 
 
@@ -320,3 +324,85 @@ def test_aspect_ref_sets_the_needle_shape_after_the_square_resize(ref):
             assert w == round(h / want)
         if ref is not None:
             assert shown == pytest.approx(aspects[cls] * ref, rel=0.05 + 2.0 / min(w, h))
+
+
+def _on_clips(clip_ids, d=4):
+    """A NeedleSet whose items sit on the given base clips (indices into D.base_clips())."""
+    M, C = len(clip_ids), len(D.base_clips())
+    g = torch.Generator().manual_seed(len(clip_ids))
+    return D.NeedleSet(torch.zeros(C, 2, 3, d).half(), torch.zeros(C, 2, 3), torch.zeros(C, 2, 3),
+                       torch.tensor(clip_ids), [torch.zeros(0, dtype=torch.long)] * M, [torch.zeros(0, 3, d).half()] * M,
+                       [torch.zeros(0, 3)] * M, [torch.zeros(0, 3)] * M, torch.randint(0, 2, (M, 5), generator=g), (1, 3),
+                       [f"spec{i}" for i in range(M)])
+
+
+def test_concat_and_leave_one_video_out_folds():
+    clips = D.base_clips()
+    by_video = {}
+    for i, c in enumerate(clips):
+        by_video.setdefault(c.video, []).append(i)
+    tr = _on_clips(by_video["box.mp4"][:3] + by_video["Megamind.avi"][:4])
+    va = _on_clips(by_video["bikes.mp4"][:5])
+    ho = _on_clips(by_video["Megamind.avi"][2:5] + by_video["box.mp4"][1:3])
+    # concat needs one set of base clips; then it keeps the order of the sets and of their items
+    va.base_x, ho.base_x = tr.base_x, tr.base_x
+    cat = D.concat([tr, va, ho])
+    assert len(cat) == 7 + 5 + 5 and torch.equal(cat.clip, torch.cat([tr.clip, va.clip, ho.clip]))
+    assert torch.equal(cat.answers, torch.cat([tr.answers, va.answers, ho.answers])) and cat.specs[7] == va.specs[0]
+    with pytest.raises(ValueError, match="base clips"):
+        D.concat([tr, _on_clips([0])])
+    sets = {"train": tr, "val": va, "heldout": ho, "test": _on_clips(by_video["bigbuckbunny.mp4"][:2])}
+    for name, held_video in (("megamind", "Megamind.avi"), ("box.mp4", "box.mp4"), ("Bikes", "bikes.mp4")):
+        train, held = D.fold(sets, name)
+        vids_train = {clips[int(c)].video for c in train.clip}
+        assert {clips[int(c)].video for c in held.clip} == {held_video}
+        assert held_video not in vids_train and not vids_train & {"bigbuckbunny.mp4", "carphone_pristine.mp4"}
+        n_held = sum(clips[int(c)].video == held_video for ds in (tr, va, ho) for c in ds.clip)
+        assert len(held) == n_held and len(train) + len(held) == 17  # every non-test item, once
+    with pytest.raises(ValueError, match="bigbuckbunny.*cannot|choose one of"):
+        D.fold(sets, "bigbuckbunny")
+    with pytest.raises(ValueError, match="not built"):
+        D.fold({"train": tr}, "box")
+
+
+def test_paired_diff_avg_averages_items_first():
+    g = torch.Generator().manual_seed(3)
+    M = 150
+    answers = torch.full((M, 5), -1)
+    answers[:, :3] = 1
+    corr = [torch.where(answers >= 0, (torch.rand(M, 5, generator=g) < p).int(), -1).tolist() for p in (0.8, 0.7, 0.6, 0.75)]
+    full = {q: 0.9 for q in D.QUESTIONS}
+    pairs = [(corr[0], corr[1]), (corr[2], corr[3])]
+    d, se = E.paired_diff_avg(pairs, full)
+    d1, _ = E.paired_diff(*pairs[0], full)
+    d2, _ = E.paired_diff(*pairs[1], full)
+    assert d == pytest.approx((d1 + d2) / 2)
+    # plain loop: per item, the mean over the pairs of (score a - score b), then sqrt(M) * std
+    z = []
+    for i in range(M):
+        per = []
+        for a, b in pairs:
+            za = sum(100.0 / (3 * M * 0.9) * (a[i][q] == 1) for q in range(3))
+            zb = sum(100.0 / (3 * M * 0.9) * (b[i][q] == 1) for q in range(3))
+            per.append(za - zb)
+        z.append(sum(per) / len(per))
+    mean = sum(z) / M
+    assert se == pytest.approx(math.sqrt(M) * math.sqrt(sum((v - mean) ** 2 for v in z) / (M - 1)))
+    assert E.paired_diff_avg(pairs[:1], full) == pytest.approx(E.paired_diff(*pairs[0], full))
+    with pytest.raises(ValueError):
+        E.paired_diff_avg([], full)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--fold", "box", "--split", "val"], "leave out --split"),
+    (["--fold", "bigbuckbunny"], "cannot be a fold"),
+    (["--fold", "nosuch"], "choose one of"),
+    (["--fold", "box", "--val-aspect-ref", "1.35"], "leave out --val-aspect-ref"),
+    (["--split", "test3"], "unknown split"),
+])
+def test_driver_rejects_bad_fold_and_split_before_any_work(argv, msg, tmp_path):
+    import task_benchmark as TB
+
+    with pytest.raises(SystemExit, match=msg):
+        TB.main(argv + ["--cache", str(tmp_path), "--no-encode"])
+    assert not any(tmp_path.iterdir())  # nothing built or cached

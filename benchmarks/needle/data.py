@@ -14,8 +14,10 @@ two of these splits, so the reader cannot memorise validation or test background
 validation instrument (added when the bikes validation and the test split disagreed about a
 default, README), new items on the *training* videos' base clips drawn from their own random
 stream, so the reader knows the backgrounds but never saw these needle placements (on bikes it
-is near chance; here it can read).  Every default and benchmark choice is made on val and
-heldout only.
+is near chance; here it can read).  ``test2`` is a second, fresh draw of test items (same test
+videos, its own random stream), drawn after the first test set had been read to diagnose a
+default: the headline is reported on it once.  Every default and benchmark choice is made on
+val, heldout and the leave-one-video-out folds (``folds``) only.
 
 Needles: 8 real photographs/drawings bundled in scikit-image's wheel (``skimage/data``; nothing
 downloaded), see ``CLASSES``.  RGBA images are flattened onto white.  Needles are 12-25% of the
@@ -73,11 +75,13 @@ VIDEOS = {  # file -> split
 }
 RANGES = ("full", "first", "second")
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera", "horse", "retina")
-SPLITS = {"train": 0, "test": 1, "val": 2, "persist": 3, "heldout": 4}
-CLIP_SPLIT = {"train": "train", "val": "val", "test": "test", "persist": "test", "heldout": "train"}  # split -> base clips it draws on
+SPLITS = {"train": 0, "test": 1, "val": 2, "persist": 3, "heldout": 4, "test2": 5}
+CLIP_SPLIT = {"train": "train", "val": "val", "test": "test", "persist": "test", "heldout": "train",
+              "test2": "test"}  # split -> base clips it draws on
 BASE_VERSION = 1  # bump to re-encode the base clips (GenConfig.version only re-draws the items)
 QUESTIONS = ("obj", "quarter", "quadrant", "order", "count")
 KINDS = ("single", "order", "count", "persist")
+FOLD_SPLITS = ("train", "val", "heldout")  # the items leave-one-video-out folds are made of (no test video)
 
 
 @dataclass(frozen=True)
@@ -419,6 +423,51 @@ class NeedleSet:
                          [self.sup[i] for i in idx] if self.sup is not None else None)
 
 
+def concat(sets: list["NeedleSet"]) -> "NeedleSet":
+    """One set holding the items of ``sets`` in order; they must share their base clips (one ``build``)."""
+    if not sets:
+        raise ValueError("concat needs at least one set")
+    a = sets[0]
+    for b in sets[1:]:
+        if b.base_x is not a.base_x or b.grid != a.grid:
+            raise ValueError("concat: the sets do not share their base clips (build them in one call)")
+    cat = lambda attr: [v for ds in sets for v in getattr(ds, attr)]  # noqa: E731
+    has = lambda attr: all(getattr(ds, attr) is not None for ds in sets)  # noqa: E731
+    return NeedleSet(a.base_x, a.base_s, a.base_ls, torch.cat([ds.clip for ds in sets]), cat("frames"), cat("x"),
+                     cat("s"), cat("ls"), torch.cat([ds.answers for ds in sets]), a.grid, cat("specs"),
+                     cat("needle_cells") if has("needle_cells") else None, cat("sup") if has("sup") else None)
+
+
+def fold_video(name: str) -> str:
+    """The file of ``VIDEOS`` a fold named ``name`` holds out (file name or stem, any case)."""
+    stems = {Path(v).stem.lower(): v for v in VIDEOS if VIDEOS[v] != "test"}
+    v = stems.get(Path(str(name)).stem.lower())
+    if v is None:
+        raise ValueError(f"fold video {name!r}: choose one of {', '.join(sorted(Path(x).stem for x in stems.values()))}"
+                         " (a test video cannot be a fold)")
+    return v
+
+
+def fold(sets: dict[str, "NeedleSet"], video: str) -> tuple["NeedleSet", "NeedleSet"]:
+    """Leave-one-video-out: (reader training set, evaluation set) from the non-test splits.
+
+    Every item of ``FOLD_SPLITS`` whose background is not a test video goes to the training set if
+    its video is not ``video`` (a file name of ``VIDEOS`` or its stem, case-insensitive), else to the
+    evaluation set.  A reader trained on the first has never seen a frame of ``video``."""
+    clips = base_clips()
+    v = fold_video(video)
+    missing = [s for s in FOLD_SPLITS if s not in sets]
+    if missing:
+        raise ValueError(f"fold: splits {missing} were not built")
+    pool = concat([sets[s] for s in FOLD_SPLITS])
+    video_of = [clips[int(c)].video for c in pool.clip]
+    train = [i for i, x in enumerate(video_of) if x != v and VIDEOS[x] != "test"]
+    held = [i for i, x in enumerate(video_of) if x == v]
+    if not held or not train:
+        raise ValueError(f"fold {v}: {len(train)} training and {len(held)} evaluation items (build more items)")
+    return pool.subset(train), pool.subset(held)
+
+
 # --------------------------------------------------------------------------- generation + cache
 
 
@@ -449,7 +498,7 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-DEFAULT_COUNTS = {"train": 1200, "val": 400, "test": 1000, "persist": 80, "heldout": 400}
+DEFAULT_COUNTS = {"train": 1200, "val": 400, "test": 1000, "persist": 80, "heldout": 400, "test2": 1000}
 
 
 def build(cfg: GenConfig = GenConfig(), counts: dict[str, int] | None = None, *, cache_dir: Path = CACHE_DIR,
@@ -553,7 +602,7 @@ def stats(sets: dict[str, NeedleSet], classes=CLASSES) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python benchmarks/needle/data.py [N_TRAIN N_VAL N_TEST N_PERSIST [N_HELDOUT]]
+if __name__ == "__main__":  # python benchmarks/needle/data.py [N_TRAIN N_VAL N_TEST N_PERSIST [N_HELDOUT [N_TEST2]]]
     import sys
     import time
 

@@ -174,6 +174,18 @@ def paired_diff(a, b, full: dict[str, float] | None = None) -> tuple[float, floa
     return float(d.sum()), se
 
 
+def paired_diff_avg(pairs, full: dict[str, float] | None = None) -> tuple[float, float]:
+    """``paired_diff`` of scores averaged over several settings (e.g. retentions) of the same items:
+    ``pairs`` = [(a, b), ...] correctness lists over the same M items; the per-item difference is
+    averaged over the pairs first, so the s.e. accounts for an item's correlation across them."""
+    if not pairs:
+        raise ValueError("paired_diff_avg needs at least one (a, b) pair")
+    d = torch.stack([item_scores(a, full) - item_scores(b, full) for a, b in pairs]).mean(0)
+    M = d.numel()
+    se = math.sqrt(M) * float(d.std(unbiased=True)) if M > 1 else 0.0
+    return float(d.sum()), se
+
+
 def score_se(a, full: dict[str, float] | None = None) -> float:
     """Standard error of one method's score over a random draw of items (unpaired)."""
     z = item_scores(a, full)
