@@ -136,8 +136,8 @@ def aggregate_inter(
     not kept (owner -1).
     Differentiable w.r.t. tokens when they require grad (the anchor updates then run out of place;
     the choice of kept tokens and owners is discrete and carries no gradient).
-    Options for counting (issue 8, README "Where peers win"; off by default here, on in AOTConfig,
-    whose defaults validation chose: keep_ref="previous", guard=True via unmatched_anchors="skip"):
+    Options for counting (issue 8, README "Where peers win"; off by default here; AOTConfig's
+    defaults, chosen on validation: keep_ref="keyframe", guard=True via unmatched_anchors="skip"):
     keep_ref="previous" judges "changed" against the previous frame's tokens instead of the
     keyframe's (position 1 of a clip: the keyframe either way). guard=True lets an anchor receive
     nothing from a frame in which it has no counterpart: its highest cosine to the frame's merged

@@ -315,7 +315,8 @@ def plot(results: list[Result], path: Path, full_correct, title: str) -> None:
     ax.set_xlabel("retention")
     ax.set_ylabel("mean relative accuracy (% of full tokens), ± 1 s.e.")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only full tokens were read (--methods none)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 and 8), as names over AOTConfig switches.
 
 The ablations that take OT out of the inter-frame stage also judge "changed" without it
-(keep_by="cosine": the kept tokens are those least similar to the keep_ref reference, the previous
-frame by default or every keyframe anchor).
+(keep_by="cosine": the kept tokens are those least similar to the keep_ref reference, every
+keyframe anchor by default or the previous frame).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PAPER = dict(
     intra_merge="ot",
     inter_merge="ot",
     keep_by="plan",  # Eq. 15: keep the tokens with the lowest q = max_j p_ij (ours: "cosine")
-    keep_ref="keyframe",  # Eq. 13-15: later frames against the clip's first frame (ours: "previous")
+    keep_ref="keyframe",  # Eq. 13-15: later frames against the clip's first frame (ours too)
     unmatched_anchors="absorb",  # Eq. 15-16: one balanced plan over all anchors (ours: "skip")
 )
 
