@@ -9,8 +9,8 @@ method's compressed tokens, without retraining.  Accuracy is reported relative t
 accuracy on the full tokens (= 100%).
 
 Splits (by video, see needle/data.py): train (reader only), val (every default and benchmark
-choice is made here), test (reported once), persist (test videos, needles that stay 6-12 frames:
-a probe, not part of the headline), heldout (new items on the train videos: a validation the
+choice is made here), test (the first draw, reported once, then read to diagnose a default),
+persist (test videos, needles that stay 6-12 frames: a probe, not part of the headline), heldout (new items on the train videos: a validation the
 reader can read, README "The counting options on validation, and on test"), test2 (a fresh draw
 on the test videos, the headline since the first test draw was read to diagnose a default).
 ``--fold VIDEO`` is a leave-one-video-out validation: a reader trained on the other non-test

@@ -17,7 +17,7 @@ stream, so the reader knows the backgrounds but never saw these needle placement
 is near chance; here it can read).  ``test2`` is a second, fresh draw of test items (same test
 videos, its own random stream), drawn after the first test set had been read to diagnose a
 default: the headline is reported on it once.  Every default and benchmark choice is made on
-val, heldout and the leave-one-video-out folds (``folds``) only.
+val, heldout and the leave-one-video-out folds (``fold``) only.
 
 Needles: 8 real photographs/drawings bundled in scikit-image's wheel (``skimage/data``; nothing
 downloaded), see ``CLASSES``.  RGBA images are flattened onto white.  Needles are 12-25% of the
