@@ -42,7 +42,7 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "pa
     "intra_merge": "ablation: fold a frame's other tokens by 'ot', 'cosine' weights, or 'none' (drop)",
     "inter_merge": "ablation: merge later frames by 'ot', 'cosine' weights, or 'none' (drop)",
     "keep_by": "dynamic tokens kept by lowest 'plan' q (paper) or lowest max 'cosine' to the anchors",
-    "keep_ref": "dynamic tokens judged 'changed' against the 'previous' frame or the clip's 'keyframe' (paper)",
+    "keep_ref": "dynamic tokens judged 'changed' against the clip's 'keyframe' (paper) or the 'previous' frame",
     "unmatched_anchors": "'absorb' (balanced plan, paper) or 'skip': an anchor with no counterpart in a later frame "
                          "receives nothing from it",
     "seed": "seed of the random-anchor ablation",

@@ -395,6 +395,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"--fold: {e}") from None
     gcfg = D.GenConfig(seed=args.seed)
     counts = {s: getattr(args, f"n_{s}") for s in D.SPLITS}  # --n-train, --n-val, ...
+    if fold_video is not None:  # a fold reads only these splits: do not build (or encode) the others
+        counts = {s: counts[s] for s in D.FOLD_SPLITS}
 
     if args.val_aspect_ref is not None and not args.val_aspect_ref > 0:
         raise SystemExit(f"--val-aspect-ref must be > 0, got {args.val_aspect_ref}")

@@ -406,3 +406,22 @@ def test_driver_rejects_bad_fold_and_split_before_any_work(argv, msg, tmp_path):
     with pytest.raises(SystemExit, match=msg):
         TB.main(argv + ["--cache", str(tmp_path), "--no-encode"])
     assert not any(tmp_path.iterdir())  # nothing built or cached
+
+
+def test_fold_builds_only_the_splits_a_fold_reads(monkeypatch, tmp_path):
+    import task_benchmark as TB
+
+    asked = {}
+
+    def fake_build(cfg, counts, **kw):
+        asked.update(counts)
+        raise RuntimeError("stop after build was asked")
+
+    monkeypatch.setattr(TB.D, "build", fake_build)
+    with pytest.raises(RuntimeError, match="stop after build"):
+        TB.main(["--fold", "box", "--cache", str(tmp_path), "--n-heldout", "7"])
+    assert asked == {"train": D.DEFAULT_COUNTS["train"], "val": D.DEFAULT_COUNTS["val"], "heldout": 7}
+    asked.clear()
+    with pytest.raises(RuntimeError, match="stop after build"):
+        TB.main(["--split", "val", "--cache", str(tmp_path)])
+    assert set(asked) == set(D.SPLITS)  # a split run still builds every split (their full-token accuracy is printed)

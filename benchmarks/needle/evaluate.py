@@ -168,10 +168,7 @@ def item_scores(correct, full: dict[str, float] | None = None) -> Tensor:
 def paired_diff(a, b, full: dict[str, float] | None = None) -> tuple[float, float]:
     """Mean-over-questions score of a minus b (points; % of full if ``full`` is given) and its
     standard error, items paired: se = sqrt(M) * std(z_a - z_b) (see item_scores)."""
-    d = item_scores(a, full) - item_scores(b, full)
-    M = d.numel()
-    se = math.sqrt(M) * float(d.std(unbiased=True)) if M > 1 else 0.0
-    return float(d.sum()), se
+    return paired_diff_avg([(a, b)], full)
 
 
 def paired_diff_avg(pairs, full: dict[str, float] | None = None) -> tuple[float, float]:
