@@ -7,10 +7,10 @@
 The core (this package's top level) is pure torch; model adapters live in ``aot.models``.
 """
 
-from .compress import Compressed, compress
+from .compress import Compressed, Mix, compress
 from .config import AOTConfig, budget
 from .ot import sinkhorn
 from .models.patch import patch, unpatch
 
-__all__ = ["AOTConfig", "Compressed", "budget", "compress", "patch", "sinkhorn", "unpatch"]
+__all__ = ["AOTConfig", "Compressed", "Mix", "budget", "compress", "patch", "sinkhorn", "unpatch"]
 __version__ = "0.1.0"

@@ -13,7 +13,21 @@ from .config import AOTConfig, budget
 from .intra import aggregate_intra, tracks_grad
 from .temporal import aggregate_inter, default_clip_length, dynamic_clips, uniform_clips
 
-__all__ = ["Compressed", "compress", "plan_budget", "make_clips"]
+__all__ = ["Compressed", "Mix", "apply_mix", "compress", "plan_budget", "make_clips", "stack"]
+
+
+class Mix(NamedTuple):
+    """The linear map a compression applied: ``out[rows[e]] += weights[e] * y[cols[e]]`` for every e.
+
+    One video: each field (E,); a batch: (B, E), padded with weight-0 entries (rows = cols = 0)
+    where videos have fewer entries. Applied to the input tokens it gives the output tokens
+    (``Compressed.reduce``); applied to a companion tensor aligned with the input (e.g. Qwen3-VL's
+    DeepStack levels) it reduces that tensor with exactly the same selection and merge weights.
+    """
+
+    rows: Tensor  # (E,) int64: output row 0..R-1
+    cols: Tensor  # (E,) int64: flat input index f * N + n
+    weights: Tensor  # (E,) float32 (float64 for float64 inputs): weight of that input in that row
 
 
 class Compressed(NamedTuple):
@@ -25,6 +39,55 @@ class Compressed(NamedTuple):
     positions: Tensor  # (R,) int64: flat index f * N + n of the grid cell it sits at
     assignment: Tensor  # (F * N,) int64: output row that absorbed each input token, -1 if dropped
     dynamic: Tensor  # (R,) bool: kept as a temporal-dynamics token (not a clip anchor)
+    mix: Mix | None = None  # the linear map from inputs to rows (see Mix); None only for legacy callers
+
+    def reduce(self, y: Tensor) -> Tensor:
+        """Apply this compression's selection and merge weights to a companion tensor.
+
+        y: (F, N, c) or (F * N, c) for one video, (B, F, N, c) or (B, F * N, c) for a batch,
+        aligned token for token with the compressed input. Returns (R, c) or (B, R, c) in y's
+        dtype (accumulated in float32, float64 for float64). ``reduce(x)`` of the input x
+        itself gives ``tokens`` (see each method's docstring for exact vs rounding-level).
+        """
+        if self.mix is None:
+            raise ValueError("this Compressed carries no mix (built without one), so it cannot reduce companions")
+        return apply_mix(self.mix, y, self.tokens.shape[-2])
+
+
+def apply_mix(mix: Mix, y: Tensor, rows: int) -> Tensor:
+    """out (.., rows, c) = the Mix applied to y (.., F*N, c) or (.., F, N, c); see Mix."""
+    batched = mix.rows.dim() == 2
+    lead = 1 if batched else 0
+    if y.dim() == lead + 3:
+        y = y.flatten(lead, lead + 1)
+    if y.dim() != lead + 2:
+        raise ValueError(f"y must have shape {'(B, F, N, c)' if batched else '(F, N, c)'} or the flat form, "
+                         f"got {tuple(y.shape)}")
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    if not batched:
+        out = y.new_zeros((rows, y.shape[-1]), dtype=acc)
+        out.index_add_(0, mix.rows, y[mix.cols].to(acc) * mix.weights.to(acc).unsqueeze(-1))
+        return out.to(y.dtype)
+    b = mix.rows.shape[0]
+    out = y.new_zeros((b * rows, y.shape[-1]), dtype=acc)
+    offs = torch.arange(b, device=y.device).unsqueeze(1)
+    src = y.flatten(0, 1)[(mix.cols + offs * y.shape[1]).flatten()].to(acc)
+    out.index_add_(0, (mix.rows + offs * rows).flatten(), src * mix.weights.to(acc).flatten().unsqueeze(-1))
+    return out.view(b, rows, -1).to(y.dtype)
+
+
+def stack(parts: list[Compressed]) -> Compressed:
+    """One batched Compressed from per-video results of equal R; mixes padded to the longest E."""
+    fields = [torch.stack(f) for f in zip(*(p[:6] for p in parts))]
+    mixes = [p.mix for p in parts]
+    if any(m is None for m in mixes):
+        return Compressed(*fields)
+    e = max(m.rows.numel() for m in mixes)
+
+    def pad(t: Tensor) -> Tensor:
+        return torch.cat([t, t.new_zeros(e - t.numel())])
+    mix = Mix(*(torch.stack([pad(getattr(m, k)) for m in mixes]) for k in Mix._fields))
+    return Compressed(*fields, mix=mix)
 
 
 def plan_budget(total: int, frames: int, tokens: int, n_clips: int, anchor_share: float) -> tuple[list[int], int]:
@@ -79,8 +142,7 @@ def compress(
     _check_config(config)
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid)
     if x.dim() == 4:
-        parts = [_compress_one(x[i], scores[i], local_scores[i], grid, config) for i in range(x.shape[0])]
-        return Compressed(*(torch.stack(field) for field in zip(*parts)))
+        return stack([_compress_one(x[i], scores[i], local_scores[i], grid, config) for i in range(x.shape[0])])
     return _compress_one(x, scores, local_scores, grid, config)
 
 
@@ -162,8 +224,10 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
 def _identity(x: Tensor) -> Compressed:
     f, n, d = x.shape
     r = torch.arange(f * n, device=x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return Compressed(x.reshape(f * n, d).clone(), torch.ones_like(r), r // n, r, r.clone(),
-                      torch.zeros(f * n, dtype=torch.bool, device=x.device))
+                      torch.zeros(f * n, dtype=torch.bool, device=x.device),
+                      Mix(r.clone(), r.clone(), torch.ones(f * n, dtype=acc, device=x.device)))
 
 
 def _check_config(config) -> None:

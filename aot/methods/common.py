@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..compress import Compressed, _check_inputs, _identity, prepare
+from ..compress import Compressed, _check_inputs, _identity, prepare, stack
 from ..config import _check_range
 
 __all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention",
@@ -28,8 +28,7 @@ def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_score
         raise TypeError(f"config must be an aot.methods {config_cls.__name__}, got {type(config).__name__}")
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid)
     if x.dim() == 4:
-        parts = [_run_one(one, x[i], scores[i], grid, config) for i in range(x.shape[0])]
-        return Compressed(*(torch.stack(field) for field in zip(*parts)))
+        return stack([_run_one(one, x[i], scores[i], grid, config) for i in range(x.shape[0])])
     return _run_one(one, x, scores, grid, config)
 
 
