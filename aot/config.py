@@ -109,6 +109,9 @@ def budget(retention: float, frames: int, tokens_per_frame: int) -> int:
     1e-9 before flooring so that decimal retentions such as 0.15 (0.1499999...) round as written.
     """
     _check_range("retention", retention, 0.0, 1.0, low_open=True)
+    for name, value in (("frames", frames), ("tokens_per_frame", tokens_per_frame)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     total = frames * tokens_per_frame
     r = math.floor(retention * total + 0.5 + 1e-9)
     return min(r, total)

@@ -376,7 +376,7 @@ def add_flops_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="input frames (default: the preset's)")
     p.add_argument("--tokens-per-frame", type=int, default=None, help="visual tokens per frame entering the LLM "
                                                                       "(default: the preset's)")
-    p.add_argument("--retention", dest="retentions", type=_retentions, default=(1.0, 0.25, 0.2, 0.15, 0.1),
+    p.add_argument("--retention", dest="retentions", type=_retentions, default=None,
                    help="comma-separated retentions (default: 1,0.25,0.2,0.15,0.1)")
     p.add_argument("--text-tokens", type=int, default=0, help="text tokens added to the prefill (default: 0)")
     p.add_argument("--decode-tokens", type=int, default=0, help="generated tokens, Eq. 18 (default: 0)")
@@ -386,11 +386,63 @@ def add_flops_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _config_spec(path: str) -> ModelSpec:
+    """``--config``: a readable JSON object with a model's keys, else a ValueError naming the file."""
+    from .checks import check_input_file
+
+    check_input_file(path, "--config")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config {path!r} is not a JSON file ({err}); give a Hugging Face config.json") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config {path!r} holds a JSON {type(cfg).__name__}, not an object; give a Hugging "
+                         f"Face config.json")
+    try:
+        return spec_from_config(cfg)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"--config {path!r}: not a model config ({err})") from None
+
+
+DEFAULT_RETENTIONS = (1.0, 0.25, 0.2, 0.15, 0.1)
+
+
+def _check_cli_budgets(spec: ModelSpec, frames, tokens_per_frame, retentions) -> tuple[float, ...]:
+    """The retentions of ``aot flops``, each keeping at least one token (what the compressors accept):
+    a ``--retention`` given that keeps none is an error; of the defaults (``retentions`` None) those
+    that keep none are left out, with a note."""
+    given = retentions is not None
+    retentions = tuple(retentions) if given else DEFAULT_RETENTIONS
+    frames = spec.frames if frames is None else frames
+    tokens_per_frame = spec.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
+    if frames is None or tokens_per_frame is None:
+        return retentions  # report() names the missing value
+    _check_count("frames", frames, low=1)
+    _check_count("tokens_per_frame", tokens_per_frame, low=1)
+    total = frames * tokens_per_frame
+    for r in retentions:
+        budget(r, frames, tokens_per_frame)  # the range check
+    kept = tuple(r for r in retentions if budget(r, frames, tokens_per_frame) >= 1)
+    if not given and kept != retentions:
+        dropped = ", ".join(f"{r:g}" for r in retentions if r not in kept)
+        print(f"aot flops: note: retention {dropped} keeps 0 of {total} visual tokens ({frames} frames x "
+              f"{tokens_per_frame} tokens), which the compressors refuse: left out", file=sys.stderr)
+        return kept
+    for r in retentions:
+        if budget(r, frames, tokens_per_frame) < 1:
+            raise ValueError(f"--retention {r:g} keeps 0 of {total} visual tokens ({frames} frames x "
+                             f"{tokens_per_frame} tokens); the compressors need at least 1: use retentions "
+                             f">= {0.5 / total:.3g}, or more frames or tokens per frame")
+    return retentions
+
+
 def run_flops(args: argparse.Namespace) -> int:
     """Print the cost table for parsed ``aot flops`` arguments; 0 on success, 2 on a bad input."""
     try:
-        spec = spec_from_config(args.config) if args.config else get_spec(args.model or "llava-onevision-7b")
-        rows = report(spec, args.frames, args.tokens_per_frame, args.retentions, args.text_tokens, args.decode_tokens)
+        spec = _config_spec(args.config) if args.config else get_spec(args.model or "llava-onevision-7b")
+        retentions = _check_cli_budgets(spec, args.frames, args.tokens_per_frame, args.retentions)
+        rows = report(spec, args.frames, args.tokens_per_frame, retentions, args.text_tokens, args.decode_tokens)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"aot flops: error: {msg}", file=sys.stderr)

@@ -91,9 +91,9 @@ def _check_args(args) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not args.question.strip():
         raise ValueError("--question is empty")
-    video = Path(args.video)
-    if not video.is_file():
-        raise ValueError(f"--video {args.video!r}: no such file")
+    from .checks import check_input_file
+
+    check_input_file(args.video, "--video")  # a folder or a FIFO named as such
     method = methods.get(args.method)
     method.config(retention=args.retention)  # the config's own range checks
     # the budget needs the LLM tokens per frame: checked from the checkpoint's config before the weights
@@ -329,6 +329,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     return {
         "answer": decode(new), "model_class": type(model).__name__, "video": str(video), "frames_sampled": len(clip.frames),
         "frames_in_video": int(clip.total_frames), "frames_asked": frames, "sampling": clip.sampling,
+        "video_damage": clip.damage,
         "method": method, "config": config.__dict__ if hasattr(config, "__dict__") else str(config),
         "video_tokens_in": n_in, "video_tokens_out": n_out, "llm_video_tokens": last["llm_video_tokens"][0],
         "prompt_tokens_in": last["prompt_length_in"], "prompt_tokens_out": last["prompt_length_out"],
@@ -372,7 +373,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
     try:
         _check_args(args)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from .checks import run_preflight
+
+        device = run_preflight(args, STANDIN)  # every model: video header, device, layers, --set, budget
         _, config = method_config(args.method, args.retention, parse_overrides(args.overrides))
         old_threads = torch.get_num_threads()
         if args.threads:
@@ -400,6 +403,8 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, NotImplementedError) as err:
         print(f"aot run: error: {err}", file=sys.stderr)
         return 2
+    if res.get("video_damage"):
+        print(f"aot run: warning: {args.video}: {res['video_damage']}; the answer saw those frames", file=sys.stderr)
     _print(res)
     if args.json:
         with open(args.json, "w") as fh:

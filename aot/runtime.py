@@ -105,6 +105,8 @@ def check_output_path(path, flag: str) -> Path:
         raise ValueError(f"{shown}: the folder {str(parent)!r} does not exist; create it or choose another path")
     if not parent.is_dir():
         raise ValueError(f"{shown}: {str(parent)!r} is not a folder")
+    if p.exists() and not p.is_file():  # a FIFO would block the open below until a reader comes
+        raise ValueError(f"{shown} is not a regular file (a FIFO, socket or device); give a file path")
     try:
         if p.exists():
             with open(p, "ab"):

@@ -23,7 +23,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["VideoFrames", "VideoInfo", "frame_indices", "sample_indices", "probe_video", "read_frames"]
+__all__ = ["VideoFrames", "VideoInfo", "frame_indices", "sample_indices", "probe_video", "read_frames",
+           "check_frame_memory", "max_frame_bytes", "MAX_FRAME_BYTES"]
+
+# decoded RGB frames a run may hold (bytes); AOT_MAX_FRAME_BYTES overrides. 795 frames of 768x576 are 1.06 GB as
+# uint8 and took 3.8 GB by the time a processor had converted them: refused before decoding, with the numbers
+MAX_FRAME_BYTES = 1_000_000_000
 
 # containers FFmpeg uses for single pictures; such a file is a still image whatever it decodes to
 _IMAGE_FORMATS = ("image2", "image2pipe")
@@ -35,6 +40,8 @@ class VideoInfo(NamedTuple):
 
     total_frames: int  # frames in the first video stream (header count, else demuxed packets), >= 2
     fps: float  # average frame rate of the stream, 0.0 when the container does not say
+    width: int = 0  # coded frame size of the stream (0: unknown)
+    height: int = 0
 
 
 class VideoFrames(NamedTuple):
@@ -45,6 +52,22 @@ class VideoFrames(NamedTuple):
     fps: float  # average frame rate of the stream, 0.0 when the container does not say
     total_frames: int  # frames the indices were sampled from
     requested: int  # frames asked for; more than F when the video is shorter
+    errors: int = 0  # errors the decoder reported (FFmpeg error messages, packets that failed to decode)
+    corrupt: int = 0  # decoded frames FFmpeg flagged corrupt (damaged data, concealed or not)
+    skipped: int = 0  # frames the header counts that never decoded (damaged packets dropped)
+
+    @property
+    def damage(self) -> str | None:
+        """One sentence on what the decoder reported while decoding the frames up to the last sampled
+        one, or None for a clean decode."""
+        parts = []
+        if self.errors:
+            parts.append(f"{self.errors} decoder error(s)")
+        if self.corrupt:
+            parts.append(f"{self.corrupt} frame(s) decoded damaged (concealed)")
+        if self.skipped:
+            parts.append(f"{self.skipped} frame(s) could not be decoded")
+        return "; ".join(parts) if parts else None
 
     @property
     def sampling(self) -> str:
@@ -117,6 +140,17 @@ def _ffmpeg_reason(err: BaseException) -> str:
     return getattr(err, "strerror", None) or str(err)
 
 
+def _frame_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream from its header, (0, 0) when it does not say."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return 0, 0
+        ctx = container.streams.video[0].codec_context
+        return int(ctx.width or 0), int(ctx.height or 0)
+
+
 def _count_frames(path: Path) -> tuple[int, float]:
     """(frame count, fps) of the first video stream; the count is from the header when present.
 
@@ -180,37 +214,96 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise _not_a_video(path, "its video stream has no frames")
     if total == 1:
         raise _still_image(path, "a single frame")
-    return VideoInfo(total, fps)
+    with _ffmpeg_errors(path):
+        width, height = _frame_size(path)
+    return VideoInfo(total, fps, width, height)
 
 
-def _decode_wanted(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
+def max_frame_bytes() -> int:
+    """The limit on decoded frames in bytes: ``AOT_MAX_FRAME_BYTES`` if set, else :data:`MAX_FRAME_BYTES`."""
+    raw = os.environ.get("AOT_MAX_FRAME_BYTES")
+    if raw is None:
+        return MAX_FRAME_BYTES
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"AOT_MAX_FRAME_BYTES must be a number of bytes >= 1, got {raw!r}")
+    return value
+
+
+def _size(n: int) -> str:
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def check_frame_memory(info: VideoInfo, num_frames: int, path=None) -> int:
+    """Bytes the sampled frames take decoded (``min(num_frames, total) * width * height * 3``); a
+    ValueError with the numbers when that exceeds :func:`max_frame_bytes`."""
+    n = min(int(num_frames), int(info.total_frames))
+    per = int(info.width) * int(info.height) * 3
+    need = n * per
+    limit = max_frame_bytes()
+    if need > limit:
+        where = f"{str(path)!r}: " if path is not None else ""
+        raise ValueError(f"{where}{n} frames of {info.width}x{info.height} need {_size(need)} decoded "
+                         f"(RGB uint8, before any preprocessing), above the limit of {_size(limit)}; ask for "
+                         f"at most {max(1, limit // per)} frames, or raise AOT_MAX_FRAME_BYTES")
+    return need
+
+
+def _decode_wanted(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int, int, int]:
     """Decode the stream in order, keeping only frames whose index is in ``wanted``.
 
-    Returns ``({index: (H, W, 3) uint8}, number of frames decoded)``.  Only the
-    wanted frames are converted to RGB and kept, so memory is bounded by
-    ``len(unique(wanted))`` frames whatever the video length.
+    Returns ``({index: (H, W, 3) uint8}, frames decoded, decoder errors, frames flagged corrupt)``.
+    Only the wanted frames are converted to RGB and kept, so memory is bounded by
+    ``len(unique(wanted))`` frames whatever the video length. A packet that fails to decode is
+    skipped and counted (the frames after it keep decoding), as are FFmpeg's error messages and the
+    frames it flags corrupt (damaged data, concealed).
     """
     import av
+    import av.logging
 
     wanted_set = set(int(i) for i in wanted)
     last = int(wanted.max())
     kept: dict[int, np.ndarray] = {}
     size: tuple[int, int] | None = None
-    decoded = 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame + slice threading; decoding order is unchanged
-        for index, frame in enumerate(container.decode(stream)):
-            decoded = index + 1
-            if index in wanted_set:
-                # A stream may change resolution mid-way; scale everything to the
-                # first kept frame's size so the frames stack into one array.
-                if size is None:
-                    size = (frame.width, frame.height)
-                kept[index] = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-            if index >= last:
-                break
-    return kept, decoded
+    decoded = failed = corrupt = 0
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # FFmpeg's error messages reach the capture below
+    try:
+        with av.logging.Capture(local=False) as logs, av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame + slice threading; decoding order is unchanged
+            done = False
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    failed += 1
+                    continue
+                for frame in frames:
+                    index = decoded
+                    decoded += 1
+                    corrupt += bool(getattr(frame, "is_corrupt", False))
+                    if index in wanted_set:
+                        # A stream may change resolution mid-way; scale everything to the
+                        # first kept frame's size so the frames stack into one array.
+                        if size is None:
+                            size = (frame.width, frame.height)
+                        kept[index] = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+                    if index >= last:
+                        done = True
+                        break
+                if done:
+                    break
+        errors = sum(1 for entry in logs if entry[0] <= av.logging.ERROR)
+    finally:
+        av.logging.set_level(level)
+    return kept, decoded, max(errors, failed), corrupt
 
 
 def read_frames(path: str | os.PathLike, num_frames: int = 32) -> VideoFrames:
@@ -232,22 +325,27 @@ def read_frames(path: str | os.PathLike, num_frames: int = 32) -> VideoFrames:
     frame decodes), if it is a still image, or if ``num_frames < 1``.
     """
     num_frames = _check_count(num_frames, "num_frames", 1)
-    total, fps = probe_video(path)
+    info = probe_video(path)
+    check_frame_memory(info, num_frames, path)
+    total, fps = info.total_frames, info.fps
     path = Path(path)
+    skipped = 0
     with _ffmpeg_errors(path):
         indices = np.asarray(frame_indices(total, num_frames), dtype=np.int64)
-        kept, decoded = _decode_wanted(path, indices)
+        kept, decoded, errors, corrupt = _decode_wanted(path, indices)
         if decoded < 1:
             raise _not_a_video(path, "no frame could be decoded")
         if decoded <= int(indices.max()):
             # Fewer frames than the header promised: sample over what exists.
             if decoded == 1:
                 raise _still_image(path, "only one frame decodes")
+            skipped = total - decoded if errors or corrupt else 0  # damage, not a header's over-count
             total = decoded
             indices = np.asarray(frame_indices(total, num_frames), dtype=np.int64)
-            kept, _ = _decode_wanted(path, indices)
+            kept, _, errors, corrupt = _decode_wanted(path, indices)
             if any(int(i) not in kept for i in indices):
                 raise _not_a_video(path, "decoding stopped at a different frame on a second pass")
 
     frames = np.stack([kept[int(i)] for i in indices])  # (F, H, W, 3)
-    return VideoFrames(frames=frames, indices=indices, fps=fps, total_frames=total, requested=num_frames)
+    return VideoFrames(frames=frames, indices=indices, fps=fps, total_frames=total, requested=num_frames,
+                       errors=errors, corrupt=corrupt, skipped=skipped)

@@ -52,12 +52,15 @@ class Question:
     options: tuple[str, ...]
     answer: str  # a letter
     line: int  # 1-based line in the file
+    video_sha: str = ""  # SHA-256 of the video file's content (``aot eval`` fills it in); "": not computed
 
     @property
     def content_hash(self) -> str:
-        """What the model sees (video path, question, options): a changed question is recomputed;
-        the answer letter is not part of it (scores are recomputed from the file each time)."""
-        blob = json.dumps([str(self.video), self.question, list(self.options)], ensure_ascii=False)
+        """What the model sees (the video's content, question, options): a changed question or a video
+        overwritten in place is recomputed, a video moved elsewhere is not; the answer letter is not
+        part of it (scores are recomputed from the file each time). Without ``video_sha``: the path."""
+        video = f"sha256:{self.video_sha}" if self.video_sha else str(self.video)
+        blob = json.dumps([video, self.question, list(self.options)], ensure_ascii=False)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -96,8 +99,12 @@ def _check_line(obj, where: str, folder: Path) -> tuple[Question | None, list[st
         else:
             path = Path(video).expanduser()
             path = path if path.is_absolute() else folder / path
-            if not path.is_file():
+            if path.is_dir():
+                errors.append(f"{where}: video {video!r} is a folder ({path}), not a video file")
+            elif not path.exists():
                 errors.append(f"{where}: video {video!r} not found ({path})")
+            elif not path.is_file():
+                errors.append(f"{where}: video {video!r} is not a regular file ({path})")
     if errors:
         return None, errors
     return Question(str(qid), path.resolve(), question, tuple(options), answer.strip().upper(), 0), []
@@ -107,17 +114,27 @@ def load_questions(path: str | Path) -> list[Question]:
     """Every question of a JSONL file, or a QuestionFileError naming each bad line (blank lines are
     skipped; ``id`` must be unique)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise QuestionFileError(f"question file {str(path)!r} is a folder; give the JSONL file")
+    if not path.exists():
         raise QuestionFileError(f"question file {str(path)!r} not found")
+    if not path.is_file():
+        raise QuestionFileError(f"question file {str(path)!r} is not a regular file (a FIFO or a device?)")
     folder = path.resolve().parent
     errors: list[str] = []
     out: list[Question] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for n, raw_bytes in enumerate(fh, start=1):
+            where = f"{path.name}:{n}"
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as err:
+                errors.append(f"{where}: not UTF-8 (byte 0x{raw_bytes[err.start]:02x} at column {err.start + 1}); "
+                              f"save the file as UTF-8")
+                continue
             if not raw.strip():
                 continue
-            where = f"{path.name}:{n}"
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as err:

@@ -65,7 +65,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                                   "LLaVA 5,-2; Qwen2.5-VL its first and last full-attention block)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (aot.cli sets the default and help)")
+    p.add_argument("--threads", default=None, help="torch CPU threads (aot.cli sets the default and help)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -102,7 +102,10 @@ def _floats(raw: str, what: str) -> list[float]:
     return vals
 
 
-def build_grid(args, layers) -> list[Setting]:
+def build_grid(args, layers, model_fingerprint: str | None = None) -> list[Setting]:
+    """The settings to answer with; each key hashes everything that changes an answer except the
+    question: the checkpoint's content (``model_fingerprint``; None: the ``--model`` string), frames,
+    generation length, layout, positions, layers, prompt version and the method's full config."""
     import dataclasses
 
     from .. import methods
@@ -112,7 +115,7 @@ def build_grid(args, layers) -> list[Setting]:
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     retentions = _floats(args.retention, "--retention")
     used = set()
-    base = {"model": args.model, "frames": args.frames, "max_new_tokens": args.max_new_tokens,
+    base = {"model": args.model if model_fingerprint is None else f"content:{model_fingerprint}", "frames": args.frames, "max_new_tokens": args.max_new_tokens,
             "video_layout": args.video_layout, "positions": args.positions,
             "layers": list(layers) if layers is not None else "model default",
             "prompt": PROMPT_VERSION}
@@ -143,22 +146,13 @@ def build_grid(args, layers) -> list[Setting]:
 # --------------------------------------------------------------------------------------- cache
 
 def read_cache(path: Path) -> tuple[dict[tuple[str, str, str], dict], int]:
-    """{(setting key, question id, content hash): entry}, and the number of unreadable lines (a line
-    cut by a killed run is skipped and recomputed)."""
-    entries: dict[tuple[str, str, str], dict] = {}
-    bad = 0
-    if not path.is_file():
-        return entries, 0
-    with open(path, encoding="utf-8") as fh:
-        for raw in fh:
-            if not raw.strip():
-                continue
-            try:
-                e = json.loads(raw)
-                entries[(e["key"], str(e["id"]), e["question_hash"])] = e
-            except (json.JSONDecodeError, KeyError, TypeError):
-                bad += 1
-    return entries, bad
+    """{(setting key, question id, content hash): entry}, and the number of unusable lines (a line
+    cut by a killed run or a full disk, in any byte of any character, or missing a field, is skipped
+    and recomputed; ``aot.eval.cache.read_lines`` gives their line numbers)."""
+    from .cache import read_lines
+
+    entries, bad = read_lines(path)
+    return entries, len(bad)
 
 
 def _prefill_tflops(flops, spec, setting, res, i: int) -> float:
@@ -172,25 +166,42 @@ def _prefill_tflops(flops, spec, setting, res, i: int) -> float:
 
 
 def _append(path: Path, lines: list[dict]) -> None:
-    # a killed run can leave a line without its newline: start on a fresh line
-    needs_nl = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        if needs_nl:
-            fh.write("\n")
-        for e in lines:
-            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-        fh.flush()
+    from .cache import append
 
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(-1, 2)
-        return fh.read(1)
+    append(path, lines)
 
 
 # --------------------------------------------------------------------------------------- run
 
-def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
+def _error_lines(args, grid, pending, q, message: str) -> list[dict]:
+    """Error records of question ``q`` for every setting still owing its answer (removed from ``pending``)."""
+    lines = []
+    for s in grid:
+        if q.id in pending[s.key]:
+            pending[s.key].discard(q.id)
+            lines.append({"id": q.id, "question_hash": q.content_hash, "key": s.key, "method": s.method,
+                          "retention": s.retention, "config": s.config, "error": message,
+                          "video": str(q.video), "model": args.model, "frames": args.frames})
+    return lines
+
+
+def probe_videos(questions, frames: int) -> dict:
+    """{video path: why it cannot be used} for every distinct video of ``questions`` whose header
+    does not read as a video of >= 2 frames, or whose sampled frames would exceed the memory limit
+    (``aot.checks.check_video``); header reads only, no decoding."""
+    from ..checks import check_video
+
+    bad = {}
+    for video in dict.fromkeys(q.video for q in questions):
+        try:
+            check_video(video, frames, flag="video")
+        except (ValueError, OSError) as err:
+            bad[video] = str(err)
+    return bad
+
+
+def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: str = None,
+         unreadable: dict | None = None) -> int:
     import torch
     from tqdm import tqdm
 
@@ -200,14 +211,25 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
     from .engine import pad_token_id, sub_batches
     from .questions import mvbench_prompt
 
+    unreadable = unreadable or {}
     pending = {s.key: {q.id for q in questions if (s.key, q.id, q.content_hash) not in cache} for s in grid}
     todo = sum(len(v) for v in pending.values())
     total = len(grid) * len(questions)
+    errors = []
+    for q in questions:
+        if q.video in unreadable:
+            errors += _error_lines(args, grid, pending, q, unreadable[q.video])
+    if errors:
+        _append(cache_path, errors)
+        for video, why in unreadable.items():
+            print(f"aot eval: warning: {why}; its questions are recorded as errors", file=sys.stderr)
     print(f"aot eval: {len(questions)} questions x {len(grid)} settings = {total} answers; "
-          f"{total - todo} cached, {todo} to compute", flush=True)
+          f"{total - todo} cached, {len(errors)} unreadable (recorded as errors), {todo - len(errors)} to compute",
+          flush=True)
+    todo -= len(errors)
     if todo == 0:
-        return 0
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return len(errors)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
     pad = pad_token_id(model)
     spec = flops.spec_from_config(model.config.to_dict()["text_config"]).llm
@@ -217,10 +239,25 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
         for start in range(0, len(need), args.batch_size):
             batch = need[start:start + args.batch_size]
             t0 = time.perf_counter()
-            prepared = {}
+            prepared, damage, failed = {}, {}, []
             for q in batch:
-                clip = read_frames(q.video, args.frames)
-                prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options), clip)
+                try:
+                    clip = read_frames(q.video, args.frames)
+                    prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options), clip)
+                except (ValueError, OSError) as err:  # a video that fails to decode: an error record, go on
+                    print(f"aot eval: warning: question {q.id!r} ({q.video}): {err}; recorded as an error",
+                          file=sys.stderr)
+                    failed += _error_lines(args, grid, pending, q, f"decoding failed: {err}")
+                    continue
+                if clip.damage:
+                    damage[q.id] = clip.damage
+                    print(f"aot eval: warning: {q.video}: {clip.damage} (question {q.id!r})", file=sys.stderr)
+            if failed:
+                _append(cache_path, failed)
+                bar.update(len(failed))
+            batch = [q for q in batch if q.id in prepared]
+            if not batch:
+                continue
             read_s = (time.perf_counter() - t0) / len(batch)
             for s in grid:
                 rows = [q for q in batch if q.id in pending[s.key]]
@@ -231,11 +268,14 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers) -> int:
                 for group in sub_batches(model, s.method_obj, items):  # in-LLM methods: equal video tokens
                     lines += _answer(args, s, [rows[i] for i in group], [items[i] for i in group], model, decode,
                                      pad, spec, layers, read_s, device)
+                for line in lines:
+                    if line["id"] in damage:
+                        line["video_damage"] = damage[line["id"]]
                 _append(cache_path, lines)
                 bar.update(len(rows))
     finally:
         bar.close()
-    return todo
+    return todo + len(errors)
 
 
 def _answer(args, s, rows, items, model, decode, pad, spec, layers, read_s, device) -> list[dict]:
@@ -259,7 +299,7 @@ def _answer(args, s, rows, items, model, decode, pad, spec, layers, read_s, devi
             "new_tokens": res.new_tokens[i],
             "prefill_tflops": _prefill_tflops(flops, spec, s, res, i),
             "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
-            "model": args.model, "frames": args.frames, "device": device,
+            "model": args.model, "video": str(q.video), "frames": args.frames, "device": device,
         })
     return lines
 
@@ -270,7 +310,8 @@ def summarize(questions, grid, cache) -> list[dict]:
     rows = []
     for s in grid:
         got = [(q, cache.get((s.key, q.id, q.content_hash))) for q in questions]
-        got = [(q, e) for q, e in got if e is not None]
+        failed = [(q, e) for q, e in got if e is not None and "error" in e]
+        got = [(q, e) for q, e in got if e is not None and "error" not in e]
         n = len(got)
         k = sum(1 for q, e in got if e["pred"] == q.answer)
         lo, hi = wilson(k, n)
@@ -278,19 +319,20 @@ def summarize(questions, grid, cache) -> list[dict]:
         rows.append({"method": s.method, "retention": s.retention, "n": n, "of": len(questions), "correct": k,
                      "accuracy": k / n if n else float("nan"), "ci95": [lo, hi],
                      "visual_tokens": mean("visual_tokens"), "prefill_tflops": mean("prefill_tflops"),
-                     "time_s": mean("time_s"), "config": s.config, "key": s.key})
+                     "time_s": mean("time_s"), "config": s.config, "key": s.key, "errors": len(failed),
+                     "failed": [{"id": q.id, "video": str(q.video), "error": e["error"]} for q, e in failed]})
     return rows
 
 
 def markdown(rows: list[dict], title: str = "") -> str:
-    head = ("| method | retention | answered | accuracy % (95% CI) | visual tokens | prefill TFLOPs | "
-            "s / sample |\n|---|---:|---:|---|---:|---:|---:|\n")
+    head = ("| method | retention | answered | errors | accuracy % (95% CI) | visual tokens | prefill TFLOPs | "
+            "s / sample |\n|---|---:|---:|---:|---|---:|---:|---:|\n")
     body = ""
     for r in rows:
         acc = (f"{100 * r['accuracy']:.1f} ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f})"
                if r["n"] else "-")
         fl = r["prefill_tflops"]
-        body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {acc} | {r['visual_tokens']:.1f} | "
+        body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {r.get('errors', 0)} | {acc} | {r['visual_tokens']:.1f} | "
                  f"{fl:.4g} | {r['time_s']:.3g} |\n")
     notes = ("\nAccuracy: predicted letter (lmms-eval MVBench rule) equals the answer; interval: Wilson, 95%. "
              "Visual tokens: video tokens the LLM received per sample, newlines included (in-LLM methods: "
@@ -301,7 +343,11 @@ def markdown(rows: list[dict], title: str = "") -> str:
     configs = "\nFull method configs:\n\n" + "".join(
         f"- {r['method']} @ {r['retention']:g}: `{json.dumps(r['config'], sort_keys=True)}`\n"
         for r in rows if r["config"])
-    return (f"# {title}\n\n" if title else "") + head + body + notes + configs
+    failed = {(f["id"], f["video"], f["error"]) for r in rows for f in r.get("failed", [])}
+    errors = ("\nQuestions not answered (their video could not be read; counted under errors, not in the accuracy; "
+              "fix or replace the video and rerun: its content changes, so they are recomputed):\n\n" + "".join(
+                  f"- {qid} ({video}): {err}\n" for qid, video, err in sorted(failed))) if failed else ""
+    return (f"# {title}\n\n" if title else "") + head + body + notes + errors + configs
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> None:
@@ -330,7 +376,8 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -352,8 +399,17 @@ def _layers(raw):
 
 
 def eval_cli(args: argparse.Namespace) -> int:
+    """Every check that reads no video frames and loads no weights runs first (arguments, device,
+    --model path and tower depth, questions, --out, --cache, the lock, every video's header); then
+    the answers the cache lacks are computed (a video that fails to decode is an error record), and
+    the report is written."""
+    import dataclasses
+
     import torch
 
+    from .. import checks
+    from ..run import STANDIN
+    from . import cache as answers_cache
     from .questions import load_questions
 
     try:
@@ -365,28 +421,41 @@ def eval_cli(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        threads = checks.check_threads_arg(args.threads)
+        device = checks.check_device(args.device)
         layers = _layers(args.layers)
-        grid = build_grid(args, layers)
+        build_grid(args, layers)  # its errors before any file is read
         questions = load_questions(args.questions)[: args.limit]
-        out = Path(args.out)
-        cache_path = Path(args.cache) if args.cache else out / "answers.jsonl"
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache, bad = read_cache(cache_path)
-        if bad:
-            print(f"aot eval: {bad} unreadable line(s) in {cache_path} (a killed write?) skipped; "
-                  f"those answers are recomputed", file=sys.stderr)
-        old = torch.get_num_threads()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            computed = _run(args, questions, grid, cache_path, cache, layers)
-        finally:
-            torch.set_num_threads(old)
-        if computed:
-            cache, _ = read_cache(cache_path)
-        rows = render(questions, grid, cache, out, f"{Path(args.questions).name} - {args.model}")
+        checks.check_model_path(args.model, STANDIN)
+        checks.check_layer_range(layers, checks.tower_depth(args.model, STANDIN))
+        out = checks.check_out_folder(args.out)
+        cache_path = answers_cache.check_cache_path(Path(args.cache) if args.cache else out / "answers.jsonl",
+                                                    questions=Path(args.questions))
+        with answers_cache.lock(cache_path):
+            cache, bad = answers_cache.read_lines(cache_path)
+            if bad:
+                shown = ", ".join(f"line {n} ({why})" for n, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                print(f"aot eval: warning: {len(bad)} unusable line(s) in {cache_path} skipped: {shown}; "
+                      f"those answers are recomputed", file=sys.stderr)
+            digests = answers_cache.Digests(cache_path.with_name(cache_path.name + ".digests.json"))
+            grid = build_grid(args, layers, answers_cache.model_fingerprint(args.model, digests, STANDIN))
+            questions = [dataclasses.replace(q, video_sha=digests(q.video)) for q in questions]
+            digests.save()
+            unreadable = probe_videos(questions, args.frames)
+            old = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                computed = _run(args, questions, grid, cache_path, cache, layers, device, unreadable)
+            finally:
+                torch.set_num_threads(old)
+            if computed:
+                cache, _ = answers_cache.read_lines(cache_path)
+            rows = render(questions, grid, cache, out, f"{Path(args.questions).name} - {args.model}")
     except (ValueError, TypeError, OSError, NotImplementedError) as err:
-        print(f"aot eval: error: {err}", file=sys.stderr)
+        from ..runtime import error_message
+
+        print(f"aot eval: error: {error_message(err)}", file=sys.stderr)
         return 2
     print(markdown(rows).split("\nAccuracy:")[0])
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'}; answers in {cache_path}")
