@@ -226,3 +226,33 @@ def run_preflight(args, standin: str) -> str:
         h, w = standin_grid(args.video_layout)
         check_budget(args.method, config, args.video, args.frames, h * w)
     return device
+
+
+def plugin_preflight(name: str, *, pretrained, frames, max_frames_num, threads, dtype, device, local_layer,
+                     global_layer, standin: str) -> None:
+    """The lmms-eval models' arguments, checked before accelerate, the config or the weights: every
+    mistake one ValueError naming the model arg and what is allowed (``frames=abc``, ``threads=0``,
+    ``dtype=bogus``, ``device=tpu9``, a path-like ``pretrained`` that does not exist, a layer beyond
+    the tower's depth read from the checkpoint's config)."""
+    raw = max_frames_num if max_frames_num is not None else frames
+    what = "max_frames_num" if max_frames_num is not None else "frames"
+    try:
+        n = int(str(raw).strip()) if not isinstance(raw, bool) else 0
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name}: {what} must be an int >= 1, got {raw!r}")
+    check_threads_arg(threads, f"{name}: threads")
+    check_dtype(dtype, f"{name}: dtype")
+    check_device(device, f"{name}: device")
+    check_model_path(pretrained, standin, f"{name}: pretrained")
+    layers = []
+    for key, value in (("local_layer", local_layer), ("global_layer", global_layer)):
+        if value is None:
+            continue
+        try:
+            layers.append(int(str(value).strip()))
+        except ValueError:
+            raise ValueError(f"{name}: {key} must be an int (a vision layer index), got {value!r}") from None
+    if len(layers) == 2:
+        check_layer_range(layers, tower_depth(str(pretrained), standin), f"{name}: local_layer, global_layer")

@@ -87,7 +87,7 @@ def plan_demo(video=None, *, frames: int = 32, retentions=(0.1, 0.15, 0.2, 0.25)
     Raises ValueError / TypeError / OSError (file not found, unreadable) naming the wrong value.
     """
     from . import methods
-    from .video import frame_indices, probe_video
+    from .video import frame_indices
 
     runner = methods.get(method)
     if runner.in_llm:
@@ -108,7 +108,9 @@ def plan_demo(video=None, *, frames: int = 32, retentions=(0.1, 0.15, 0.2, 0.25)
     if png is not None:
         check_picture_path(png)
     video = Path(video) if video is not None else sample_video()
-    total = probe_video(video).total_frames
+    from .checks import check_video
+
+    total = check_video(video, frames, flag="video").total_frames  # header, frame memory; a folder named
     f = len(frame_indices(total, frames))
     for cfg in configs:
         try:
@@ -168,6 +170,8 @@ def _run(plan: DemoPlan, frames, png, image_size, layers, method, progress, n_th
     timings["encode"] = time.perf_counter() - t
     f, n, d = enc.features.shape
     echo(f"\nvideo: {video.name}, {clip.fps:.2f} fps: {clip.sampling} (indices {clip.indices[0]}..{clip.indices[-1]})")
+    if clip.damage:
+        echo(f"warning: {video.name}: {clip.damage}; the tables below include those frames")
     echo(f"tokens: {f} frames x {n} ({enc.grid[0]}x{enc.grid[1]} after 2x2 pooling) = {f * n}, d = {d}")
     echo(f"stage times ({_threads_label(n_threads)}): " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
 
@@ -196,6 +200,7 @@ def _run(plan: DemoPlan, frames, png, image_size, layers, method, progress, n_th
          "attention outputs with the original tokens as queries, over the compressed vs the full set.")
 
     result = {"video": str(video), "method": method, "frames": f, "frames_requested": clip.requested,
+              "video_damage": clip.damage,
               "video_frames": clip.total_frames, "sampling": clip.sampling, "tokens_per_frame": n, "dim": d,
               "threads": n_threads, "timings_s": timings, "config": dataclasses.asdict(plan.configs[0]),
               "rows": rows}

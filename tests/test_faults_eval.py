@@ -12,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torchvision")
 av = pytest.importorskip("av")
 
 import hf_tiny  # noqa: E402
+from faults_media import make_video  # noqa: E402
 from aot.cli import main  # noqa: E402
 
 
@@ -28,22 +28,6 @@ def read_lines(path):
     return read(path)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_video(path: Path, frames: int = 6, seed: int = 0, size: int = 32) -> Path:
-    """A tiny MPEG-4 video of random frames (``seed`` changes every pixel)."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=8)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def write_questions(path: Path, videos: list, ids=None) -> None:
@@ -317,3 +301,18 @@ def test_bad_paths_are_named_for_what_they_are(checkpoint, tmp_path, capsys, no_
     write_questions(qs, [tmp_path / "vdir.mp4"])
     assert run(checkpoint, qs, tmp_path / "out") == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ 13: damaged frames
+
+
+def test_damaged_frames_are_reported_and_kept_in_the_cache(checkpoint, tmp_path, capsys):
+    from faults_media import damaged_video
+
+    qs = tmp_path / "qa.jsonl"
+    write_questions(qs, [damaged_video(tmp_path / "bugy.mp4")])
+    assert run(checkpoint, qs, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert "bugy.mp4" in err and "decoder error(s)" in err and "frame(s) decoded damaged" in err
+    (entry,) = read_lines(tmp_path / "out" / "answers.jsonl")[0].values()
+    assert "decoder error(s)" in entry["video_damage"] and "pred" in entry

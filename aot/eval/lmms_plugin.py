@@ -143,8 +143,12 @@ class _AOTVideoLMM(lmms):
         super().__init__()
         from accelerate import Accelerator
 
+        from ..checks import plugin_preflight
         from ..run import STANDIN, _dtype, family_options, load, patch_options
 
+        plugin_preflight(self.NAME, pretrained=pretrained, frames=frames, max_frames_num=max_frames_num,
+                         threads=threads, dtype=dtype, device=device, local_layer=local_layer,
+                         global_layer=global_layer, standin=STANDIN)  # one-line errors, before any load
         conv_template = self.CONV_TEMPLATES[0] if conv_template is None else conv_template
         if conv_template not in self.CONV_TEMPLATES:
             raise ValueError(f"{self.NAME}: conv_template must be one of {', '.join(self.CONV_TEMPLATES)}, "
@@ -280,7 +284,10 @@ class _AOTVideoLMM(lmms):
             kinds = ", ".join(sorted({type(v).__name__ for v in flat})) or "nothing"
             raise NotImplementedError(f"{self.NAME} answers questions about one video (a path); "
                                       f"{task} doc {doc_id} gives {len(flat)} visual(s) ({kinds})")
-        return read_frames(videos[0], self.frames)
+        clip = read_frames(videos[0], self.frames)
+        if clip.damage:  # e.g. damaged packets the decoder concealed or dropped
+            logger.warning(f"{self.NAME}: {videos[0]}: {clip.damage} ({task} doc {doc_id})")
+        return clip
 
     @staticmethod
     def _gen_kwargs(raw: dict) -> tuple[dict, list[str]]:
@@ -311,7 +318,9 @@ class _AOTVideoLMM(lmms):
             gen, until = self._gen_kwargs(requests[idxs[0]].args[1])
             for start in range(0, len(idxs), self.batch_size):
                 chunk = idxs[start:start + self.batch_size]
-                items = [self._prepare(requests[i]) for i in chunk]
+                chunk, items = self._prepare_or_record(chunk, requests, out)  # a bad video: an error answer
+                if not chunk:
+                    continue
                 for group in sub_batches(self._model, self._method, items):  # in-LLM: equal video tokens
                     self._generate([chunk[g] for g in group], [items[g] for g in group], requests, gen, until, out)
                     visual_total += sum(out[chunk[g]].token_counts.aot["visual_tokens"] for g in group)
@@ -323,6 +332,21 @@ class _AOTVideoLMM(lmms):
                         f"mean visual tokens {visual_total / n_done:.1f}, config {json.dumps(self.config_json)}, "
                         f"{time.perf_counter() - t_start:.1f} s")
         return out
+
+    def _prepare_or_record(self, chunk: list[int], requests, out: list) -> tuple[list[int], list[dict]]:
+        """(the requests of ``chunk`` whose video decodes, their inputs); a request whose video cannot
+        be read gets an empty answer whose ``aot`` entry says why (logged), so the task goes on."""
+        kept, items = [], []
+        for i in chunk:
+            try:
+                items.append(self._prepare(requests[i]))
+                kept.append(i)
+            except (ValueError, OSError) as err:
+                logger.warning(f"{self.NAME}: request {i} ({requests[i].args[4]} doc {requests[i].args[3]}): {err}; "
+                               f"answered with an empty string and recorded as an error")
+                out[i] = GenerationResult(text="", token_counts=AOTTokenCounts(
+                    input_tokens=0, output_tokens=0, aot={**self._summary(0, 0), "error": str(err)}))
+        return kept, items
 
     def _generate(self, chunk: list[int], items: list[dict], requests, gen: dict, until: list[str], out: list) -> None:
         """One ``generate`` call over ``requests[chunk]`` (processor outputs ``items``), answers into ``out``."""

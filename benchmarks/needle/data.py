@@ -531,7 +531,7 @@ def build(cfg: GenConfig = GenConfig(), counts: dict[str, int] | None = None, *,
     for i in tqdm(missing, desc="encode base clips", unit="clip", disable=not progress or not missing):
         x, s, ls, grid = _encode(cfg, frames_of(i))
         _atomic_save({"x": x, "s": s, "ls": ls, "grid": grid, "clip": asdict(clips[i])}, base_dir / f"{clips[i].name}.pt")
-    base = [torch.load(base_dir / f"{c.name}.pt") for c in clips]
+    base = [torch.load(base_dir / f"{c.name}.pt", weights_only=True) for c in clips]
     grid = tuple(base[0]["grid"])
 
     # items: encode the needle frames of missing items, a few items per ViT call
@@ -579,7 +579,7 @@ def build(cfg: GenConfig = GenConfig(), counts: dict[str, int] | None = None, *,
                 lss.append(torch.zeros(0, n_tok))
                 cells.append(torch.zeros(0, n_tok, dtype=torch.bool))
                 continue
-            d = torch.load(item_dir / sp.split / f"{sp.index:05d}.pt")
+            d = torch.load(item_dir / sp.split / f"{sp.index:05d}.pt", weights_only=True)
             if tuple(d["spec"]["frames"]) != sp.frames or d["spec"]["clip"] != sp.clip:
                 raise RuntimeError(f"cached item {sp.split}/{sp.index} does not match its spec; clear {item_dir}")
             frames.append(torch.tensor(sp.frames, dtype=torch.long))

@@ -273,7 +273,7 @@ def save(reader: Reader, path) -> None:
 
 
 def load(path) -> Reader:
-    d = torch.load(path)
+    d = torch.load(path, weights_only=True)  # tensors and plain values only (torch < 2.6 defaults to False)
     cfg = d["config"]
     cfg["num_classes"] = tuple(cfg["num_classes"])
     reader = Reader(ReaderConfig(**cfg))
