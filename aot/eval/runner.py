@@ -11,9 +11,17 @@ left after their last pruning layer; ``visual_tokens_in``: the processor's place
 methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
 counts runs as sub-batches of equal count. A rerun with the same settings
 computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
-the table). A cache line belongs to a setting (model, frames, generation length, layout,
-positions, layers, prompt, method config) and to the question's content (video, question,
-options), so changing any of them recomputes just those answers and keeps the old lines.
+the table). A cache line belongs to a setting (the checkpoint's content, frames, generation length,
+layout, positions, layers, prompt, method config) and to the question's content (the video file's
+SHA-256, question, options), so changing any of them recomputes just those answers and keeps the
+old lines; paths are kept in the lines for display (``aot.eval.cache``, docs/errors.md).
+
+Before any model work: the arguments, the device, ``--model`` (a path-like value that does not
+exist; ``--layers`` against the tower's depth from its config), the questions, ``--out``, ``--cache``
+(an answers cache, a regular writable file), the cache's lock (a second run on it is refused) and
+every video's header (a file that is not a video of >= 2 frames, or whose frames would exceed
+``AOT_MAX_FRAME_BYTES``, is recorded as an error line, as is a video that fails to decode later:
+the run goes on and ``results.md`` counts and lists them).
 
 Outputs in ``--out``: ``results.md`` (accuracy with a 95% Wilson interval, mean visual tokens,
 mean LLM prefill FLOPs of the visual tokens (paper Eq. 17, ``aot.flops``), seconds of ``generate``
@@ -438,9 +446,13 @@ def eval_cli(args: argparse.Namespace) -> int:
                 print(f"aot eval: warning: {len(bad)} unusable line(s) in {cache_path} skipped: {shown}; "
                       f"those answers are recomputed", file=sys.stderr)
             digests = answers_cache.Digests(cache_path.with_name(cache_path.name + ".digests.json"))
+            t0 = time.perf_counter()
             grid = build_grid(args, layers, answers_cache.model_fingerprint(args.model, digests, STANDIN))
             questions = [dataclasses.replace(q, video_sha=digests(q.video)) for q in questions]
             digests.save()
+            if time.perf_counter() - t0 > 5:
+                print(f"aot eval: hashed the checkpoint and videos in {time.perf_counter() - t0:.0f} s (once: "
+                      f"remembered in {digests.memo.name} until a file changes)", file=sys.stderr)
             unreadable = probe_videos(questions, args.frames)
             old = torch.get_num_threads()
             if threads:
