@@ -88,6 +88,8 @@ def check_model_path(model_id, standin: str | None = None, flag: str = "--model"
                          + (f" or {standin}" if standin else ""))
     if s == standin:
         return
+    if standin and s.startswith(standin.split(":")[0] + ":"):
+        raise ValueError(f"{flag} {s!r}: the only aot: model is the stand-in {standin}")
     path = Path(s).expanduser()
     if path.exists():
         if not path.is_dir():

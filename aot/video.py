@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["VideoFrames", "VideoInfo", "frame_indices", "sample_indices", "probe_video", "read_frames",
-           "check_frame_memory", "max_frame_bytes", "MAX_FRAME_BYTES"]
+           "check_frame_memory", "FrameMemoryError", "max_frame_bytes", "MAX_FRAME_BYTES"]
 
 # decoded RGB frames a run may hold (bytes); AOT_MAX_FRAME_BYTES overrides. 795 frames of 768x576 are 1.06 GB as
 # uint8 and took 3.8 GB by the time a processor had converted them: refused before decoding, with the numbers
@@ -233,6 +233,11 @@ def max_frame_bytes() -> int:
     return value
 
 
+class FrameMemoryError(ValueError):
+    """The frames asked for would take more memory than :func:`max_frame_bytes` allows (a setting,
+    not a fault of the video)."""
+
+
 def _size(n: int) -> str:
     for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if n >= scale:
@@ -249,7 +254,7 @@ def check_frame_memory(info: VideoInfo, num_frames: int, path=None) -> int:
     limit = max_frame_bytes()
     if need > limit:
         where = f"{str(path)!r}: " if path is not None else ""
-        raise ValueError(f"{where}{n} frames of {info.width}x{info.height} need {_size(need)} decoded "
+        raise FrameMemoryError(f"{where}{n} frames of {info.width}x{info.height} need {_size(need)} decoded "
                          f"(RGB uint8, before any preprocessing), above the limit of {_size(limit)}; ask for "
                          f"at most {max(1, limit // per)} frames, or raise AOT_MAX_FRAME_BYTES")
     return need

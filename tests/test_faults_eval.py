@@ -242,14 +242,35 @@ def test_all_videos_unreadable_loads_no_model(checkpoint, tmp_path, capsys, no_l
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["errors"] == 1
 
 
-def test_frames_over_the_memory_limit_are_refused_with_the_numbers(checkpoint, tmp_path, capsys, monkeypatch):
+def test_frames_over_the_memory_limit_are_refused_with_the_numbers(checkpoint, tmp_path, capsys, monkeypatch,
+                                                                   no_load):
     qs = tmp_path / "qa.jsonl"
     write_questions(qs, [make_video(tmp_path / "v.mp4", frames=6, size=32)])
     monkeypatch.setenv("AOT_MAX_FRAME_BYTES", str(32 * 32 * 3 * 3))  # 3 frames of 32x32
-    monkeypatch.setattr("aot.run.load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert run(checkpoint, qs, tmp_path / "out") == 2  # --frames 4: a setting, refused (not an error line)
+    err = capsys.readouterr().err
+    assert "--frames 4: video" in err and "4 frames of 32x32 need 12.29 kB" in err and "at most 3 frames" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / "answers.jsonl").exists()
+
+
+def test_retry_errors_tries_the_error_lines_again(checkpoint, tmp_path, capsys, monkeypatch):
+    video = tmp_path / "v.mp4"
+    video.write_text("not yet a video\n")
+    qs = tmp_path / "qa.jsonl"
+    write_questions(qs, [video])
     assert run(checkpoint, qs, tmp_path / "out") == 0
-    row = json.loads((tmp_path / "out" / "results.json").read_text())[0]
-    assert "4 frames of 32x32 need" in row["failed"][0]["error"] and "at most 3 frames" in row["failed"][0]["error"]
+    capsys.readouterr()
+    import aot.checks
+
+    monkeypatch.setattr(aot.checks, "check_video", lambda *a, **k: None)  # e.g. a codec installed since
+    monkeypatch.setattr("aot.video.read_frames", lambda p, n=32: (_ for _ in ()).throw(ValueError("still bad")))
+    assert run(checkpoint, qs, tmp_path / "out") == 0
+    assert computed(capsys.readouterr().out) == 0  # an error line is a result
+    assert run(checkpoint, qs, tmp_path / "out", "--retry-errors") == 0
+    res = capsys.readouterr()
+    assert computed(res.out) == 1 and "still bad" in res.err
+    errors = [e["error"] for e in read_lines(tmp_path / "out" / "answers.jsonl")[0].values()]
+    assert errors == ["decoding failed: still bad"]
 
 
 # ------------------------------------------------------------------------------------ 7, 8, 10: one-line errors

@@ -74,6 +74,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", default=None, help="torch CPU threads (aot.cli sets the default and help)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="try again the questions recorded as errors (a video that could not be read; by default "
+                        "they are retried only when the video's content changes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -195,16 +198,23 @@ def _error_lines(args, grid, pending, q, message: str) -> list[dict]:
 
 def probe_videos(questions, frames: int) -> dict:
     """{video path: why it cannot be used} for every distinct video of ``questions`` whose header
-    does not read as a video of >= 2 frames, or whose sampled frames would exceed the memory limit
-    (``aot.checks.check_video``); header reads only, no decoding."""
+    does not read as a video of >= 2 frames (``aot.checks.check_video``); header reads only, no
+    decoding. Sampled frames over the memory limit (``AOT_MAX_FRAME_BYTES``) are a ValueError: the
+    run is refused, since --frames, not the video, is at fault."""
     from ..checks import check_video
+    from ..video import FrameMemoryError
 
-    bad = {}
+    bad, too_big = {}, []
     for video in dict.fromkeys(q.video for q in questions):
         try:
             check_video(video, frames, flag="video")
+        except FrameMemoryError as err:  # --frames is the user's setting: refused, not recorded
+            too_big.append(str(err))
         except (ValueError, OSError) as err:
             bad[video] = str(err)
+    if too_big:
+        more = f" (and {len(too_big) - 1} more video(s))" if len(too_big) > 1 else ""
+        raise ValueError(f"--frames {frames}: video {too_big[0]}{more}")
     return bad
 
 
@@ -220,6 +230,8 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
     from .questions import mvbench_prompt
 
     unreadable = unreadable or {}
+    if getattr(args, "retry_errors", False):  # error lines count as missing: those questions are tried again
+        cache = {k: e for k, e in cache.items() if "error" not in e}
     pending = {s.key: {q.id for q in questions if (s.key, q.id, q.content_hash) not in cache} for s in grid}
     todo = sum(len(v) for v in pending.values())
     total = len(grid) * len(questions)
