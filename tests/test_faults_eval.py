@@ -337,3 +337,22 @@ def test_damaged_frames_are_reported_and_kept_in_the_cache(checkpoint, tmp_path,
     assert "bugy.mp4" in err and "decoder error(s)" in err and "frame(s) decoded damaged" in err
     (entry,) = read_lines(tmp_path / "out" / "answers.jsonl")[0].values()
     assert "decoder error(s)" in entry["video_damage"] and "pred" in entry
+
+
+def test_digests_are_remembered_until_the_file_changes(tmp_path):
+    import hashlib
+
+    from aot.eval.cache import Digests
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    memo = tmp_path / "memo.json"
+    d = Digests(memo)
+    assert d(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    d.save()
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)  # same size; mtime put back: the memo answers without reading
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert Digests(memo)(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a write moves mtime: read again
+    assert Digests(memo)(f) == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -418,6 +418,14 @@ def _layers(raw):
     return parse(raw)
 
 
+def _video_digest(digests, video) -> str:
+    """The video's SHA-256; "unreadable" when it cannot be read (the probe then records the error)."""
+    try:
+        return digests(video)
+    except OSError:
+        return "unreadable"
+
+
 def eval_cli(args: argparse.Namespace) -> int:
     """Every check that reads no video frames and loads no weights runs first (arguments, device,
     --model path and tower depth, questions, --out, --cache, the lock, every video's header); then
@@ -460,7 +468,7 @@ def eval_cli(args: argparse.Namespace) -> int:
             digests = answers_cache.Digests(cache_path.with_name(cache_path.name + ".digests.json"))
             t0 = time.perf_counter()
             grid = build_grid(args, layers, answers_cache.model_fingerprint(args.model, digests, STANDIN))
-            questions = [dataclasses.replace(q, video_sha=digests(q.video)) for q in questions]
+            questions = [dataclasses.replace(q, video_sha=_video_digest(digests, q.video)) for q in questions]
             digests.save()
             if time.perf_counter() - t0 > 5:
                 print(f"aot eval: hashed the checkpoint and videos in {time.perf_counter() - t0:.0f} s (once: "
