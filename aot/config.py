@@ -8,6 +8,7 @@ added here is a flag there.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -109,9 +110,16 @@ def budget(retention: float, frames: int, tokens_per_frame: int) -> int:
     1e-9 before flooring so that decimal retentions such as 0.15 (0.1499999...) round as written.
     """
     _check_range("retention", retention, 0.0, 1.0, low_open=True)
+    counts = []
     for name, value in (("frames", frames), ("tokens_per_frame", tokens_per_frame)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        try:
+            count = operator.index(value)  # ints, numpy ints, integer 0-d tensors
+        except TypeError:
+            count = None
+        if isinstance(value, bool) or count is None or count < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        counts.append(count)
+    frames, tokens_per_frame = counts
     total = frames * tokens_per_frame
     r = math.floor(retention * total + 0.5 + 1e-9)
     return min(r, total)
