@@ -155,6 +155,9 @@ def test_budget_refuses_impossible_counts():
         with pytest.raises(ValueError, match="must be an int >= 1"):
             aot.budget(0.1, frames, tokens)
     assert aot.budget(0.1, 4, 16) == 6  # round(6.4)
+    import numpy as np
+
+    assert aot.budget(0.1, np.int64(4), 16) == 6  # shapes and counts from numpy still work
 
 
 def test_flops_refuses_a_budget_of_zero_tokens(capsys, tmp_path):
