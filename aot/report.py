@@ -13,8 +13,8 @@ within a model, by setting (method and its full config). For each setting:
 
 - accuracy per task, in percent: the task's first metric that lmms-eval reports as higher-is-better
   (``mvbench_accuracy``, ``videomme_perception_score``, ``score`` for EgoSchema, ``lvb_acc`` for
-  LongVideoBench); a metric whose value is at most 1 is read as a fraction and multiplied by 100
-  (EgoSchema's and LongVideoBench's are fractions, MVBench's and VideoMME's percents). A group task
+  LongVideoBench); MVBench's and VideoMME's are percents, EgoSchema's and LongVideoBench's fractions
+  (multiplied by 100); a metric of unknown scale whose value is at most 1 is read as a fraction. A group task
   with no score of its own (``mvbench``: 20 subtasks) gets the mean of its subtasks weighted by
   their sample counts;
 - the average over tasks, and the % of the same model's full-token run (``method=vanilla``) over
@@ -202,7 +202,17 @@ def _metric(task_results: dict, higher: dict) -> tuple[str, float] | None:
     return name, value
 
 
-def _as_percent(value: float) -> float:
+# metrics whose scale is known (lmms-eval 0.7.3's task files): percents, and fractions of 1
+PERCENT_METRICS = {"mvbench_accuracy", "videomme_perception_score"}
+FRACTION_METRICS = {"lvb_acc", "score", "accuracy", "acc", "exact_match"}
+
+
+def _as_percent(metric: str, value: float) -> float:
+    """A task's score in percent: known metrics by their scale, others read as a fraction when at most 1."""
+    if metric in PERCENT_METRICS:
+        return value
+    if metric in FRACTION_METRICS:
+        return 100.0 * value
     return 100.0 * value if abs(value) <= 1.0 else value
 
 
@@ -218,7 +228,7 @@ def task_scores(results: dict) -> tuple[dict, dict, dict]:
         got = _metric(res.get(task, {}), higher.get(task, {}))
         if got is not None:
             n = n_samples.get(task, {}).get("effective")
-            return _as_percent(got[1]), got[0], n
+            return _as_percent(got[0], got[1]), got[0], n
         parts = [score(s) for s in groups.get(task, [])]
         parts = [p for p in parts if p is not None and p[2]]
         if not parts:

@@ -120,6 +120,27 @@ def test_percent_of_full_from_real_result_files(runs, tmp_path):
     assert got == {"vanilla": (50.0, 100.0), "aot": (40.0, 80.0), "fastv": (55.0, pytest.approx(110.0))}
 
 
+def test_group_score_is_the_sample_weighted_mean_of_its_subtasks(runs, tmp_path):
+    """A real results file turned into a group without a score of its own (as lmms-eval writes
+    ``mvbench``) over the real task and a second subtask; fraction metrics become percents."""
+    src = sorted(runs["logs"].rglob("*_results.json"))[0]
+    r = json.loads(src.read_text())
+    real = r["results"]["aot_local_video"]["mvbench_accuracy,none"]
+    r["results"]["grp"] = {"alias": "grp"}
+    r["results"]["other"] = {"alias": "other", "lvb_acc,none": 0.5, "lvb_acc_stderr,none": 0.1}
+    r["results"]["alone"] = {"alias": "alone", "score,none": 0.25}
+    r["group_subtasks"] = {"grp": ["aot_local_video", "other"], "alone": []}
+    r["n-samples"]["other"] = {"original": 12, "effective": 12}
+    r["n-samples"]["alone"] = {"original": 2, "effective": 2}
+    path = tmp_path / "x_results.json"
+    path.write_text(json.dumps(r))
+    run = rep.read_run(path)
+    assert set(run.scores) == {"grp", "alone"}
+    assert run.scores["grp"] == pytest.approx((real * 4 + 50.0 * 12) / 16)
+    assert run.scores["alone"] == 25.0 and run.samples["grp"] == 16
+    assert run.visual_tokens == []  # no samples file carries this prefix: no tokens, no FLOPs
+
+
 def test_paper_rows_beside_ours(runs):
     (model,) = rep.build(rep.load_runs([runs["logs"]]))
     assert model.paper_model == "LLaVA-OV-7B"
