@@ -88,6 +88,14 @@ def test_methods_tables_list_every_registered_method():
         assert not missing, f"{where} lacks {missing}"
 
 
+def test_stated_method_counts_are_true():
+    n = len(aot.methods.names())
+    stated = [(where, int(k)) for where, text in (("README", README), ("docs/index.md", page("index.md")),
+                                                  ("docs/methods.md", page("methods.md")))
+              for k in re.findall(r"\b(\d+) (?:registered )?methods\b", text)]
+    assert stated and all(k == n for _, k in stated), f"{n} methods are registered; the pages say {stated}"
+
+
 def test_layout_lists_every_module_and_only_existing_files():
     layout = section(page("development.md"), "Layout")
     files = [p for p in (ROOT / "aot").rglob("*.py") if p.name != "__init__.py" or p.parent.name == "aot"]
