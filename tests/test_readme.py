@@ -175,9 +175,11 @@ def test_readme_links_resolve():
     assert not missing, f"README links to missing files: {missing}"
 
 
-def test_readme_transformers_quick_start_runs(tmp_path):
-    """The Python quick start, as written, on a tiny LLaVA-OneVision checkpoint saved locally (the
-    checkpoint id and the video replaced): no undefined name, an answer comes back, the patch ran."""
+@pytest.mark.parametrize("where", ["README", "docs/transformers.md"])
+def test_transformers_quick_start_runs(tmp_path, where):
+    """The Python quick start (README) and the first snippet of docs/transformers.md, as written, on a
+    tiny LLaVA-OneVision checkpoint saved locally (the checkpoint id and the video replaced): no
+    undefined name, an answer comes back, the patch ran."""
     pytest.importorskip("torchvision")
     pytest.importorskip("accelerate")
     import hf_tiny
@@ -187,15 +189,31 @@ def test_readme_transformers_quick_start_runs(tmp_path):
     proc = hf_tiny.processor()
     proc.chat_template = HF_LIKE_TEMPLATE
     proc.save_pretrained(ckpt)
-    (code,) = code_blocks(section(README, "Quick start: transformers"), "python")
+    if where == "README":
+        (code,) = code_blocks(section(README, "Quick start: transformers"), "python")
+    else:
+        code = code_blocks(page("transformers.md"), "python")[0]
     assert '"llava-hf/llava-onevision-qwen2-7b-ov-hf"' in code and '"clip.mp4"' in code
     code = code.replace('"llava-hf/llava-onevision-qwen2-7b-ov-hf"', repr(str(ckpt)))
     code = code.replace('"clip.mp4"', repr(str(ROOT / "aot/assets/bigbuckbunny.mp4")))
     code = code.replace("num_frames=32", "num_frames=8").replace("max_new_tokens=64", "max_new_tokens=3")
     code = code.replace("AOTConfig(retention=0.1)", "AOTConfig(retention=0.25, windows=(2, 2)), local_layer=1")
+    code = code.replace("max_new_tokens=32", "max_new_tokens=3")
     printed = []
     scope = {"print": lambda *a: printed.append(a)}
-    exec(compile(code, "README quick start", "exec"), scope)
-    assert isinstance(printed[0][0], str)
-    last = scope["model"]._aot.last
-    assert last is not None
+    exec(compile(code, f"{where} quick start", "exec"), scope)
+    if where == "README":
+        assert isinstance(printed[0][0], str) and scope["model"]._aot.last is not None
+    else:  # the snippet ends with aot.unpatch(model): the generated tokens came back, the patch is gone
+        assert scope["out"].shape[1] > scope["inputs"]["input_ids"].shape[1]
+        assert not hasattr(scope["model"], "_aot") or scope["model"]._aot is None
+
+
+def test_api_page_snippet_runs():
+    """The first snippet of docs/api.md (the core API), as written: it runs, with the exact budget."""
+    code = code_blocks(page("api.md"), "python")[0]
+    scope = {}
+    exec(compile(code, "docs/api.md", "exec"), scope)
+    out, F, N = scope["out"], scope["F"], scope["N"]  # the last `out` is aot-no-ot's: the rest dropped
+    assert out.tokens.shape[0] == aot.budget(0.1, F, N) and bool((out.sizes == 1).all())
+    assert scope["plan"].shape == (8, 20, 30)
