@@ -403,6 +403,9 @@ def build(runs: list[Run]) -> list[ModelReport]:
         if spec is None:
             notes.append(f"no config.json found for {pretrained!r} (not a folder, not in the Hugging Face cache, "
                          "no preset matched): prefill FLOPs are n/a")
+        if pretrained.startswith("aot:"):
+            notes.append(f"{pretrained} is the real-weights stand-in (DINOv2 + SmolLM2 joined by a random "
+                         "projector): its answers, so its accuracies, are meaningless; its tokens and FLOPs are real")
         pm = paper_model(pretrained, layout)
         if pm is not None and frames is not None and frames != PAPER[pm]["frames"]:
             notes.append(f"the paper's {PAPER[pm]['table']} ran {pm} at {PAPER[pm]['frames']} frames; "

@@ -209,6 +209,25 @@ def test_cli_markdown_json_and_plot(runs, tmp_path, capsys):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_stand_in_is_labelled_and_costed_by_its_preset(runs, tmp_path):
+    """A real results file relabelled as a run of the stand-in: the report says its accuracy means
+    nothing, and takes SmolLM2-135M's shape (30 layers, 576 wide, FFN 1536) for the FLOPs."""
+    logs = tmp_path / "logs"
+    shutil.copytree(runs["logs"], logs)
+    for f in logs.rglob("*_results.json"):
+        r = json.loads(f.read_text())
+        r["config"]["model_args"] = r["config"]["model_args"].replace(f"pretrained={runs['ckpt']}",
+                                                                      "pretrained=aot:dinov2-smollm2")
+        f.write_text(json.dumps(r))
+    (model,) = rep.build(rep.load_runs([logs]))
+    assert model.flops_from == "preset dinov2-s+smollm2-135m"
+    assert any("answers, so its accuracies, are meaningless" in n for n in model.notes)
+    rows = {row.method: row for row in model.rows}
+    tokens = logged(logs)["aot"][1]
+    assert rows["aot"].prefill_tflops == pytest.approx(sum(eq17(n, 30, 576, 1536) for n in tokens) / len(tokens) / 1e12)
+    assert "meaningless" in rep.markdown([model])
+
+
 def test_cli_errors_name_the_input(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
