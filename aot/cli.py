@@ -296,7 +296,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return eval_cli(args)
 
 
-SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval)  # each adds one subparser with its handler
+def _add_report(sub) -> None:
+    from .report import add_report_parser
+
+    add_report_parser(sub).set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    return run_report(args)
+
+
+SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval, _add_report)  # each adds one subparser with its handler
 
 
 def build_parser() -> argparse.ArgumentParser:
