@@ -156,11 +156,58 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
         ref, _, _ = reference(name, retention)
         assert torch.allclose(first_logprobs(out, vocab), ref, atol=2e-4)
 
-    # the scores the hooks computed equal the transformers adapter's on the same weights
-    from transformers import AutoProcessor  # noqa: F401
+    # the scores the vLLM hooks computed equal the transformers adapter's hooks on the same weights
+    from aot.models import qwen2_5_vl as adapter
+
     engine.generate([request("b", 0.3)], sampling(1))
-    local, deep = model.aot_last["videos"][0]["scores"]
-    _, last, _ = reference("b", 0.3)
-    assert local.shape == (grid("b")[0], grid("b")[1] * grid("b")[2])
-    assert torch.allclose(local.sum(-1), torch.ones(local.shape[0]), atol=1e-5)  # per-slice normalised
-    assert torch.allclose(deep.sum(-1), torch.ones(deep.shape[0]), atol=1e-5)
+    got = model.aot_last["videos"][0]["scores"]
+    hf = tiny.load_qwen(ckpt)
+    _, _, inputs = reference("b", 0.3)
+    rec = {"local": [], "global": []}
+    layers = adapter.default_layers(hf.config.vision_config)
+    handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
+        adapter._score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
+    with torch.no_grad():
+        hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    for hnd in handles:
+        hnd.remove()
+    for key, mine in zip(rec, got):
+        theirs = adapter._to_llm_grid(rec[key][0], inputs["video_grid_thw"], hf.model.visual)[0]
+        assert mine.shape == theirs.shape == (grid("b")[0], grid("b")[1] * grid("b")[2])
+        assert torch.allclose(mine, theirs, atol=1e-6), (mine - theirs).abs().max()
+    assert not torch.allclose(got[0], got[1])  # two different blocks
+
+
+def test_chunked_prefill_without_prefix_cache(engine, reference, ckpt):
+    """A token budget of 16 splits every video across prefill steps; greedy output and first-token
+    log-probabilities stay those of the unchunked engine and of the transformers adapter."""
+    assert GREEDY, "runs after test_budget_logits_and_concurrency"
+    del engine  # the module engine stays idle; this one is the only one working
+    llm = make_engine(ckpt, enable_prefix_caching=False, enable_chunked_prefill=True, max_num_batched_tokens=16)
+    try:
+        assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens == 16
+        vocab = llm.llm_engine.model_config.hf_config.text_config.vocab_size
+        outs = llm.generate([request("a", 1.0), request("a", 0.25)], sampling(8))
+        for out, retention in zip(outs, (1.0, 0.25)):
+            assert list(out.outputs[0].token_ids) == GREEDY[retention]
+            ref, _, _ = reference("a", retention)
+            assert torch.allclose(first_logprobs(out, vocab), ref, atol=2e-4)
+    finally:
+        del llm
+        gc.collect()
+
+
+def test_bad_override_is_one_clear_error(ckpt):
+    """A bad aot override stops the engine at start-up with aot run's own message."""
+    with pytest.raises(Exception) as info:
+        make_engine(ckpt, retention=1.5)
+    text = "".join(str(e) for e in _chain(info.value))
+    assert "retention must be a number in (0.0, 1.0], got 1.5" in text
+    with pytest.raises(ValueError, match="unknown aot override\\(s\\) 'retnetion'"):
+        opts.parse_overrides({"method": "aot", "retnetion": 0.1})
+
+
+def _chain(err):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
