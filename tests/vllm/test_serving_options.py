@@ -85,3 +85,27 @@ def test_position_columns_reproduce_transformers_rope_index(hw):
     after = start + t * gh * gw  # first text token after the video
     assert int(full[0, 0, after]) == base + int(cols[0, 3])
     assert interval != int(interval)  # fps 1.5: a fractional t step, truncated after the product
+
+
+def test_aot_serve_checks_before_loading(tmp_path, capsys):
+    """aot serve validates the config and the architecture from config.json alone, prints what it sets."""
+    import json
+
+    from aot.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlavaForConditionalGeneration"]}))
+    assert main(["serve", str(tmp_path), "--dry-run"]) == 2
+    assert "is a LlavaForConditionalGeneration; aot serve supports Qwen2_5_VLForConditionalGeneration" \
+        in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+    assert main(["serve", str(tmp_path), "--retention", "0", "--dry-run"]) == 2
+    assert "retention must be a number in (0.0, 1.0], got 0.0" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--retention", "0.2", "--lam-intra", "0.5", "--port", "8123",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    command = out.strip().splitlines()[-1]
+    assert "--video-pruning-rate 0.8" in command and "--port 8123" in command
+    over = json.loads(command.split("--hf-overrides ")[1].split("' ")[0].strip("'"))
+    assert over == {"architectures": ["AotQwen2_5_VLForConditionalGeneration"],
+                    "aot": {"method": "aot", "retention": 0.2, "lam_intra": 0.5}}
+    opts.parse_overrides(over["aot"])  # what the engine will parse
