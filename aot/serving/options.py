@@ -22,7 +22,7 @@ from torch import Tensor
 from ..config import budget
 
 __all__ = ["TESTED_VLLM", "check_vllm_version", "ServeOptions", "parse_overrides", "from_hf_config",
-           "with_retention", "video_budget", "qwen_position_columns", "REQUEST_KWARG"]
+           "options_of", "with_retention", "video_budget", "qwen_position_columns", "REQUEST_KWARG"]
 
 # vLLM versions this plugin was run against (tests/vllm/); others are refused at start-up because the
 # plugin subclasses private methods (_get_prompt_updates, _process_video_input, ...) that move between
@@ -98,6 +98,15 @@ def from_hf_config(hf_config, architecture: str) -> ServeOptions:
         raise ValueError(f"architecture {architecture} needs an 'aot' entry in --hf-overrides, e.g. "
                          f"'{{\"architectures\": [\"{architecture}\"], \"aot\": {{\"method\": \"aot\", \"retention\": 0.1}}}}'")
     return parse_overrides(aot)
+
+
+def options_of(hf_config, architecture: str) -> ServeOptions:
+    """``from_hf_config``, parsed once per config object (the processor asks for every video)."""
+    cached = getattr(hf_config, "_aot_options", None)
+    if cached is None:
+        cached = from_hf_config(hf_config, architecture)
+        object.__setattr__(hf_config, "_aot_options", cached)
+    return cached
 
 
 def with_retention(options: ServeOptions, retention) -> ServeOptions:

@@ -13,6 +13,8 @@ __all__ = ["register", "ARCHITECTURES"]
 # new architecture name -> "module:Class" (imported lazily by vLLM's ModelRegistry)
 ARCHITECTURES = {
     "AotQwen2_5_VLForConditionalGeneration": "aot.serving.qwen2_5_vl:AotQwen2_5_VLForConditionalGeneration",
+    "AotLlavaOnevisionForConditionalGeneration":
+        "aot.serving.llava_onevision:AotLlavaOnevisionForConditionalGeneration",
 }
 
 _DONE = False

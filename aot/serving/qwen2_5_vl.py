@@ -54,11 +54,7 @@ FIELD = "aot_retention"
 
 
 def _options(hf_config) -> opts.ServeOptions:
-    cached = getattr(hf_config, "_aot_options", None)
-    if cached is None:
-        cached = opts.from_hf_config(hf_config, ARCH)
-        object.__setattr__(hf_config, "_aot_options", cached)
-    return cached
+    return opts.options_of(hf_config, ARCH)
 
 
 def _retention_of(item_or_value) -> float | None:

@@ -20,7 +20,10 @@ from .options import parse_overrides
 __all__ = ["SERVED", "add_serve_parser", "serve_cli", "build_command", "architecture_of"]
 
 # the checkpoint's architecture -> aot's name for it (aot.serving.plugin.ARCHITECTURES)
-SERVED = {"Qwen2_5_VLForConditionalGeneration": "AotQwen2_5_VLForConditionalGeneration"}
+SERVED = {"Qwen2_5_VLForConditionalGeneration": "AotQwen2_5_VLForConditionalGeneration",
+          "LlavaOnevisionForConditionalGeneration": "AotLlavaOnevisionForConditionalGeneration"}
+# 1-D RoPE families: vLLM's contiguous positions are the adapter's default; no pruning machinery needed
+NO_PRUNING_SWITCH = ("LlavaOnevisionForConditionalGeneration",)
 
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
@@ -103,7 +106,8 @@ def build_command(argv: list[str]) -> tuple[list[str], list[str]]:
     overrides = {**user, "architectures": [SERVED[arch]], "aot": aot}
     said = [f"architecture: {arch} -> {SERVED[arch]}",
             f"method: {options.method.name}, retention {options.config.retention} (exact budget per video: aot.budget)"]
-    if not any(a == "--video-pruning-rate" or a.startswith("--video-pruning-rate=") for a in rest):
+    if arch not in NO_PRUNING_SWITCH and not any(a == "--video-pruning-rate" or a.startswith("--video-pruning-rate=")
+                                                 for a in rest):
         rate = min(max(1.0 - options.config.retention, 1e-6), 0.999999)
         rest = ["--video-pruning-rate", f"{rate:.6g}"] + rest
         said.append(f"--video-pruning-rate {rate:.6g} (turns vLLM's pruning machinery on; the count is aot's)")

@@ -48,3 +48,37 @@ def load_qwen(folder):
 
 def video(n: int = 8, seed: int = 0, height: int = 32, width: int = 32):
     return hq.frames(n, seed, height, width)
+
+
+def save_llava(folder, seed: int = 0) -> pathlib.Path:
+    """Tiny random LLaVA-OneVision (tests/hf_tiny.py's tower and processor; text head size 64)."""
+    import hf_tiny as ht
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    folder = pathlib.Path(folder)
+    cfg = ht.config(hidden=128)
+    cfg.text_config.num_attention_heads, cfg.text_config.num_key_value_heads = 2, 2
+    cfg.text_config.head_dim = 64
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    model.save_pretrained(folder)
+    # transformers 5.19 writes the tower as "vision_tower.encoder...", the hub checkpoints (and vLLM 0.32's
+    # weight mapper) have "vision_tower.vision_model.encoder...": write the hub's names
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(path)
+    save_file({(k.replace("vision_tower.", "vision_tower.vision_model.", 1)
+                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+               for k, v in weights.items()}, path, metadata={"format": "pt"})
+    ht.processor().save_pretrained(folder)
+    return folder
+
+
+LLAVA_PROMPT = "<s><video> what is in the video ?</s><s>"
+
+
+def llava_video(n: int = 8, seed: int = 0):
+    import hf_tiny as ht
+
+    return ht.moving_frames(n, seed, ht.IMAGE, ht.IMAGE)
