@@ -22,7 +22,8 @@ from torch import Tensor
 from ..config import budget
 
 __all__ = ["TESTED_VLLM", "check_vllm_version", "ServeOptions", "parse_overrides", "from_hf_config",
-           "options_of", "with_retention", "video_budget", "qwen_position_columns", "REQUEST_KWARG"]
+           "options_of", "with_retention", "video_budget", "qwen_position_columns", "REQUEST_KWARG",
+           "encode_columns", "decode_columns", "COLUMN_BASE"]
 
 # vLLM versions this plugin was run against (tests/vllm/); others are refused at start-up because the
 # plugin subclasses private methods (_get_prompt_updates, _process_video_input, ...) that move between
@@ -138,3 +139,25 @@ def qwen_position_columns(positions: Tensor, grid: tuple[int, int, int], interva
     f, cell = positions // (h * w), positions % (h * w)
     tt = (f.float() * torch.tensor(float(interval), dtype=torch.float32)).long()
     return torch.stack([tt, cell // w, cell % w, torch.full_like(f, max(h, w))], dim=1)
+
+
+# Position columns travel inside the embeddings, in their dtype: bfloat16 holds integers exactly only up
+# to 256 (vLLM's EVS path loses t positions of long videos that way). Each column is sent as two digits
+# base 256 (both exact in bfloat16 and float16), so positions up to 65535 arrive exactly.
+COLUMN_BASE = 256
+
+
+def encode_columns(cols: Tensor, dtype: torch.dtype) -> Tensor:
+    """(R, C) non-negative int64 -> (R, 2C) of ``dtype``: the high digits, then the low digits."""
+    cols = cols.long()
+    if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= COLUMN_BASE ** 2):
+        raise ValueError(f"position columns must lie in [0, {COLUMN_BASE ** 2}), got [{int(cols.min())}, "
+                         f"{int(cols.max())}]")
+    return torch.cat([cols // COLUMN_BASE, cols % COLUMN_BASE], dim=1).to(dtype)
+
+
+def decode_columns(enc: Tensor) -> Tensor:
+    """(R, 2C) from :func:`encode_columns` -> (R, C) int64."""
+    digits = enc.float().round().long()
+    c = digits.shape[1] // 2
+    return digits[:, :c] * COLUMN_BASE + digits[:, c:]

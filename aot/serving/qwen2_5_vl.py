@@ -15,11 +15,13 @@ the aot config; ``aot serve`` sets 1 - retention). What each piece replaces in v
   and averaged over each 2x2 merge group: the transformers adapter's rule (``aot.models.qwen2_5_vl``).
   Under tensor parallelism each rank sees its heads only; the per-key sums are all-reduced.
 * ``_postprocess_video_embeds_evs``: the method compresses each video on its own grid to exactly the
-  budget (asserted against the placeholder count), and appends 4 position columns per kept row
+  budget (asserted against the placeholder count), and appends position columns per kept row
   (``options.qwen_position_columns``): the (t, h, w) transformers gives the token's source cell, and
-  max(h, w), the text advance after a video in transformers 5.x; vLLM's recompute
-  (``recompute_mrope_positions``, chunked prefill handled there) then yields the transformers adapter's
-  positions. ``get_mrope_input_positions`` gives the same rule before the encoder runs.
+  max(h, w), the text advance after a video in transformers 5.x, each sent as two base-256 digits
+  (``options.encode_columns``: exact in bfloat16, where vLLM's 4 plain columns lose positions above
+  256); ``recompute_mrope_positions`` decodes them and runs vLLM's recompute (chunked prefill handled
+  there), which then yields the transformers adapter's positions. Images in the same prompt get the
+  same encoding of their full grid. ``get_mrope_input_positions`` gives the same rule before the encoder runs.
 """
 
 from __future__ import annotations
@@ -223,13 +225,42 @@ class AotQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 raise RuntimeError(f"aot: method {o.method.name!r} kept {tokens.shape[0]} rows of video {v}, "
                                    f"not its budget {want} (grid {t}x{gh}x{gw}, retention {o.config.retention})")
             sec = 1.0 if seconds is None else float(seconds[v])
-            cols = opts.qwen_position_columns(positions, (t, gh, gw), tps * sec).to(emb.device, emb.dtype)
-            out.append(torch.cat([tokens, cols], dim=1))
+            cols = opts.qwen_position_columns(positions, (t, gh, gw), tps * sec)
+            out.append(torch.cat([tokens, opts.encode_columns(cols, emb.dtype).to(emb.device)], dim=1))
             last.append({"grid": (t, gh, gw), "retention": o.config.retention, "kept": int(tokens.shape[0]),
                          "positions": positions.cpu(), "scores": (local.cpu(), deep.cpu())})
         self.aot_last = {"videos": last}
         self._aot_scores = []
         return tuple(out)
+
+    def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
+        """Images in a prompt with pruning on: their full grid's columns, encoded as the videos' are, with
+        the text advance max(h, w) of transformers 5.x (vLLM's image path uses w)."""
+        merge = self.visual.spatial_merge_size
+        out = []
+        for emb, (t, h, w) in zip(image_embeds_split, image_input["image_grid_thw"].tolist()):
+            gh, gw = int(h) // merge, int(w) // merge
+            cols = opts.qwen_position_columns(torch.arange(int(t) * gh * gw), (int(t), gh, gw), 1.0)
+            out.append(torch.cat([emb, opts.encode_columns(cols, emb.dtype).to(emb.device)], dim=1))
+        return tuple(out)
+
+    def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
+        """vLLM's recompute (``video_prune.evs.recompute_mrope_positions``) on our columns, decoded exactly."""
+        from vllm.multimodal.video_prune.evs import recompute_mrope_positions
+
+        width = 2 * 4
+        device = multimodal_embeddings[0].device if len(multimodal_embeddings) else mrope_positions.device
+        ids = (input_ids.to(device=device, dtype=torch.long) if isinstance(input_ids, Tensor)
+               else torch.tensor(input_ids, dtype=torch.long, device=device))
+        embeds = [mm[:, :-width] for mm in multimodal_embeddings]
+        cols = [opts.decode_columns(mm[:, -width:]).T.contiguous() for mm in multimodal_embeddings]
+        from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+
+        with gpu_sync_allowed():
+            positions, delta = recompute_mrope_positions(ids, cols, mrope_positions, num_computed_tokens,
+                                                         self.config.vision_start_token_id,
+                                                         self.config.image_token_id, self.config.video_token_id)
+        return embeds, positions, delta
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         """transformers' rule on the compressed prompt: text counts on, a video's slots take (placeholder)

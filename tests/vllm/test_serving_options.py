@@ -109,3 +109,14 @@ def test_aot_serve_checks_before_loading(tmp_path, capsys):
     assert over == {"architectures": ["AotQwen2_5_VLForConditionalGeneration"],
                     "aot": {"method": "aot", "retention": 0.2, "lam_intra": 0.5}}
     opts.parse_overrides(over["aot"])  # what the engine will parse
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_position_columns_survive_half_precision(dtype):
+    cols = torch.tensor([[0, 0, 0, 4], [255, 256, 257, 30], [766, 41, 73, 41], [65535, 1, 2, 3]])
+    enc = opts.encode_columns(cols, dtype)
+    assert enc.dtype == dtype and enc.shape == (4, 8)
+    assert torch.equal(opts.decode_columns(enc), cols)
+    assert not torch.equal(cols.to(torch.bfloat16).long(), cols)  # what plain bfloat16 columns would lose
+    with pytest.raises(ValueError, match="must lie in"):
+        opts.encode_columns(torch.tensor([[65536]]), dtype)
