@@ -24,12 +24,16 @@ def ckpt(tmp_path_factory):
     return tiny.save_llava(tmp_path_factory.mktemp("llava_ov"))
 
 
-def engine(ckpt, retention, **aot_extra):
+def engine(ckpt, retention, engine_kw=None, **aot_extra):
     from vllm import LLM
 
     over = {"architectures": [ARCH], "aot": {"method": "aot", "retention": retention, **LAYERS, **aot_extra}}
     return LLM(model=str(ckpt), hf_overrides=over, dtype="float32", max_model_len=1024, enforce_eager=True,
-               max_num_seqs=2, limit_mm_per_prompt={"video": 1}, max_logprobs=-1, seed=0, gpu_memory_utilization=0.1)
+               max_num_seqs=2, limit_mm_per_prompt={"video": 1}, max_logprobs=-1, seed=0, gpu_memory_utilization=0.1,
+               **(engine_kw or {}))
+
+
+GREEDY = {}
 
 
 def reference(ckpt, retention):
@@ -68,6 +72,24 @@ def test_logits_and_budget_match_transformers(ckpt, retention):
             assert torch.allclose(got, plain, atol=2e-4)
         else:
             assert not torch.allclose(got, plain, atol=1e-3)  # compression changed the answer's distribution
+        GREEDY[retention] = list(llm.generate({"prompt": tiny.LLAVA_PROMPT, "multi_modal_data": {"video": VIDEO}},
+                                              SamplingParams(max_tokens=8, temperature=0.0))[0].outputs[0].token_ids)
+    finally:
+        del llm
+        gc.collect()
+
+
+def test_chunked_prefill_keeps_greedy_output(ckpt):
+    """16-token prefill steps split the 33 video tokens (32 kept + newline); prefix caching off."""
+    from vllm import SamplingParams
+
+    assert 0.25 in GREEDY, "runs after test_logits_and_budget_match_transformers"
+    llm = engine(ckpt, 0.25, dict(enable_chunked_prefill=True, max_num_batched_tokens=16, enable_prefix_caching=False))
+    try:
+        assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens == 16
+        out = llm.generate({"prompt": tiny.LLAVA_PROMPT, "multi_modal_data": {"video": VIDEO}},
+                           SamplingParams(max_tokens=8, temperature=0.0))[0]
+        assert list(out.outputs[0].token_ids) == GREEDY[0.25]
     finally:
         del llm
         gc.collect()
