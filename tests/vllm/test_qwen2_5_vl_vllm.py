@@ -48,9 +48,10 @@ def reference(ckpt):
     def run(name: str, retention: float | None):
         if (name, retention) in cache:
             return cache[name, retention]
-        frames = VIDEOS[name]
-        inputs = proc(text=tiny.PROMPT, videos=[frames], video_metadata=[VideoMetadata(**meta(frames))],
-                      return_tensors="pt")
+        names = name.split("+")  # "a+b": both videos in one prompt
+        frames = [VIDEOS[n] for n in names]
+        inputs = proc(text=prompt_for(len(names)), videos=frames,
+                      video_metadata=[VideoMetadata(**meta(f)) for f in frames], return_tensors="pt")
         if retention is not None:
             aot.patch(model, aot.AOTConfig(retention=retention))
         try:
@@ -71,13 +72,21 @@ def make_engine(ckpt, retention=0.25, **kw):
 
     over = {"architectures": [ARCH], "aot": {"method": "aot", "retention": retention}}
     args = dict(model=str(ckpt), hf_overrides=over, video_pruning_rate=0.5, dtype="float32", max_model_len=1024,
-                enforce_eager=True, max_num_seqs=4, limit_mm_per_prompt={"video": 1}, max_logprobs=-1, seed=0,
+                enforce_eager=True, max_num_seqs=4, limit_mm_per_prompt={"video": 2}, max_logprobs=-1, seed=0,
                 gpu_memory_utilization=0.1)
     return LLM(**{**args, **kw})
 
 
+def prompt_for(n_videos: int) -> str:
+    if n_videos == 1:
+        return tiny.PROMPT
+    return "<s><|vision_start|><|video_pad|><|vision_end|> and <|vision_start|><|video_pad|><|vision_end|> what is in the video ?</s><s>"
+
+
 def request(name, retention=None):
-    r = {"prompt": tiny.PROMPT, "multi_modal_data": {"video": (VIDEOS[name], meta(VIDEOS[name]))}}
+    names = name.split("+")
+    videos = [(VIDEOS[n], meta(VIDEOS[n])) for n in names]
+    r = {"prompt": prompt_for(len(names)), "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
     if retention is not None:
         r["mm_processor_kwargs"] = {opts.REQUEST_KWARG: retention}
     return r
@@ -148,18 +157,22 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
             again = engine.generate([request("a")], sampling(8))[0]
             assert list(again.outputs[0].token_ids) == GREEDY[0.25]
 
-    # two concurrent requests: different videos (sizes, lengths), different retentions
-    outs = engine.generate([request("a", 0.5), request("b", 0.3)], sampling(1))
-    for out, (name, retention) in zip(outs, (("a", 0.5), ("b", 0.3))):
-        t, h, w = grid(name)
-        assert video_tokens(out, vid) == aot.budget(retention, t, h * w)
-        ref, _, _ = reference(name, retention)
-        assert torch.allclose(first_logprobs(out, vocab), ref, atol=2e-4)
+    # concurrent requests: different videos (sizes, lengths), different retentions, one with the server's
+    # default in the same batch, and one prompt holding two videos (positions continue across both)
+    cases = (("a", 0.5), ("b", 0.3), ("b", None), ("b+a", 0.4))
+    outs = engine.generate([request(n, r) for n, r in cases], sampling(1))
+    for out, (name, retention) in zip(outs, cases):
+        r = 0.25 if retention is None else retention
+        assert video_tokens(out, vid) == sum(aot.budget(r, t, h * w) for t, h, w in map(grid, name.split("+")))
+        ref, _, _ = reference(name, r)
+        got = first_logprobs(out, vocab)
+        assert torch.allclose(got, ref, atol=2e-4), (name, retention, (got - ref).abs().max())
 
     # the scores the vLLM hooks computed equal the transformers adapter's hooks on the same weights
     from aot.models import qwen2_5_vl as adapter
 
-    engine.generate([request("b", 0.3)], sampling(1))
+    engine.generate([request("b", 0.35)], sampling(1))  # a retention not asked before: no encoder-cache hit
+    assert [v["grid"] for v in model.aot_last["videos"]] == [grid("b")]
     got = model.aot_last["videos"][0]["scores"]
     hf = tiny.load_qwen(ckpt)
     _, _, inputs = reference("b", 0.3)
