@@ -2,7 +2,8 @@
 
 vLLM calls ``register()`` in every process it starts. It only adds *new* architecture names, given as
 "module:Class" strings (vLLM imports the module when a model asks for that name), so a stock model is
-never changed by installing aot. Idempotent: a second call does nothing. The CPU-runner fix
+never changed by installing aot. Idempotent: a second call does nothing. It imports vLLM's ModelRegistry (as vLLM's
+plugin guide does; every engine process imports it anyway) and nothing of aot's model code. The CPU-runner fix
 (``aot.serving.cpu_fix``) is installed only on vLLM's CPU platform for the versions that need it.
 """
 
