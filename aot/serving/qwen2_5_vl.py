@@ -26,7 +26,6 @@ the aot config; ``aot serve`` sets 1 - retention). What each piece replaces in v
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
