@@ -308,7 +308,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
-SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval, _add_report)  # each adds one subparser with its handler
+def _add_serve(sub) -> None:  # aot serve: vLLM (aot.serving.serve); its own flags are parsed there
+    from .serving.serve import add_serve_parser, serve_cli
+
+    add_serve_parser(sub).set_defaults(handler=serve_cli)
+
+
+SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval, _add_report, _add_serve)  # each adds one subparser with its handler
 
 
 def build_parser() -> argparse.ArgumentParser:
