@@ -320,3 +320,22 @@ def test_still_video_above_one_frame_of_budget_splits_cells_into_runs():
     out = METHOD(x, torch.rand(4, 16, dtype=torch.float64), config=METHOD.config(retention=0.5))  # 32 = 16 + 16
     assert out.positions.tolist() == list(range(16)) + [32 + c for c in range(16)]
     assert (out.sizes == 2).all() and torch.allclose(out.tokens, torch.cat([frame, frame]))
+
+
+def test_batched_dpc_knn_equals_one_pool_at_a_time():
+    """dpc_knn_assign_many (a segment's dynamic pools at once) gives dpc_knn_assign's centres and owners, pool by pool."""
+    from aot.methods.prunevid import dpc_knn_assign, dpc_knn_assign_many
+    g = torch.Generator().manual_seed(9)
+    for b, m, d, k in ((4, 30, 16, 7), (3, 5, 8, 7), (6, 49, 4, 3), (2, 1, 3, 7)):
+        feat = torch.randn(b, m, d, generator=g)
+        feat[1, : m // 2] = feat[0, : m // 2]  # repeated rows: density ties
+        counts = [(i * 7) % (m + 1) for i in range(b)]
+        counts[-1] = m
+        centre, owner = dpc_knn_assign_many(feat, counts, k)
+        for i, c in enumerate(counts):
+            if c == 0:
+                assert not centre[i].any() and (owner[i] == -1).all()
+                continue
+            want_centres, want_owner = dpc_knn_assign(feat[i], c, k)
+            assert torch.nonzero(centre[i]).flatten().tolist() == want_centres.tolist()
+            assert torch.equal(owner[i], want_owner)

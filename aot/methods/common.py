@@ -128,7 +128,8 @@ def assemble(tokens: Tensor, positions: Tensor, assignment: Tensor, n: int, dyna
 
 def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], total: int,
                 round_quota: Callable[[str, Fraction], int],
-                reduce: Callable[[str, int, Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]) -> Compressed:
+                reduce: Callable[[str, int, Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor, Tensor]],
+                reduce_frames: Callable[[int, Tensor, Tensor, list[int]], tuple | None] | None = None) -> Compressed:
     """Exactly ``total`` tokens from pools of temporally merged cells (HoliTom, PruneVid).
 
     x (F, N, d); spans [(first frame s, length L)] cut frames 0..F-1 into consecutive windows;
@@ -151,6 +152,14 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
       c = S.
     Static tokens are ``dynamic=False``, dynamic-pool tokens ``dynamic=True``.
 
+    ``reduce_frames(s, cells, feat, counts)``, if given, reduces the L dynamic pools of a span at
+    once (the same cells on every frame, so a fixed number of operators per span): feat (L, S, d) the
+    frames' tokens at ``cells``, counts[i] the count of frame s + i (0: dropped). It returns
+    (tokens (C, d), slots (C,) flat index into the (L, S) pools each token sits at, owner (L, S)
+    the token 0..C-1 each cell joins or -1, weight (L, S)), C = sum(counts), the tokens of frame
+    s before those of s + 1, and must give what ``reduce`` gives pool by pool; or None to fall back
+    to ``reduce``.
+
     The mix composes the two merges: an input token of a static cell carries weight[i] / L (its
     cell's mean over the span, then the pool's merge), 1 / run length when split into runs; a
     dynamic-pool token carries weight[i].
@@ -158,11 +167,15 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
     f, n, d = x.shape
     dev = x.device
     pools = []  # (kind, span, frame: the span's first (static) or the pool's own (dynamic), cells)
-    for w, ((s, length), is_static) in enumerate(zip(spans, static)):
-        if is_static.any():
-            pools.append(("static", w, s, torch.nonzero(is_static).flatten()))
+    masks = torch.stack(static)  # (W, N)
+    n_static = masks.sum(1).tolist()  # the one host read of the pools' sizes
+    order = torch.argsort(masks.to(torch.uint8), dim=1, stable=True)  # per span: dynamic cells, then static, ascending
+    for w, (s, length) in enumerate(spans):
+        if n_static[w]:
+            pools.append(("static", w, s, order[w, n - n_static[w]:]))
+        moving = order[w, :n - n_static[w]]  # one tensor for every frame of the span
         for t in range(s, s + length):
-            pools.append(("dynamic", w, t, torch.nonzero(~is_static).flatten()))
+            pools.append(("dynamic", w, t, moving))
     sizes = [cells.numel() for _, _, _, cells in pools]
     left = sum(sizes)  # P
     split = total > left
@@ -178,7 +191,27 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
     weight = torch.zeros(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row, cell_no = 0, 0
-    for (kind, w, t, cells), c in zip(pools, counts):
+    done = set()  # spans whose dynamic pools reduce_frames took at once
+    for i, ((kind, w, t, cells), c) in enumerate(zip(pools, counts)):
+        if kind == "dynamic" and w in done:
+            continue
+        if kind == "dynamic" and reduce_frames is not None:
+            s, length = spans[w]
+            span_counts = counts[i:i + length]
+            flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
+            out = reduce_frames(s, cells, x[s:s + length][:, cells], span_counts) if sum(span_counts) else None
+            if out is not None or not sum(span_counts):
+                done.add(w)
+                if out is None:
+                    continue
+                tokens, slots, owner, coef = out
+                toks.append(tokens)
+                poss.append(flat.flatten()[slots])
+                assignment[flat] = torch.where(owner >= 0, row + owner, -1)
+                weight[flat] = coef.to(x.dtype)
+                dyn.append(torch.ones(tokens.shape[0], dtype=torch.bool, device=dev))
+                row += tokens.shape[0]
+                continue
         if kind == "static":
             s, length = spans[w]
             flat = torch.arange(s, s + length, device=dev).unsqueeze(1) * n + cells  # (L, S) flat indices
@@ -202,11 +235,11 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
         if c == 0:
             continue
         tokens, slots, owner, coef = reduce(kind, t, cells, feat, c)
-        kept = owner >= 0
         toks.append(tokens)
         poss.append(flat[0, slots])
-        assignment[flat[:, kept]] = row + owner[kept].unsqueeze(0)
-        weight[flat[:, kept]] = (coef[kept] / flat.shape[0]).unsqueeze(0).to(x.dtype)  # static: mean over L frames
+        # each input token belongs to one pool: write the whole pool (dropped cells stay -1), no mask indexing
+        assignment[flat] = torch.where(owner >= 0, row + owner, -1).expand(flat.shape)
+        weight[flat] = (coef / flat.shape[0]).to(x.dtype).expand(flat.shape)  # static: mean over L frames
         dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
         row += c
     return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn), weight)

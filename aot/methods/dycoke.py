@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import budget
-from .common import assemble, check_retention, even_split, run, top_by_score
+from .common import assemble, check_retention, even_split, run
 from .registry import Method, register
 
 __all__ = ["DyCokeConfig", "dycoke", "dycoke_reference"]
@@ -70,23 +70,22 @@ def check_floor(config: DyCokeConfig, f: int, n: int) -> None:
 
 
 def _dycoke_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: DyCokeConfig) -> Compressed:
+    """Every frame at once: a fixed number of operators whatever F, and no host read."""
     f, n, d = x.shape
     dev = x.device
     compared = [t for t in range(f) if t % 4]
     base = (f - len(compared)) * n
     check_floor(config, f, n)
-    keep = dict(zip(compared, even_split(total - base, len(compared))))
-    poss = []
-    for t in range(f):
-        ref = dycoke_reference(t)
-        if ref is None:
-            poss.append(torch.arange(n, device=dev) + t * n)
-            continue
-        sim = (x[t] * x[ref]).sum(-1) / (norms[t] * norms[ref])  # cell n against cell n
-        poss.append(torch.sort(top_by_score(sim, keep[t], largest=False)).values + t * n)
-    poss = torch.cat(poss)
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    assignment[poss] = torch.arange(poss.numel(), device=dev)
+    keep = [n] * f  # reference frames (a group's first) keep every token
+    for t, k in zip(compared, even_split(total - base, len(compared))):
+        keep[t] = k
+    ref = torch.tensor([t if t % 4 == 0 else dycoke_reference(t) for t in range(f)], device=dev)
+    sim = (x * x[ref]).sum(-1) / (norms * norms[ref])  # (F, N): cell n against cell n of the reference frame
+    order = torch.sort(sim, dim=1, stable=True).indices  # per frame top_by_score(largest=False)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(f, n))
+    kept = (rank < torch.tensor(keep, device=dev).unsqueeze(1)).flatten()
+    poss = torch.sort(kept.logical_not(), stable=True).indices[:total]  # kept flat positions, ascending
+    assignment = torch.where(kept, torch.cumsum(kept, 0) - 1, -1)
     dynamic = (poss // n) % 4 != 0
     return assemble(x.reshape(f * n, d)[poss], poss, assignment, n, dynamic)
 

@@ -111,34 +111,36 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     dev = x.device
     shares = even_split(total, f)
     n_ctx = [int(s * config.context_share) for s in shares]
-    n_sal = [s - c for s, c in zip(shares, n_ctx)]
-    toks, poss = [], []
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
-    row = 0
+    sal = [s - c for s, c in zip(shares, n_ctx)]  # salient tokens per frame, plus a segment's overflow below
+    plan = []  # per segment: (frames, anchor frames, context tokens per anchor frame, wanted context tokens)
     for start, length in fastvid_segments(x, config.segments, config.tau):
         frames = list(range(start, start + length))
         anchors = [t for t in frames if (start + length - 1 - t) % config.anchor_step == 0]
         plain = [t for t in frames if t not in anchors]
         want = sum(n_ctx[t] for t in frames)
-        per_anchor = capped_split(want, [n - n_sal[t] for t in anchors])
-        extra = capped_split(want - sum(per_anchor), [n - n_sal[t] for t in plain])  # high retention only
-        sal = dict(enumerate(n_sal))
+        per_anchor = capped_split(want, [n - sal[t] for t in anchors])
+        extra = capped_split(want - sum(per_anchor), [n - sal[t] for t in plain])  # high retention only
         for t, e in zip(plain, extra):
             sal[t] += e
+        plan.append((frames, anchors, per_anchor, want))
 
-        # ATS: salient tokens, output unchanged
-        rest = []  # flat indices of the segment's non-salient tokens
-        for t in frames:
-            top = top_by_score(scores[t], sal[t])
-            toks.append(x[t, top])
-            poss.append(top + t * n)
-            assignment[top + t * n] = torch.arange(row, row + top.numel(), device=dev)
-            row += top.numel()
-            keep = torch.ones(n, dtype=torch.bool, device=dev)
-            keep[top] = False
-            rest.append(torch.nonzero(keep).flatten() + t * n)
-        rest = torch.cat(rest)
+    # ATS, every frame at once: the top-scored sal[t] tokens of frame t, output unchanged
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # per frame top_by_score
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(f, n))
+    salient = (rank < torch.tensor(sal, device=dev).unsqueeze(1)).flatten()
+    n_salient = sum(sal)
+    by_kind = torch.sort(salient.logical_not(), stable=True).indices  # salient ascending, then the rest ascending
+    top, rest_all = by_kind[:n_salient], by_kind[n_salient:]
+    flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
+    toks, poss = [flat[top]], [top]
+    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    assignment[top] = torch.arange(n_salient, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
+    row, lo = n_salient, 0
+    for frames, anchors, per_anchor, want in plan:
+        sizes = {t: n - sal[t] for t in frames}  # non-salient tokens per frame
+        rest = rest_all[lo:lo + sum(sizes.values())]  # flat indices of the segment's non-salient tokens
+        lo += rest.numel()
         if want == 0:  # shares too small for any context token (released code: same): rest dropped
             continue
 
@@ -147,21 +149,22 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         for t, c in zip(anchors, per_anchor):
             if c == 0:
                 continue
-            cand = rest[rest // n == t]
-            ctx.append(cand[top_by_score(dpc_knn_scores(x.reshape(f * n, d)[cand], config.k), c)])
+            first = sum(sizes[u] for u in frames if u < t)
+            cand = rest[first:first + sizes[t]]  # frame t's non-salient tokens
+            ctx.append(cand[top_by_score(dpc_knn_scores(flat[cand], config.k), c)])
         if not ctx:  # every anchor frame is all salient tokens: the rest is dropped
             continue
-        flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
         ctx = torch.cat(ctx)
         owner = cosine_sim(flat[rest], flat[ctx], flat_norms[rest], flat_norms[ctx]).argmax(-1)
-        self_slot = torch.nonzero(rest.unsqueeze(1) == ctx.unsqueeze(0))  # (len(ctx), 2): [row in rest, ctx slot]
-        owner[self_slot[:, 0]] = self_slot[:, 1]  # a context token is its own member
+        self_row = torch.searchsorted(rest, ctx)  # rest is ascending: where each context token sits in it
+        self_slot = torch.arange(ctx.numel(), device=dev)
+        owner[self_row] = self_slot  # a context token is its own member
         counts = torch.bincount(owner, minlength=ctx.numel()).to(x.dtype).unsqueeze(1)
         mean = torch.zeros(ctx.numel(), d, dtype=x.dtype, device=dev).index_add_(0, owner, flat[rest]) / counts
         w = (1 / (counts + 1)).clamp(min=config.beta)
         toks.append(w * flat[ctx] + (1 - w) * mean)
         coef = ((1 - w) / counts)[owner, 0]  # every member (the context token too) in the mean
-        coef[self_slot[:, 0]] += w[self_slot[:, 1], 0]  # and the context token's own share w
+        coef[self_row] += w[self_slot, 0]  # and the context token's own share w
         weight[rest] = coef
         poss.append(ctx)
         assignment[ctx] = torch.arange(row, row + ctx.numel(), device=dev)

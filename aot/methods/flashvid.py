@@ -102,11 +102,13 @@ def flashvid(x, scores, *, local_scores=None, grid=None, config: FlashVIDConfig 
     return run(_flashvid_one, FlashVIDConfig, x, scores, local_scores, grid, config)
 
 
-def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int]) -> list[Tensor]:
+def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int], *,
+         stacked: bool = False) -> list[Tensor] | Tensor:
     """ADTS on T frames at once: x (T, N, d), norms (T, N), scores (T, N), event (T, d) the mean token
     of each frame's segment, k[t] <= N tokens to pick on frame t.
 
-    Returns, per frame, the picked token indices in picking order.
+    Returns, per frame, the picked token indices in picking order (``stacked``: one (T, max(1, max k))
+    tensor whose row t holds frame t's picks in its first k[t] columns).
     """
     t, n, _ = x.shape
     cos = (x @ x.transpose(1, 2)) / (norms.unsqueeze(2) * norms.unsqueeze(1))  # (T, N, N)
@@ -125,7 +127,7 @@ def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int]) 
         taken[frames, pick] = True
         nearest = torch.minimum(nearest, dist[frames, pick])
     picks = torch.stack(picks, 1)  # (T, max k)
-    return [picks[i, :k[i]] for i in range(t)]
+    return picks if stacked else [picks[i, :k[i]] for i in range(t)]
 
 
 def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: FlashVIDConfig) -> Compressed:
@@ -137,23 +139,25 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
     flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
     segments = fastvid_segments(x, config.segments, config.segment_threshold)
     event = torch.cat([x[s:s + length].mean((0, 1)).expand(length, d) for s, length in segments])  # (F, d)
-    picked = adts(x, norms, scores, event, n_adts)
-    toks, poss = [], []
+    picks = adts(x, norms, scores, event, n_adts, stacked=True)  # (F, max k)
+    # every frame at once: ADTS tokens are output unchanged; the others ("free") go to TSTM
+    valid = torch.arange(picks.shape[1], device=dev) < torch.tensor(n_adts, device=dev).unsqueeze(1)
+    picked = torch.zeros(f, n + 1, dtype=torch.bool, device=dev)
+    picked.scatter_(1, torch.where(valid, picks, n), True)  # column n: a sink for the unused pick slots
+    n_picked = sum(n_adts)
+    by_kind = torch.sort(picked[:, :n].flatten().logical_not(), stable=True).indices  # picked, then free, ascending
+    top, free_all = by_kind[:n_picked], by_kind[n_picked:]
+    toks, poss = [flat[top]], [top]
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    assignment[top] = torch.arange(n_picked, device=dev)
     weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
-    row = 0
+    row, at = n_picked, 0
     for start, length in segments:
         frames = range(start, start + length)
-        free = []  # per frame: ascending cells ADTS left
+        free = []  # per frame: ascending flat indices of the cells ADTS left
         for t in frames:
-            pick = picked[t]
-            toks.append(x[t, pick])
-            poss.append(pick + t * n)
-            assignment[pick + t * n] = torch.arange(row, row + pick.numel(), device=dev)
-            row += pick.numel()
-            mask = torch.ones(n, dtype=torch.bool, device=dev)
-            mask[pick] = False
-            free.append(torch.nonzero(mask).flatten() + t * n)
+            free.append(free_all[at:at + n - n_adts[t]])
+            at += n - n_adts[t]
         budget = sum(n_merge[t] for t in frames)
         if budget == 0:  # shares too small for merged tokens: the rest is dropped
             continue
@@ -174,27 +178,33 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         cand = torch.cat(link_sim)
         n_free = cand.numel()
         order = torch.sort(cand, descending=True, stable=True).indices
-        n_link = min(int((cand > config.temporal_threshold).sum()), n_free - budget)
+        # the n_link = min(links above the threshold, n_free - budget) best links merge (no host read)
+        n_link = torch.clamp((cand > config.temporal_threshold).sum(), max=n_free - budget)
         merged = torch.zeros(n_free, dtype=torch.bool, device=dev)
-        merged[order[:n_link]] = True
-        root = {}
+        merged[order] = torch.arange(n_free, device=dev) < n_link
         members = torch.cat(free)
         par = torch.cat(parent)
-        for tok, p, m in zip(members.tolist(), par.tolist(), merged.tolist()):
-            root[tok] = root[p] if m else tok  # frames in order: a parent's root is known
-        root_of = torch.tensor([root[t] for t in members.tolist()], dtype=torch.long, device=dev)
-        roots = torch.nonzero(~merged).flatten()
-        roots = members[roots]  # ascending flat index = by (frame, cell)
+        # roots by pointer jumping: a merged token points at its parent, a root at itself; a tree spans
+        # at most `length` frames, so ceil(log2(length)) doublings reach every root
+        index_of = torch.zeros(f * n, dtype=torch.long, device=dev)
+        index_of[members] = torch.arange(n_free, device=dev)
+        ptr = torch.where(merged, index_of[par.clamp(min=0)], torch.arange(n_free, device=dev))
+        for _ in range(max(0, (length - 1).bit_length())):
+            ptr = ptr[ptr]
+        root_of = members[ptr]
+        per_frame = torch.zeros(length, dtype=torch.long, device=dev).index_add_(
+            0, members // n - start, merged.logical_not().long()).tolist()  # the segment's one host read
+        n_roots = sum(per_frame)
+        roots = members[torch.sort(merged, stable=True).indices[:n_roots]]  # ascending flat index = by (frame, cell)
         slot = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-        slot[roots] = torch.arange(roots.numel(), device=dev)
+        slot[roots] = torch.arange(n_roots, device=dev)
         tree = slot[root_of]  # (n_free,) tree of each free token
-        counts = torch.bincount(tree, minlength=roots.numel()).to(x.dtype).unsqueeze(1)
-        means = torch.zeros(roots.numel(), d, dtype=x.dtype, device=dev).index_add_(0, tree, flat[members]) / counts
+        counts = torch.bincount(tree, minlength=n_roots).to(x.dtype).unsqueeze(1)
+        means = torch.zeros(n_roots, d, dtype=x.dtype, device=dev).index_add_(0, tree, flat[members]) / counts
 
         # spatial merging: the budget over frames in proportion to their roots, DPC-kNN inside a frame
-        per_frame = [int(((roots // n) == t).sum()) for t in frames]
-        quotas = [Fraction(budget * r, roots.numel()) for r in per_frame]
-        clusters = settle(budget, quotas, [-(-budget * r // roots.numel()) for r in per_frame], per_frame)
+        quotas = [Fraction(budget * r, n_roots) for r in per_frame]
+        clusters = settle(budget, quotas, [-(-budget * r // n_roots) for r in per_frame], per_frame)
         out_slot = torch.full((roots.numel(),), -1, dtype=torch.long, device=dev)
         out_w = torch.ones(roots.numel(), dtype=x.dtype, device=dev)  # coefficient of each tree mean in its row
         lo = 0

@@ -114,12 +114,14 @@ def holitom(x, scores, *, local_scores=None, grid=None, config: HoliTomConfig = 
 
 def holitom_windows(static: Tensor, max_window: int) -> list[tuple[int, int]]:
     """Step 2 on static (F - 1, N) bool (cell n unchanged from frame t to t + 1): (first frame, length) per window."""
-    f = static.shape[0] + 1
-    gain = [[0] * f for _ in range(f)]  # gain[s][e]: tokens removed by the window s..e
-    for s in range(f - 1):
-        cells = torch.cumprod(static[s:].long(), dim=0).sum(-1).tolist()  # cells static over s..s+1+j
-        for j, c in enumerate(cells):
-            gain[s][s + 1 + j] = c * (j + 1)
+    f, n = static.shape[0] + 1, static.shape[1]
+    # moved[t, n]: changes of cell n before frame t; the cell is static over frames s..e iff moved[s] == moved[e]
+    moved = torch.cat([static.new_zeros(1, n, dtype=torch.long), torch.cumsum(~static, 0)])  # (F, N)
+    block = max(1, (1 << 22) // (f * n))  # rows of the (rows, F, N) comparison at a time: bounded memory
+    still = torch.cat([(moved[a:a + block].unsqueeze(1) == moved.unsqueeze(0)).sum(-1) for a in range(0, f, block)])
+    still = still.tolist()  # the one host read: still[s][e] cells static over frames s..e
+    # gain[s][e]: tokens removed by the window s..e (e > s)
+    gain = [[still[s][e] * (e - s) if e > s else 0 for e in range(f)] for s in range(f)]
     best = [0] * f  # best[i]: most tokens removed from frames 0..i
     start = [0] * f
     for i in range(f):
@@ -153,10 +155,10 @@ def dpc_knn_clusters(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
 def _beta_merge(feat: Tensor, centres: Tensor, owner: Tensor, beta: float) -> Tensor:
     """beta * centre + (1 - beta) * mean(members other than the centre); a lone centre stays as it is."""
     c, d = centres.numel(), feat.shape[1]
-    is_member = torch.ones(feat.shape[0], dtype=torch.bool, device=feat.device)
-    is_member[centres] = False
-    counts = torch.bincount(owner[is_member], minlength=c).to(feat.dtype).unsqueeze(1)
-    summed = torch.zeros(c, d, dtype=feat.dtype, device=feat.device).index_add_(0, owner[is_member], feat[is_member])
+    into = owner.clone()
+    into[centres] = c  # centres go to a sink row c: the sums hold the other members, in row order
+    counts = torch.bincount(into, minlength=c + 1)[:c].to(feat.dtype).unsqueeze(1)
+    summed = torch.zeros(c + 1, d, dtype=feat.dtype, device=feat.device).index_add_(0, into, feat)[:c]
     merged = beta * feat[centres] + (1 - beta) * summed / counts.clamp(min=1)
     return torch.where(counts > 0, merged, feat[centres])
 
@@ -167,9 +169,7 @@ def _beta_weights(centres: Tensor, owner: Tensor, beta: float, dtype: torch.dtyp
     A centre with members: beta; a lone centre: 1; a member: (1 - beta) / (its centre's members).
     """
     c = centres.numel()
-    is_member = torch.ones(owner.numel(), dtype=torch.bool, device=owner.device)
-    is_member[centres] = False
-    counts = torch.bincount(owner[is_member], minlength=c).to(dtype)
+    counts = (torch.bincount(owner, minlength=c) - 1).to(dtype)  # every centre owns itself
     weight = ((1 - beta) / counts.clamp(min=1))[owner]
     weight[centres] = torch.where(counts > 0, torch.tensor(beta, dtype=dtype, device=owner.device), 1.0)
     return weight
@@ -208,7 +208,21 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         return (torch.cat([feat[dom], _beta_merge(feat[rest], centres, rest_owner, config.beta)]),
                 torch.cat([dom, rest[centres]]), owner, weight)
 
-    return merge_pools(x, windows, masks, total, round_quota, reduce)
+    def reduce_frames(s: int, cells: Tensor, feat: Tensor, counts: list[int]):
+        # a window's dynamic pools at once when they only keep top-attention tokens (released D = 0)
+        n_dom = [min(c, math.floor(c * (1 - config.context_share) + 0.5)) for c in counts]
+        if n_dom != counts:
+            return None  # contextual DPC-kNN tokens: pool by pool
+        length, size = feat.shape[:2]
+        order = torch.sort(scores[s:s + length][:, cells], dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(size, device=x.device).expand(length, size))
+        keep = (rank < torch.tensor(counts, device=x.device).unsqueeze(1)).flatten()
+        c = sum(counts)
+        slots = torch.sort(keep.logical_not(), stable=True).indices[:c]  # kept cells, frame by frame, ascending
+        owner = torch.where(keep, torch.cumsum(keep, 0) - 1, -1).view(length, size)
+        return feat.flatten(0, 1)[slots], slots, owner, torch.ones(length, size, dtype=feat.dtype, device=x.device)
+
+    return merge_pools(x, windows, masks, total, round_quota, reduce, reduce_frames)
 
 
 register(Method("holitom", holitom, HoliTomConfig,

@@ -73,7 +73,8 @@ from .common import check_retention, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
-__all__ = ["PruneVidConfig", "prunevid", "prunevid_segments", "contiguous_labels", "dpc_knn_assign"]
+__all__ = ["PruneVidConfig", "prunevid", "prunevid_segments", "contiguous_labels", "dpc_knn_assign",
+           "dpc_knn_assign_many"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,39 @@ def dpc_knn_assign(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
     owner = dist.argmin(-1)
     owner[centres] = torch.arange(c, device=feat.device)
     return centres, owner
+
+
+def dpc_knn_assign_many(feat: Tensor, counts: list[int], k: int) -> tuple[Tensor, Tensor]:
+    """``dpc_knn_assign`` on B pools of m rows at once, bit for bit: feat (B, m, d), counts[b] in
+    0..m clusters for pool b (0: no clusters), k neighbours (capped at m) for the density.
+
+    Returns (centre (B, m) bool: the rows that are centres; owner (B, m) long: slot of each row's
+    centre among its pool's centres in ascending row order, -1 in a pool with no clusters).
+    """
+    b, m, d = feat.shape
+    dev = feat.device
+    raw = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist")  # (B, m, m): per pair as unbatched
+    dist = raw / math.sqrt(d)
+    near = torch.topk(dist, min(k, m), dim=-1, largest=False).values
+    density = torch.exp(-(near ** 2).mean(-1))  # (B, m)
+    idx = torch.arange(m, device=dev)
+    denser = (density.unsqueeze(1) > density.unsqueeze(2)) | (
+        (density.unsqueeze(1) == density.unsqueeze(2)) & (idx.unsqueeze(0) < idx.unsqueeze(1)))  # [b, i, j]: j denser than i
+    delta = torch.where(denser, dist, dist.amax((1, 2), keepdim=True)).min(-1).values
+    score = delta * density
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # top_by_score, per pool
+    rank = torch.empty_like(order).scatter_(1, order, idx.expand(b, m))
+    c_t = torch.tensor(counts, device=dev).unsqueeze(1)  # (B, 1)
+    centre = rank < c_t
+    c_max = max(counts)
+    slots = torch.sort(centre.logical_not(), dim=1, stable=True).indices[:, :c_max]  # centres ascending, padded
+    valid = torch.arange(c_max, device=dev) < c_t  # (B, C)
+    to_centre = raw.gather(2, slots.unsqueeze(1).expand(b, m, c_max))  # the same values as cdist(feat, feat[centres])
+    owner = to_centre.masked_fill(~valid.unsqueeze(1), math.inf).argmin(-1)  # nearest centre, ties to the lower slot
+    own = torch.full((b, m + 1), -1, dtype=torch.long, device=dev)  # column m: a sink for the padding slots
+    own.scatter_(1, torch.where(valid, slots, m), torch.arange(c_max, device=dev).expand(b, c_max).contiguous())
+    owner = torch.where(centre, own[:, :m], owner)  # every centre owns itself
+    return centre, torch.where(c_t > 0, owner, -1)
 
 
 def contiguous_labels(labels: list[int]) -> list[int]:
@@ -187,7 +221,19 @@ def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         tokens = torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts
         return tokens, centres, owner, (1 / counts[:, 0])[owner]
 
-    return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce)
+    def reduce_frames(s: int, cells: Tensor, feat: Tensor, counts: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # a segment's dynamic pools (the same cells on every frame) in one batch: the same as reduce pool by pool
+        centre, owner = dpc_knn_assign_many(feat, counts, config.k)
+        offset = torch.tensor([sum(counts[:i]) for i in range(len(counts))], device=x.device).unsqueeze(1)
+        owner = torch.where(owner >= 0, owner + offset, -1)  # (L, S) token 0..C-1
+        c = sum(counts)
+        into = torch.where(owner >= 0, owner, c).flatten()  # row c: a sink for dropped pools
+        sizes = torch.bincount(into, minlength=c + 1)[:c].to(feat.dtype).unsqueeze(1)
+        tokens = torch.zeros(c + 1, d, dtype=feat.dtype, device=x.device).index_add_(0, into, feat.flatten(0, 1))[:c] / sizes
+        slots = torch.sort(centre.flatten().logical_not(), stable=True).indices[:c]  # pool by pool, centres ascending
+        return tokens, slots, owner, (1 / sizes[:, 0])[owner.clamp(min=0)]
+
+    return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce, reduce_frames)
 
 
 register(Method("prunevid", prunevid, PruneVidConfig,
