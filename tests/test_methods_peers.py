@@ -333,3 +333,21 @@ def test_flashvid_still_video_merges_across_frames_into_first_frame_trees():
     out = method(x, s, config=method.config(retention=0.25, segments=1, segment_threshold=-1.0))
     check_invariants(out, 4, 16, 16)
     assert int(out.sizes.sum()) == 64 and int(out.sizes.max()) >= 4
+
+
+def test_batched_dpc_knn_with_padding_equals_one_frame_at_a_time():
+    """dpc_knn_many on padded frames of different sizes and neighbour counts (FlashVID's spatial merging
+    of a whole video in one batch) gives dpc_knn_clusters' centres and owners frame by frame, bit for bit."""
+    from aot.methods.common import dpc_knn_many
+    from aot.methods.holitom import dpc_knn_clusters
+    g = torch.Generator().manual_seed(13)
+    for d in (3, 16):
+        sizes = [9, 4, 12, 1, 7, 12]
+        counts = [3, 4, 8, 1, 1, 5]
+        feat = torch.randn(len(sizes), max(sizes), d, generator=g)
+        feat[2, :4] = feat[1, :4]  # repeated rows
+        centre, owner = dpc_knn_many(feat, counts, [min(7, c) for c in counts], sizes=sizes)
+        for i, (m, c) in enumerate(zip(sizes, counts)):
+            want_centres, want_owner = dpc_knn_clusters(feat[i, :m], c, 7)
+            assert torch.nonzero(centre[i]).flatten().tolist() == want_centres.tolist()
+            assert torch.equal(owner[i, :m], want_owner) and (owner[i, m:] == -1).all()

@@ -5,10 +5,15 @@ for one video, where x (F, N, d) is float32/float64, norms (F, N) its L2 norms (
 (F, N) float and total the exact budget (0 < total < F * N). ``run`` wraps it with aot.compress's
 validation, error messages, identity at retention 1 and batch loop, and casts the tokens back to
 the input dtype.
+
+``assemble`` builds the output and its mix (one coefficient per absorbed input token);
+``merge_pools`` is HoliTom's and PruneVid's pool machinery; ``dpc_knn_many`` clusters many pools
+in one batch, bit for bit as pool by pool (docs/methods-mix.md: operator and host-read counts).
 """
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Callable
 
@@ -19,7 +24,7 @@ from ..compress import Compressed, Mix, _check_inputs, _identity, prepare, stack
 from ..config import _check_range
 
 __all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention",
-           "merge_pools"]
+           "merge_pools", "dpc_knn_many"]
 
 
 def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_scores, grid, config) -> Compressed:
@@ -243,3 +248,58 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
         dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
         row += c
     return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn), weight)
+
+
+def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: list[int] | None = None,
+                 *, return_order: bool = False) -> tuple[Tensor, ...]:
+    """DPC-kNN clustering of B pools at once, bit for bit what the methods do pool by pool.
+
+    feat (B, M, d): pool b is its first sizes[b] rows (default: all M; the others are padding);
+    counts[b] in 0..sizes[b] clusters (0: none); k (one for all, or k[b] per pool) <= the pool's
+    size: neighbours for the density (the methods' min(K, m) or min(K, c)). Per pool, as
+    ``fastvid.dpc_knn_scores`` then ``holitom.dpc_knn_clusters`` / ``prunevid.dpc_knn_assign``:
+    distances ||a - b|| / sqrt(d) (torch.cdist without the matmul shortcut, so every pair is
+    computed exactly as unbatched), density exp(-mean squared distance to the k nearest), score
+    density * distance to the nearest denser row (ties: the lower index is denser), the top
+    counts[b] scores are the centres, every row joins its nearest centre (Euclidean, ties to the
+    lower centre) and every centre itself.
+
+    Returns (centre (B, M) bool; owner (B, M) long: slot of each row's centre among its pool's
+    centres in ascending row order, -1 in a pool with no clusters and on padding rows), and with
+    ``return_order`` order (B, M): each pool's rows by descending score (``top_by_score``), padding last.
+    """
+    b, m, d = feat.shape
+    dev = feat.device
+    idx = torch.arange(m, device=dev)
+    size_t = torch.tensor(sizes if sizes is not None else [m] * b, device=dev).unsqueeze(1)  # (B, 1)
+    real = idx < size_t  # (B, M)
+    raw = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist")  # (B, M, M)
+    dist = raw / math.sqrt(d)
+    ks = [k] * b if isinstance(k, int) else list(k)
+    near = torch.topk(dist.masked_fill(~real.unsqueeze(1), math.inf), max(ks), dim=-1, largest=False).values
+    density = None  # (B, M): each pool's mean over its own k nearest (a contiguous copy: the unbatched reduction)
+    for kk in sorted(set(ks)):
+        dens = torch.exp(-(near[..., :kk].contiguous() ** 2).mean(-1))
+        if density is None:
+            density = dens
+        else:
+            density = torch.where(torch.tensor([v == kk for v in ks], device=dev).unsqueeze(1), dens, density)
+    denser = ((density.unsqueeze(1) > density.unsqueeze(2)) | (
+        (density.unsqueeze(1) == density.unsqueeze(2)) & (idx.unsqueeze(0) < idx.unsqueeze(1)))) & real.unsqueeze(1)
+    top = dist.masked_fill(~(real.unsqueeze(1) & real.unsqueeze(2)), -math.inf).amax((1, 2), keepdim=True)
+    delta = torch.where(denser, dist, top).min(-1).values  # [b, i]: distance to the nearest denser row
+    score = (delta * density).masked_fill(~real, -math.inf)
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # top_by_score, per pool
+    rank = torch.empty_like(order).scatter_(1, order, idx.expand(b, m))
+    c_t = torch.tensor(counts, device=dev).unsqueeze(1)  # (B, 1)
+    centre = rank < c_t
+    c_max = max(max(counts), 1)
+    slots = torch.sort(centre.logical_not(), dim=1, stable=True).indices[:, :c_max]  # centres ascending, padded
+    valid = torch.arange(c_max, device=dev) < c_t  # (B, C)
+    to_centre = raw.gather(2, slots.unsqueeze(1).expand(b, m, c_max))  # the values cdist(feat, feat[centres]) gives
+    owner = to_centre.masked_fill(~valid.unsqueeze(1), math.inf).argmin(-1)  # nearest centre, ties to the lower slot
+    own = torch.full((b, m + 1), -1, dtype=torch.long, device=dev)  # column M: a sink for the padding slots
+    own.scatter_(1, torch.where(valid, slots, m), torch.arange(c_max, device=dev).expand(b, c_max).contiguous())
+    owner = torch.where(centre, own[:, :m], owner)  # every centre owns itself
+    owner = torch.where((c_t > 0) & real, owner, -1)
+    return (centre, owner, order) if return_order else (centre, owner)

@@ -53,7 +53,7 @@ from torch import Tensor
 from ..compress import Compressed
 from ..config import _check_range
 from ..temporal import dynamic_clips
-from .common import assemble, capped_split, check_retention, cosine_sim, even_split, run, top_by_score
+from .common import assemble, capped_split, check_retention, cosine_sim, dpc_knn_many, even_split, run
 from .registry import Method, register
 
 __all__ = ["FastVIDConfig", "fastvid", "dpc_knn_scores", "fastvid_segments"]
@@ -136,25 +136,27 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
     assignment[top] = torch.arange(n_salient, device=dev)
     weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
-    row, lo = n_salient, 0
+    # DTM context tokens = density peaks of the anchor frames: every anchor frame of the video in one batch
+    first = [sum(n - sal[u] for u in range(t)) for t in range(f)]  # where frame t's non-salient tokens start in rest_all
+    peaks = [(t, c) for frames, anchors, per_anchor, want in plan if want for t, c in zip(anchors, per_anchor) if c]
+    if peaks:
+        sizes = [n - sal[t] for t, _ in peaks]
+        width = max(sizes)
+        cand = rest_all[torch.tensor([[first[t] + i if i < m else first[t] for i in range(width)]
+                                      for (t, _), m in zip(peaks, sizes)], device=dev)]  # (A, width) flat indices
+        cs = [c for _, c in peaks]
+        _, _, by_score = dpc_knn_many(flat[cand], cs, [min(config.k, m) for m in sizes], sizes=sizes, return_order=True)
+        chosen = (torch.arange(width, device=dev) < torch.tensor(cs, device=dev).unsqueeze(1)).flatten()
+        ctx_all = cand.gather(1, by_score).flatten()[torch.sort(chosen.logical_not(), stable=True).indices[:sum(cs)]]
+    row, lo, at = n_salient, 0, 0
     for frames, anchors, per_anchor, want in plan:
-        sizes = {t: n - sal[t] for t in frames}  # non-salient tokens per frame
-        rest = rest_all[lo:lo + sum(sizes.values())]  # flat indices of the segment's non-salient tokens
+        rest = rest_all[lo:lo + sum(n - sal[t] for t in frames)]  # flat indices of the segment's non-salient tokens
         lo += rest.numel()
-        if want == 0:  # shares too small for any context token (released code: same): rest dropped
-            continue
-
-        # DTM: context tokens = density peaks of the anchor frames
-        ctx = []
-        for t, c in zip(anchors, per_anchor):
-            if c == 0:
-                continue
-            first = sum(sizes[u] for u in frames if u < t)
-            cand = rest[first:first + sizes[t]]  # frame t's non-salient tokens
-            ctx.append(cand[top_by_score(dpc_knn_scores(flat[cand], config.k), c)])
-        if not ctx:  # every anchor frame is all salient tokens: the rest is dropped
-            continue
-        ctx = torch.cat(ctx)
+        n_ctx_seg = sum(per_anchor) if want else 0
+        if n_ctx_seg == 0:  # shares too small for any context token (released code: same), or every anchor
+            continue  # frame all salient tokens: the rest is dropped
+        ctx = ctx_all[at:at + n_ctx_seg]  # the segment's anchor frames in order, each by descending score
+        at += n_ctx_seg
         owner = cosine_sim(flat[rest], flat[ctx], flat_norms[rest], flat_norms[ctx]).argmax(-1)
         self_row = torch.searchsorted(rest, ctx)  # rest is ascending: where each context token sits in it
         self_slot = torch.arange(ctx.numel(), device=dev)

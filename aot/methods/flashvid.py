@@ -69,9 +69,8 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import assemble, check_retention, even_split, run, settle
+from .common import assemble, check_retention, dpc_knn_many, even_split, run, settle
 from .fastvid import fastvid_segments
-from .holitom import dpc_knn_clusters
 from .registry import Method, register
 
 __all__ = ["FlashVIDConfig", "flashvid", "adts"]
@@ -152,6 +151,10 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
     assignment[top] = torch.arange(n_picked, device=dev)
     weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row, at = n_picked, 0
+    # every segment's trees, kept for one spatial-merging pass over the whole video at the end
+    all_means, all_roots, all_members, all_trees, all_counts = [], [], [], [], []
+    whole, clustered = [], []  # root indices of frames kept whole; (first root, roots, clusters) of clustered frames
+    n_all = 0  # roots of the segments so far
     for start, length in segments:
         frames = range(start, start + length)
         free = []  # per frame: ascending flat indices of the cells ADTS left
@@ -205,26 +208,53 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         # spatial merging: the budget over frames in proportion to their roots, DPC-kNN inside a frame
         quotas = [Fraction(budget * r, n_roots) for r in per_frame]
         clusters = settle(budget, quotas, [-(-budget * r // n_roots) for r in per_frame], per_frame)
-        out_slot = torch.full((roots.numel(),), -1, dtype=torch.long, device=dev)
-        out_w = torch.ones(roots.numel(), dtype=x.dtype, device=dev)  # coefficient of each tree mean in its row
-        lo = 0
+        first = n_all
         for r, c in zip(per_frame, clusters):
-            if c == r:
-                toks.append(means[lo:lo + r])
-                poss.append(roots[lo:lo + r])
-                out_slot[lo:lo + r] = torch.arange(row, row + r, device=dev)
+            if 0 < c == r:
+                whole += range(first, first + r)
             elif c > 0:
-                centres, owner = dpc_knn_clusters(means[lo:lo + r], c, config.k)
-                summed = torch.zeros(c, d, dtype=x.dtype, device=dev).index_add_(0, owner, means[lo:lo + r])
-                size = torch.bincount(owner, minlength=c).to(x.dtype)
-                toks.append(summed / size.unsqueeze(1))
-                poss.append(roots[lo + centres])
-                out_slot[lo:lo + r] = row + owner
-                out_w[lo:lo + r] = (1 / size)[owner]
-            row += c
-            lo += r
-        assignment[members] = out_slot[tree]
-        weight[members] = out_w[tree] / counts[tree, 0]  # a mean of tree means
+                clustered.append((first, r, c))
+            first += r
+        all_means.append(means)
+        all_roots.append(roots)
+        all_members.append(members)
+        all_trees.append(tree + n_all)
+        all_counts.append(counts[:, 0])
+        n_all += n_roots
+    if not all_means:  # no segment had a merge budget: every free token is dropped
+        return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
+
+    means, roots = torch.cat(all_means), torch.cat(all_roots)
+    out_slot = torch.full((n_all + 1,), -1, dtype=torch.long, device=dev)  # row of each tree mean; entry n_all: a sink
+    out_w = torch.ones(n_all + 1, dtype=x.dtype, device=dev)  # coefficient of each tree mean in its row
+    if whole:  # frames keeping every root: the tree means themselves
+        whole = torch.tensor(whole, device=dev)
+        toks.append(means[whole])
+        poss.append(roots[whole])
+        out_slot[whole] = torch.arange(row, row + whole.numel(), device=dev)
+        row += whole.numel()
+    if clustered:  # every other frame: DPC-kNN of its tree means, all frames of the video in one batch
+        width = max(r for _, r, _ in clustered)
+        take = torch.tensor([[a + i if i < r else 0 for i in range(width)] for a, r, _ in clustered], device=dev)
+        put = torch.tensor([[a + i if i < r else n_all for i in range(width)] for a, r, _ in clustered],
+                           device=dev).flatten()  # padding -> the sink
+        cs = [c for _, _, c in clustered]
+        feat = means[take]  # (B, width, d)
+        centre, owner = dpc_knn_many(feat, cs, [min(config.k, c) for c in cs], sizes=[r for _, r, _ in clustered])
+        c_all = sum(cs)
+        offset = torch.tensor([sum(cs[:i]) for i in range(len(cs))], device=dev).unsqueeze(1)
+        into = torch.where(owner >= 0, owner + offset, c_all).flatten()  # token of each root; c_all: a sink
+        summed = torch.zeros(c_all + 1, d, dtype=x.dtype, device=dev).index_add_(0, into, feat.flatten(0, 1))[:c_all]
+        size = torch.bincount(into, minlength=c_all + 1)[:c_all].to(x.dtype)
+        toks.append(summed / size.unsqueeze(1))
+        centres = torch.sort(centre.flatten().logical_not(), stable=True).indices[:c_all]  # frame by frame, ascending
+        poss.append(roots[take.flatten()[centres]])
+        out_slot[put] = row + into
+        out_w[put] = (1 / size)[into.clamp(max=c_all - 1)]
+        row += c_all
+    members, tree, counts = torch.cat(all_members), torch.cat(all_trees), torch.cat(all_counts)
+    assignment[members] = out_slot[tree]
+    weight[members] = out_w[tree] / counts[tree]  # a mean of tree means
     return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 

@@ -69,7 +69,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import check_retention, merge_pools, run, top_by_score
+from .common import check_retention, dpc_knn_many, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
@@ -117,30 +117,7 @@ def dpc_knn_assign_many(feat: Tensor, counts: list[int], k: int) -> tuple[Tensor
     Returns (centre (B, m) bool: the rows that are centres; owner (B, m) long: slot of each row's
     centre among its pool's centres in ascending row order, -1 in a pool with no clusters).
     """
-    b, m, d = feat.shape
-    dev = feat.device
-    raw = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist")  # (B, m, m): per pair as unbatched
-    dist = raw / math.sqrt(d)
-    near = torch.topk(dist, min(k, m), dim=-1, largest=False).values
-    density = torch.exp(-(near ** 2).mean(-1))  # (B, m)
-    idx = torch.arange(m, device=dev)
-    denser = (density.unsqueeze(1) > density.unsqueeze(2)) | (
-        (density.unsqueeze(1) == density.unsqueeze(2)) & (idx.unsqueeze(0) < idx.unsqueeze(1)))  # [b, i, j]: j denser than i
-    delta = torch.where(denser, dist, dist.amax((1, 2), keepdim=True)).min(-1).values
-    score = delta * density
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # top_by_score, per pool
-    rank = torch.empty_like(order).scatter_(1, order, idx.expand(b, m))
-    c_t = torch.tensor(counts, device=dev).unsqueeze(1)  # (B, 1)
-    centre = rank < c_t
-    c_max = max(counts)
-    slots = torch.sort(centre.logical_not(), dim=1, stable=True).indices[:, :c_max]  # centres ascending, padded
-    valid = torch.arange(c_max, device=dev) < c_t  # (B, C)
-    to_centre = raw.gather(2, slots.unsqueeze(1).expand(b, m, c_max))  # the same values as cdist(feat, feat[centres])
-    owner = to_centre.masked_fill(~valid.unsqueeze(1), math.inf).argmin(-1)  # nearest centre, ties to the lower slot
-    own = torch.full((b, m + 1), -1, dtype=torch.long, device=dev)  # column m: a sink for the padding slots
-    own.scatter_(1, torch.where(valid, slots, m), torch.arange(c_max, device=dev).expand(b, c_max).contiguous())
-    owner = torch.where(centre, own[:, :m], owner)  # every centre owns itself
-    return centre, torch.where(c_t > 0, owner, -1)
+    return dpc_knn_many(feat, counts, min(k, feat.shape[1]))
 
 
 def contiguous_labels(labels: list[int]) -> list[int]:
