@@ -79,8 +79,11 @@ def _dycoke_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, conf
     keep = [n] * f  # reference frames (a group's first) keep every token
     for t, k in zip(compared, even_split(total - base, len(compared))):
         keep[t] = k
-    ref = torch.tensor([t if t % 4 == 0 else dycoke_reference(t) for t in range(f)], device=dev)
-    sim = (x * x[ref]).sum(-1) / (norms * norms[ref])  # (F, N): cell n against cell n of the reference frame
+    sim = torch.zeros(f, n, dtype=x.dtype, device=dev)  # (F, N): cell n against cell n of the reference frame
+    for r in (1, 2, 3):  # frames 4 g + r, all at once (strided views, no copy); reference frame 4 g + r - lag
+        lag = dycoke_reference(r) - r
+        cur, ref = x[r::4], x[r + lag::4][:x[r::4].shape[0]]
+        sim[r::4] = (cur * ref).sum(-1) / (norms[r::4] * norms[r + lag::4][:cur.shape[0]])
     order = torch.sort(sim, dim=1, stable=True).indices  # per frame top_by_score(largest=False)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(f, n))
     kept = (rank < torch.tensor(keep, device=dev).unsqueeze(1)).flatten()
