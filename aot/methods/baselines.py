@@ -17,6 +17,9 @@ A token is its cell's mean, its size the cell's size, its position the cell's ce
 random: R tokens drawn uniformly without replacement over the whole video
 (torch.randperm with a generator seeded by ``seed``: every video of a batch gets the same draw),
 kept as they are; the others are dropped (assignment -1).
+
+Mix (``Compressed.mix``): pooling gives each token of a cell weight 1 / (cell size), and
+``reduce(x)`` equals ``tokens`` to rounding; random is a selection (weight 1), reduced exactly.
 """
 
 from __future__ import annotations
@@ -99,22 +102,35 @@ def check_one_per_frame(config: PoolingConfig, f: int, n: int) -> None:
                          f"{total} tokens (retention={config.retention}, F={f}, N={n}); use retention >= {1 / n:.4g}")
 
 
+@lru_cache(maxsize=64)
+def _pool_layout(h: int, w: int, f: int, total: int) -> tuple[Tensor, Tensor]:
+    """Pooling's layout for F frames of an (h, w) grid and ``total`` tokens, on the CPU (cached:
+    read-only): (cell (F * N,) output row of each input token, centres (total,) flat position of
+    each row)."""
+    n = h * w
+    cell_of, centres, offset = [], [], 0
+    for t, s in enumerate(even_split(total, f)):
+        grid = [0] * n
+        for k, (r0, r1, c0, c1) in enumerate(pool_cells(h, w, s)):
+            for r in range(r0, r1):
+                grid[r * w + c0:r * w + c1] = [offset + k] * (c1 - c0)
+            centres.append(t * n + (r0 + r1 - 1) // 2 * w + (c0 + c1 - 1) // 2)
+        cell_of += grid
+        offset += s
+    return torch.tensor(cell_of), torch.tensor(centres)
+
+
 def _pooling_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: PoolingConfig) -> Compressed:
     f, n, d = x.shape
     check_one_per_frame(config, f, n)
     h, w = grid
     dev = x.device
-    cell_of = torch.empty(f, n, dtype=torch.long)
-    centres, offset = [], 0
-    for t, s in enumerate(even_split(total, f)):
-        for k, (r0, r1, c0, c1) in enumerate(pool_cells(h, w, s)):
-            cell_of[t].view(h, w)[r0:r1, c0:c1] = offset + k
-            centres.append(t * n + (r0 + r1 - 1) // 2 * w + (c0 + c1 - 1) // 2)
-        offset += s
-    assignment = cell_of.flatten().to(dev)
+    cell_of, centres = _pool_layout(h, w, f, total)  # built once per shape in Python: no per-cell ops
+    assignment = cell_of.to(dev, copy=True)
     summed = torch.zeros(total, d, dtype=x.dtype, device=dev).index_add_(0, assignment, x.reshape(f * n, d))
     counts = torch.bincount(assignment, minlength=total).to(x.dtype).unsqueeze(1)
-    return assemble(summed / counts, torch.tensor(centres, device=dev), assignment, n)
+    return assemble(summed / counts, centres.to(dev, copy=True), assignment, n,
+                    weight=(1 / counts[:, 0])[assignment])
 
 
 def _random_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: RandomConfig) -> Compressed:

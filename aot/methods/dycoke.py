@@ -17,6 +17,9 @@ Deviations: the released group pass skips the last group (``range(0, F - 4, 4)``
 stays whole) and drops the last frame when F is odd; here every group, including a short last
 one, follows the same rule. DyCoke's second stage (KV-cache pruning inside the LLM while decoding)
 is not part of token compression and is left out. Ties go to the lower grid index.
+
+Mix (``Compressed.mix``): a selection, weight 1 for every kept token; ``reduce(x)`` equals
+``tokens`` exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import budget
-from .common import assemble, check_retention, even_split, run, top_by_score
+from .common import assemble, check_retention, even_split, run
 from .registry import Method, register
 
 __all__ = ["DyCokeConfig", "dycoke", "dycoke_reference"]
@@ -67,23 +70,25 @@ def check_floor(config: DyCokeConfig, f: int, n: int) -> None:
 
 
 def _dycoke_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: DyCokeConfig) -> Compressed:
+    """Every frame at once: a fixed number of operators whatever F, and no host read."""
     f, n, d = x.shape
     dev = x.device
     compared = [t for t in range(f) if t % 4]
     base = (f - len(compared)) * n
     check_floor(config, f, n)
-    keep = dict(zip(compared, even_split(total - base, len(compared))))
-    poss = []
-    for t in range(f):
-        ref = dycoke_reference(t)
-        if ref is None:
-            poss.append(torch.arange(n, device=dev) + t * n)
-            continue
-        sim = (x[t] * x[ref]).sum(-1) / (norms[t] * norms[ref])  # cell n against cell n
-        poss.append(torch.sort(top_by_score(sim, keep[t], largest=False)).values + t * n)
-    poss = torch.cat(poss)
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    assignment[poss] = torch.arange(poss.numel(), device=dev)
+    keep = [n] * f  # reference frames (a group's first) keep every token
+    for t, k in zip(compared, even_split(total - base, len(compared))):
+        keep[t] = k
+    sim = torch.zeros(f, n, dtype=x.dtype, device=dev)  # (F, N): cell n against cell n of the reference frame
+    for r in (1, 2, 3):  # frames 4 g + r, all at once (strided views, no copy); reference frame 4 g + r - lag
+        lag = dycoke_reference(r) - r
+        cur, ref = x[r::4], x[r + lag::4][:x[r::4].shape[0]]
+        sim[r::4] = (cur * ref).sum(-1) / (norms[r::4] * norms[r + lag::4][:cur.shape[0]])
+    order = torch.sort(sim, dim=1, stable=True).indices  # per frame top_by_score(largest=False)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(f, n))
+    kept = (rank < torch.tensor(keep, device=dev).unsqueeze(1)).flatten()
+    poss = torch.sort(kept.logical_not(), stable=True).indices[:total]  # kept flat positions, ascending
+    assignment = torch.where(kept, torch.cumsum(kept, 0) - 1, -1)
     dynamic = (poss // n) % 4 != 0
     return assemble(x.reshape(f * n, d)[poss], poss, assignment, n, dynamic)
 

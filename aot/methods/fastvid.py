@@ -36,6 +36,10 @@ Deviations, all for an exact budget or a well-defined assignment:
   segment (the usual case: 32 frames in c = 8 segments) the two are identical.
 - Ties: the released code breaks density ties with 1e-6 uniform noise; here a tie counts the
   lower index as denser, so results are deterministic. A context token is always its own member.
+
+Mix (``Compressed.mix``): a salient token has weight 1 in its row; a context row with n members
+(itself included) carries w + (1 - w) / n on the context token and (1 - w) / n on each other
+member, w = max(1 / (n + 1), beta). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from torch import Tensor
 from ..compress import Compressed
 from ..config import _check_range
 from ..temporal import dynamic_clips
-from .common import assemble, capped_split, check_retention, cosine_sim, even_split, run, top_by_score
+from .common import assemble, capped_split, check_retention, cosine_sim, dpc_knn_many, even_split, run
 from .registry import Method, register
 
 __all__ = ["FastVIDConfig", "fastvid", "dpc_knn_scores", "fastvid_segments"]
@@ -107,59 +111,68 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     dev = x.device
     shares = even_split(total, f)
     n_ctx = [int(s * config.context_share) for s in shares]
-    n_sal = [s - c for s, c in zip(shares, n_ctx)]
-    toks, poss = [], []
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    row = 0
+    sal = [s - c for s, c in zip(shares, n_ctx)]  # salient tokens per frame, plus a segment's overflow below
+    plan = []  # per segment: (frames, anchor frames, context tokens per anchor frame, wanted context tokens)
     for start, length in fastvid_segments(x, config.segments, config.tau):
         frames = list(range(start, start + length))
         anchors = [t for t in frames if (start + length - 1 - t) % config.anchor_step == 0]
         plain = [t for t in frames if t not in anchors]
         want = sum(n_ctx[t] for t in frames)
-        per_anchor = capped_split(want, [n - n_sal[t] for t in anchors])
-        extra = capped_split(want - sum(per_anchor), [n - n_sal[t] for t in plain])  # high retention only
-        sal = dict(enumerate(n_sal))
+        per_anchor = capped_split(want, [n - sal[t] for t in anchors])
+        extra = capped_split(want - sum(per_anchor), [n - sal[t] for t in plain])  # high retention only
         for t, e in zip(plain, extra):
             sal[t] += e
+        plan.append((frames, anchors, per_anchor, want))
 
-        # ATS: salient tokens, output unchanged
-        rest = []  # flat indices of the segment's non-salient tokens
-        for t in frames:
-            top = top_by_score(scores[t], sal[t])
-            toks.append(x[t, top])
-            poss.append(top + t * n)
-            assignment[top + t * n] = torch.arange(row, row + top.numel(), device=dev)
-            row += top.numel()
-            keep = torch.ones(n, dtype=torch.bool, device=dev)
-            keep[top] = False
-            rest.append(torch.nonzero(keep).flatten() + t * n)
-        rest = torch.cat(rest)
-        if want == 0:  # shares too small for any context token (released code: same): rest dropped
-            continue
-
-        # DTM: context tokens = density peaks of the anchor frames
-        ctx = []
-        for t, c in zip(anchors, per_anchor):
-            if c == 0:
-                continue
-            cand = rest[rest // n == t]
-            ctx.append(cand[top_by_score(dpc_knn_scores(x.reshape(f * n, d)[cand], config.k), c)])
-        if not ctx:  # every anchor frame is all salient tokens: the rest is dropped
-            continue
-        flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
-        ctx = torch.cat(ctx)
+    # ATS, every frame at once: the top-scored sal[t] tokens of frame t, output unchanged
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # per frame top_by_score
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(f, n))
+    salient = (rank < torch.tensor(sal, device=dev).unsqueeze(1)).flatten()
+    n_salient = sum(sal)
+    by_kind = torch.sort(salient.logical_not(), stable=True).indices  # salient ascending, then the rest ascending
+    top, rest_all = by_kind[:n_salient], by_kind[n_salient:]
+    flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
+    toks, poss = [flat[top]], [top]
+    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    assignment[top] = torch.arange(n_salient, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
+    # DTM context tokens = density peaks of the anchor frames: every anchor frame of the video in one batch
+    first = [sum(n - sal[u] for u in range(t)) for t in range(f)]  # where frame t's non-salient tokens start in rest_all
+    peaks = [(t, c) for frames, anchors, per_anchor, want in plan if want for t, c in zip(anchors, per_anchor) if c]
+    if peaks:
+        sizes = [n - sal[t] for t, _ in peaks]
+        width = max(sizes)
+        cand = rest_all[torch.tensor([[first[t] + i if i < m else first[t] for i in range(width)]
+                                      for (t, _), m in zip(peaks, sizes)], device=dev)]  # (A, width) flat indices
+        cs = [c for _, c in peaks]
+        _, _, by_score = dpc_knn_many(flat[cand], cs, [min(config.k, m) for m in sizes], sizes=sizes, return_order=True)
+        chosen = (torch.arange(width, device=dev) < torch.tensor(cs, device=dev).unsqueeze(1)).flatten()
+        ctx_all = cand.gather(1, by_score).flatten()[torch.sort(chosen.logical_not(), stable=True).indices[:sum(cs)]]
+    row, lo, at = n_salient, 0, 0
+    for frames, anchors, per_anchor, want in plan:
+        rest = rest_all[lo:lo + sum(n - sal[t] for t in frames)]  # flat indices of the segment's non-salient tokens
+        lo += rest.numel()
+        n_ctx_seg = sum(per_anchor) if want else 0
+        if n_ctx_seg == 0:  # shares too small for any context token (released code: same), or every anchor
+            continue  # frame all salient tokens: the rest is dropped
+        ctx = ctx_all[at:at + n_ctx_seg]  # the segment's anchor frames in order, each by descending score
+        at += n_ctx_seg
         owner = cosine_sim(flat[rest], flat[ctx], flat_norms[rest], flat_norms[ctx]).argmax(-1)
-        self_slot = torch.nonzero(rest.unsqueeze(1) == ctx.unsqueeze(0))  # (len(ctx), 2): [row in rest, ctx slot]
-        owner[self_slot[:, 0]] = self_slot[:, 1]  # a context token is its own member
+        self_row = torch.searchsorted(rest, ctx)  # rest is ascending: where each context token sits in it
+        self_slot = torch.arange(ctx.numel(), device=dev)
+        owner[self_row] = self_slot  # a context token is its own member
         counts = torch.bincount(owner, minlength=ctx.numel()).to(x.dtype).unsqueeze(1)
         mean = torch.zeros(ctx.numel(), d, dtype=x.dtype, device=dev).index_add_(0, owner, flat[rest]) / counts
         w = (1 / (counts + 1)).clamp(min=config.beta)
         toks.append(w * flat[ctx] + (1 - w) * mean)
+        coef = ((1 - w) / counts)[owner, 0]  # every member (the context token too) in the mean
+        coef[self_row] += w[self_slot, 0]  # and the context token's own share w
+        weight[rest] = coef
         poss.append(ctx)
         assignment[ctx] = torch.arange(row, row + ctx.numel(), device=dev)
         assignment[rest] = row + owner
         row += ctx.numel()
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 
 register(Method("fastvid", fastvid, FastVIDConfig,

@@ -52,6 +52,10 @@ Where and why ours differs from the release:
   made (the release's cosine -1 sentinel).
 - Ties: the release adds 1e-6 noise to DPC-kNN densities; here ties go to the lower index, so
   results are deterministic.
+
+Mix (``Compressed.mix``), a merge of merges: an ADTS token has weight 1; a tree of s tokens kept
+as its own row gives each 1 / s; a DPC-kNN cluster of m tree means gives each token of a tree of
+s tokens 1 / (m s). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -65,9 +69,8 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import assemble, check_retention, even_split, run, settle
+from .common import assemble, check_retention, dpc_knn_many, even_split, run, settle
 from .fastvid import fastvid_segments
-from .holitom import dpc_knn_clusters
 from .registry import Method, register
 
 __all__ = ["FlashVIDConfig", "flashvid", "adts"]
@@ -98,11 +101,13 @@ def flashvid(x, scores, *, local_scores=None, grid=None, config: FlashVIDConfig 
     return run(_flashvid_one, FlashVIDConfig, x, scores, local_scores, grid, config)
 
 
-def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int]) -> list[Tensor]:
+def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int], *,
+         stacked: bool = False) -> list[Tensor] | Tensor:
     """ADTS on T frames at once: x (T, N, d), norms (T, N), scores (T, N), event (T, d) the mean token
     of each frame's segment, k[t] <= N tokens to pick on frame t.
 
-    Returns, per frame, the picked token indices in picking order.
+    Returns, per frame, the picked token indices in picking order (``stacked``: one (T, max(1, max k))
+    tensor whose row t holds frame t's picks in its first k[t] columns).
     """
     t, n, _ = x.shape
     cos = (x @ x.transpose(1, 2)) / (norms.unsqueeze(2) * norms.unsqueeze(1))  # (T, N, N)
@@ -121,7 +126,7 @@ def adts(x: Tensor, norms: Tensor, scores: Tensor, event: Tensor, k: list[int]) 
         taken[frames, pick] = True
         nearest = torch.minimum(nearest, dist[frames, pick])
     picks = torch.stack(picks, 1)  # (T, max k)
-    return [picks[i, :k[i]] for i in range(t)]
+    return picks if stacked else [picks[i, :k[i]] for i in range(t)]
 
 
 def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: FlashVIDConfig) -> Compressed:
@@ -133,22 +138,29 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
     flat, flat_norms = x.reshape(f * n, d), norms.reshape(f * n)
     segments = fastvid_segments(x, config.segments, config.segment_threshold)
     event = torch.cat([x[s:s + length].mean((0, 1)).expand(length, d) for s, length in segments])  # (F, d)
-    picked = adts(x, norms, scores, event, n_adts)
-    toks, poss = [], []
+    picks = adts(x, norms, scores, event, n_adts, stacked=True)  # (F, max k)
+    # every frame at once: ADTS tokens are output unchanged; the others ("free") go to TSTM
+    valid = torch.arange(picks.shape[1], device=dev) < torch.tensor(n_adts, device=dev).unsqueeze(1)
+    picked = torch.zeros(f, n + 1, dtype=torch.bool, device=dev)
+    picked.scatter_(1, torch.where(valid, picks, n), True)  # column n: a sink for the unused pick slots
+    n_picked = sum(n_adts)
+    by_kind = torch.sort(picked[:, :n].flatten().logical_not(), stable=True).indices  # picked, then free, ascending
+    top, free_all = by_kind[:n_picked], by_kind[n_picked:]
+    toks, poss = [flat[top]], [top]
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    row = 0
+    assignment[top] = torch.arange(n_picked, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
+    row, at = n_picked, 0
+    # every segment's trees, kept for one spatial-merging pass over the whole video at the end
+    all_means, all_roots, all_members, all_trees, all_counts = [], [], [], [], []
+    whole, clustered = [], []  # root indices of frames kept whole; (first root, roots, clusters) of clustered frames
+    n_all = 0  # roots of the segments so far
     for start, length in segments:
         frames = range(start, start + length)
-        free = []  # per frame: ascending cells ADTS left
+        free = []  # per frame: ascending flat indices of the cells ADTS left
         for t in frames:
-            pick = picked[t]
-            toks.append(x[t, pick])
-            poss.append(pick + t * n)
-            assignment[pick + t * n] = torch.arange(row, row + pick.numel(), device=dev)
-            row += pick.numel()
-            mask = torch.ones(n, dtype=torch.bool, device=dev)
-            mask[pick] = False
-            free.append(torch.nonzero(mask).flatten() + t * n)
+            free.append(free_all[at:at + n - n_adts[t]])
+            at += n - n_adts[t]
         budget = sum(n_merge[t] for t in frames)
         if budget == 0:  # shares too small for merged tokens: the rest is dropped
             continue
@@ -169,44 +181,89 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         cand = torch.cat(link_sim)
         n_free = cand.numel()
         order = torch.sort(cand, descending=True, stable=True).indices
-        n_link = min(int((cand > config.temporal_threshold).sum()), n_free - budget)
+        # the n_link = min(links above the threshold, n_free - budget) best links merge (no host read)
+        n_link = torch.clamp((cand > config.temporal_threshold).sum(), max=n_free - budget)
         merged = torch.zeros(n_free, dtype=torch.bool, device=dev)
-        merged[order[:n_link]] = True
-        root = {}
+        merged[order] = torch.arange(n_free, device=dev) < n_link
         members = torch.cat(free)
         par = torch.cat(parent)
-        for tok, p, m in zip(members.tolist(), par.tolist(), merged.tolist()):
-            root[tok] = root[p] if m else tok  # frames in order: a parent's root is known
-        root_of = torch.tensor([root[t] for t in members.tolist()], dtype=torch.long, device=dev)
-        roots = torch.nonzero(~merged).flatten()
-        roots = members[roots]  # ascending flat index = by (frame, cell)
+        # roots by pointer jumping: a merged token points at its parent, a root at itself; a tree spans
+        # at most `length` frames, so ceil(log2(length)) doublings reach every root
+        index_of = torch.zeros(f * n, dtype=torch.long, device=dev)
+        index_of[members] = torch.arange(n_free, device=dev)
+        ptr = torch.where(merged, index_of[par.clamp(min=0)], torch.arange(n_free, device=dev))
+        for _ in range(max(0, (length - 1).bit_length())):
+            ptr = ptr[ptr]
+        root_of = members[ptr]
+        per_frame = torch.zeros(length, dtype=torch.long, device=dev).index_add_(
+            0, members // n - start, merged.logical_not().long()).tolist()  # the segment's one host read
+        n_roots = sum(per_frame)
+        roots = members[torch.sort(merged, stable=True).indices[:n_roots]]  # ascending flat index = by (frame, cell)
         slot = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-        slot[roots] = torch.arange(roots.numel(), device=dev)
+        slot[roots] = torch.arange(n_roots, device=dev)
         tree = slot[root_of]  # (n_free,) tree of each free token
-        counts = torch.bincount(tree, minlength=roots.numel()).to(x.dtype).unsqueeze(1)
-        means = torch.zeros(roots.numel(), d, dtype=x.dtype, device=dev).index_add_(0, tree, flat[members]) / counts
+        counts = torch.bincount(tree, minlength=n_roots).to(x.dtype).unsqueeze(1)
+        means = torch.zeros(n_roots, d, dtype=x.dtype, device=dev).index_add_(0, tree, flat[members]) / counts
 
         # spatial merging: the budget over frames in proportion to their roots, DPC-kNN inside a frame
-        per_frame = [int(((roots // n) == t).sum()) for t in frames]
-        quotas = [Fraction(budget * r, roots.numel()) for r in per_frame]
-        clusters = settle(budget, quotas, [-(-budget * r // roots.numel()) for r in per_frame], per_frame)
-        out_slot = torch.full((roots.numel(),), -1, dtype=torch.long, device=dev)
-        lo = 0
+        quotas = [Fraction(budget * r, n_roots) for r in per_frame]
+        clusters = settle(budget, quotas, [-(-budget * r // n_roots) for r in per_frame], per_frame)
+        first = n_all
         for r, c in zip(per_frame, clusters):
-            if c == r:
-                toks.append(means[lo:lo + r])
-                poss.append(roots[lo:lo + r])
-                out_slot[lo:lo + r] = torch.arange(row, row + r, device=dev)
+            if 0 < c == r:
+                whole += range(first, first + r)
             elif c > 0:
-                centres, owner = dpc_knn_clusters(means[lo:lo + r], c, config.k)
-                summed = torch.zeros(c, d, dtype=x.dtype, device=dev).index_add_(0, owner, means[lo:lo + r])
-                toks.append(summed / torch.bincount(owner, minlength=c).to(x.dtype).unsqueeze(1))
-                poss.append(roots[lo + centres])
-                out_slot[lo:lo + r] = row + owner
-            row += c
-            lo += r
-        assignment[members] = out_slot[tree]
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+                clustered.append((first, r, c))
+            first += r
+        all_means.append(means)
+        all_roots.append(roots)
+        all_members.append(members)
+        all_trees.append(tree + n_all)
+        all_counts.append(counts[:, 0])
+        n_all += n_roots
+    if not all_means:  # no segment had a merge budget: every free token is dropped
+        return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
+
+    means, roots = torch.cat(all_means), torch.cat(all_roots)
+    out_slot = torch.full((n_all + 1,), -1, dtype=torch.long, device=dev)  # row of each tree mean; entry n_all: a sink
+    out_w = torch.ones(n_all + 1, dtype=x.dtype, device=dev)  # coefficient of each tree mean in its row
+    if whole:  # frames keeping every root: the tree means themselves
+        whole = torch.tensor(whole, device=dev)
+        toks.append(means[whole])
+        poss.append(roots[whole])
+        out_slot[whole] = torch.arange(row, row + whole.numel(), device=dev)
+        row += whole.numel()
+    # every other frame: DPC-kNN of its tree means, frames of similar root counts in one batch (padding to
+    # the batch's largest frame costs at most 1.25^2 of the pairwise distances frame by frame)
+    batches = []
+    for spec in sorted(clustered, key=lambda a: -a[1]):
+        if batches and 5 * spec[1] >= 4 * batches[-1][0][1]:
+            batches[-1].append(spec)
+        else:
+            batches.append([spec])
+    for clustered in batches:
+        width = clustered[0][1]
+        take = torch.tensor([[a + i if i < r else 0 for i in range(width)] for a, r, _ in clustered], device=dev)
+        put = torch.tensor([[a + i if i < r else n_all for i in range(width)] for a, r, _ in clustered],
+                           device=dev).flatten()  # padding -> the sink
+        cs = [c for _, _, c in clustered]
+        feat = means[take]  # (B, width, d)
+        centre, owner = dpc_knn_many(feat, cs, [min(config.k, c) for c in cs], sizes=[r for _, r, _ in clustered])
+        c_all = sum(cs)
+        offset = torch.tensor([sum(cs[:i]) for i in range(len(cs))], device=dev).unsqueeze(1)
+        into = torch.where(owner >= 0, owner + offset, c_all).flatten()  # token of each root; c_all: a sink
+        summed = torch.zeros(c_all + 1, d, dtype=x.dtype, device=dev).index_add_(0, into, feat.flatten(0, 1))[:c_all]
+        size = torch.bincount(into, minlength=c_all + 1)[:c_all].to(x.dtype)
+        toks.append(summed / size.unsqueeze(1))
+        centres = torch.sort(centre.flatten().logical_not(), stable=True).indices[:c_all]  # frame by frame, ascending
+        poss.append(roots[take.flatten()[centres]])
+        out_slot[put] = row + into
+        out_w[put] = (1 / size)[into.clamp(max=c_all - 1)]
+        row += c_all
+    members, tree, counts = torch.cat(all_members), torch.cat(all_trees), torch.cat(all_counts)
+    assignment[members] = out_slot[tree]
+    weight[members] = out_w[tree] / counts[tree]  # a mean of tree means
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 
 register(Method("flashvid", flashvid, FlashVIDConfig,

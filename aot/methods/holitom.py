@@ -53,6 +53,12 @@ Where and why ours differs from the release:
 - Ties: the release adds 1e-6 uniform noise to the densities; here an equal density counts the
   lower index as denser, and every other tie also goes to the lower index, so results are
   deterministic. The release's dominant count uses Python's round (half to even); here half up.
+
+Mix (``Compressed.mix``), the two merges composed: a kept dynamic token has weight 1; a cluster
+of m > 1 rows carries beta on its centre and (1 - beta) / (m - 1) on each other member (a lone
+centre 1); a static cell's row stands for its mean over the window's L frames, so each of its L
+input tokens gets that coefficient / L (a run of a split cell: 1 / run length). ``reduce(x)``
+equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -108,12 +114,14 @@ def holitom(x, scores, *, local_scores=None, grid=None, config: HoliTomConfig = 
 
 def holitom_windows(static: Tensor, max_window: int) -> list[tuple[int, int]]:
     """Step 2 on static (F - 1, N) bool (cell n unchanged from frame t to t + 1): (first frame, length) per window."""
-    f = static.shape[0] + 1
-    gain = [[0] * f for _ in range(f)]  # gain[s][e]: tokens removed by the window s..e
-    for s in range(f - 1):
-        cells = torch.cumprod(static[s:].long(), dim=0).sum(-1).tolist()  # cells static over s..s+1+j
-        for j, c in enumerate(cells):
-            gain[s][s + 1 + j] = c * (j + 1)
+    f, n = static.shape[0] + 1, static.shape[1]
+    # moved[t, n]: changes of cell n before frame t; the cell is static over frames s..e iff moved[s] == moved[e]
+    moved = torch.cat([static.new_zeros(1, n, dtype=torch.long), torch.cumsum(~static, 0)])  # (F, N)
+    block = max(1, (1 << 22) // (f * n))  # rows of the (rows, F, N) comparison at a time: bounded memory
+    still = torch.cat([(moved[a:a + block].unsqueeze(1) == moved.unsqueeze(0)).sum(-1) for a in range(0, f, block)])
+    still = still.tolist()  # the one host read: still[s][e] cells static over frames s..e
+    # gain[s][e]: tokens removed by the window s..e (e > s)
+    gain = [[still[s][e] * (e - s) if e > s else 0 for e in range(f)] for s in range(f)]
     best = [0] * f  # best[i]: most tokens removed from frames 0..i
     start = [0] * f
     for i in range(f):
@@ -147,12 +155,24 @@ def dpc_knn_clusters(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
 def _beta_merge(feat: Tensor, centres: Tensor, owner: Tensor, beta: float) -> Tensor:
     """beta * centre + (1 - beta) * mean(members other than the centre); a lone centre stays as it is."""
     c, d = centres.numel(), feat.shape[1]
-    is_member = torch.ones(feat.shape[0], dtype=torch.bool, device=feat.device)
-    is_member[centres] = False
-    counts = torch.bincount(owner[is_member], minlength=c).to(feat.dtype).unsqueeze(1)
-    summed = torch.zeros(c, d, dtype=feat.dtype, device=feat.device).index_add_(0, owner[is_member], feat[is_member])
+    into = owner.clone()
+    into[centres] = c  # centres go to a sink row c: the sums hold the other members, in row order
+    counts = torch.bincount(into, minlength=c + 1)[:c].to(feat.dtype).unsqueeze(1)
+    summed = torch.zeros(c + 1, d, dtype=feat.dtype, device=feat.device).index_add_(0, into, feat)[:c]
     merged = beta * feat[centres] + (1 - beta) * summed / counts.clamp(min=1)
     return torch.where(counts > 0, merged, feat[centres])
+
+
+def _beta_weights(centres: Tensor, owner: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
+    """The coefficient of each row of feat in ``_beta_merge``'s token: (m,) for owner (m,).
+
+    A centre with members: beta; a lone centre: 1; a member: (1 - beta) / (its centre's members).
+    """
+    c = centres.numel()
+    counts = (torch.bincount(owner, minlength=c) - 1).to(dtype)  # every centre owns itself
+    weight = ((1 - beta) / counts.clamp(min=1))[owner]
+    weight[centres] = torch.where(counts > 0, torch.tensor(beta, dtype=dtype, device=owner.device), 1.0)
+    return weight
 
 
 def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: HoliTomConfig) -> Compressed:
@@ -166,26 +186,43 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     def round_quota(kind: str, quota: Fraction) -> int:  # released: ceil for dynamic, round for static
         return math.ceil(quota) if kind == "dynamic" else math.floor(quota + Fraction(1, 2))
 
-    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if kind == "static":  # DPC-kNN clusters of the cells' window means, beta-merged
             centres, owner = dpc_knn_clusters(feat, c, config.k)
-            return _beta_merge(feat, centres, owner, config.beta), centres, owner
+            return (_beta_merge(feat, centres, owner, config.beta), centres, owner,
+                    _beta_weights(centres, owner, config.beta, feat.dtype))
         n_dom = min(c, math.floor(c * (1 - config.context_share) + 0.5))
         n_ctx = c - n_dom
         dom = top_by_score(scores[t, cells], n_dom)  # slots of the top-attention cells
         owner = torch.full((cells.numel(),), -1, dtype=torch.long, device=x.device)
         owner[dom] = torch.arange(n_dom, device=x.device)
+        weight = torch.ones(cells.numel(), dtype=feat.dtype, device=x.device)  # kept as they are
         if not n_ctx:
-            return feat[dom], dom, owner
+            return feat[dom], dom, owner, weight
         keep = torch.ones(cells.numel(), dtype=torch.bool, device=x.device)
         keep[dom] = False
         rest = torch.nonzero(keep).flatten()  # the pool's other cells, ascending
         centres, rest_owner = dpc_knn_clusters(feat[rest], n_ctx, config.k)
         owner[rest] = n_dom + rest_owner
+        weight[rest] = _beta_weights(centres, rest_owner, config.beta, feat.dtype)
         return (torch.cat([feat[dom], _beta_merge(feat[rest], centres, rest_owner, config.beta)]),
-                torch.cat([dom, rest[centres]]), owner)
+                torch.cat([dom, rest[centres]]), owner, weight)
 
-    return merge_pools(x, windows, masks, total, round_quota, reduce)
+    def reduce_frames(s: int, cells: Tensor, feat: Tensor, counts: list[int]):
+        # a window's dynamic pools at once when they only keep top-attention tokens (released D = 0)
+        n_dom = [min(c, math.floor(c * (1 - config.context_share) + 0.5)) for c in counts]
+        if n_dom != counts:
+            return None  # contextual DPC-kNN tokens: pool by pool
+        length, size = feat.shape[:2]
+        order = torch.sort(scores[s:s + length][:, cells], dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(size, device=x.device).expand(length, size))
+        keep = (rank < torch.tensor(counts, device=x.device).unsqueeze(1)).flatten()
+        c = sum(counts)
+        slots = torch.sort(keep.logical_not(), stable=True).indices[:c]  # kept cells, frame by frame, ascending
+        owner = torch.where(keep, torch.cumsum(keep, 0) - 1, -1).view(length, size)
+        return feat.flatten(0, 1)[slots], slots, owner, torch.ones(length, size, dtype=feat.dtype, device=x.device)
+
+    return merge_pools(x, windows, masks, total, round_quota, reduce, reduce_frames)
 
 
 register(Method("holitom", holitom, HoliTomConfig,

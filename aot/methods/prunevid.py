@@ -53,6 +53,10 @@ Where and why ours differs from the release:
   lower index as denser and every other tie (centres, nearest centre) goes to the lower index, so
   results are deterministic (a still video is then one segment).
 - F < 4 frames: the release's int(F * 0.25) = 0 clusters is not defined; here at least one.
+
+Mix (``Compressed.mix``), the two merges composed: a cluster of m rows gives each 1 / m; a static
+cell's row is its mean over the segment's W frames, so each of its W input tokens gets 1 / (m W)
+(a run of a split cell: 1 / run length). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -65,11 +69,12 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import check_retention, merge_pools, run, top_by_score
+from .common import check_retention, dpc_knn_many, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
-__all__ = ["PruneVidConfig", "prunevid", "prunevid_segments", "contiguous_labels", "dpc_knn_assign"]
+__all__ = ["PruneVidConfig", "prunevid", "prunevid_segments", "contiguous_labels", "dpc_knn_assign",
+           "dpc_knn_assign_many"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,16 @@ def dpc_knn_assign(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
     owner = dist.argmin(-1)
     owner[centres] = torch.arange(c, device=feat.device)
     return centres, owner
+
+
+def dpc_knn_assign_many(feat: Tensor, counts: list[int], k: int) -> tuple[Tensor, Tensor]:
+    """``dpc_knn_assign`` on B pools of m rows at once, bit for bit: feat (B, m, d), counts[b] in
+    0..m clusters for pool b (0: no clusters), k neighbours (capped at m) for the density.
+
+    Returns (centre (B, m) bool: the rows that are centres; owner (B, m) long: slot of each row's
+    centre among its pool's centres in ascending row order, -1 in a pool with no clusters).
+    """
+    return dpc_knn_many(feat, counts, min(k, feat.shape[1]))
 
 
 def contiguous_labels(labels: list[int]) -> list[int]:
@@ -177,12 +192,25 @@ def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         else:
             masks.append(torch.zeros(n, dtype=torch.bool, device=x.device))
 
-    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         centres, owner = dpc_knn_assign(feat, c, config.k)  # every pool: DPC-kNN clusters, plain means
         counts = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
-        return torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts, centres, owner
+        tokens = torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts
+        return tokens, centres, owner, (1 / counts[:, 0])[owner]
 
-    return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce)
+    def reduce_frames(s: int, cells: Tensor, feat: Tensor, counts: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # a segment's dynamic pools (the same cells on every frame) in one batch: the same as reduce pool by pool
+        centre, owner = dpc_knn_assign_many(feat, counts, config.k)
+        offset = torch.tensor([sum(counts[:i]) for i in range(len(counts))], device=x.device).unsqueeze(1)
+        owner = torch.where(owner >= 0, owner + offset, -1)  # (L, S) token 0..C-1
+        c = sum(counts)
+        into = torch.where(owner >= 0, owner, c).flatten()  # row c: a sink for dropped pools
+        sizes = torch.bincount(into, minlength=c + 1)[:c].to(feat.dtype).unsqueeze(1)
+        tokens = torch.zeros(c + 1, d, dtype=feat.dtype, device=x.device).index_add_(0, into, feat.flatten(0, 1))[:c] / sizes
+        slots = torch.sort(centre.flatten().logical_not(), stable=True).indices[:c]  # pool by pool, centres ascending
+        return tokens, slots, owner, (1 / sizes[:, 0])[owner.clamp(min=0)]
+
+    return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce, reduce_frames)
 
 
 register(Method("prunevid", prunevid, PruneVidConfig,

@@ -16,6 +16,11 @@ Deviations: VisionZip measures similarity on the attention keys of the vision to
 we only have the tokens being compressed, so the cosine is taken on those. The attention score is
 the caller's ``scores`` (SigLIP has no [CLS]; DESIGN 2.1). Ties in the score go to the lower grid
 index. With c = 0 (tiny shares) the non-dominant tokens are dropped (assignment -1).
+
+Mix (``Compressed.mix``): a dominant token has weight 1 in its row; a contextual row has its target
+at 1 and each merged token at 1 / (merged count) (merge="sum"), or every token at
+1 / (1 + merged count) (merge="mean"). ``reduce(x)`` equals ``tokens`` to rounding (float sums in
+another order).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..compress import Compressed
-from .common import assemble, check_retention, cosine_sim, even_split, run, top_by_score
+from .common import assemble, check_retention, even_split, run
 from .registry import Method, register
 
 __all__ = ["VisionZipConfig", "visionzip"]
@@ -54,41 +59,55 @@ def visionzip(x, scores, *, local_scores=None, grid=None, config: VisionZipConfi
 
 
 def _visionzip_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: VisionZipConfig) -> Compressed:
+    """Every frame at once: a fixed number of operators whatever F, and no host read."""
     f, n, d = x.shape
     dev = x.device
-    toks, poss = [], []
-    assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
-    row = 0
-    for t, share in enumerate(even_split(total, f)):
-        n_dom = min(share, math.floor(share * config.dominant_share + 0.5))
-        n_ctx = share - n_dom
-        dom = top_by_score(scores[t], n_dom)
-        rest_mask = torch.ones(n, dtype=torch.bool, device=dev)
-        rest_mask[dom] = False
-        rest = torch.nonzero(rest_mask).flatten()  # non-dominant tokens in grid order
-        toks.append(x[t, dom])
-        poss.append(dom + t * n)
-        assignment[t * n + dom] = torch.arange(row, row + n_dom, device=dev)
-        row += n_dom
-        if n_ctx == 0:
-            continue
-        step = max(1, rest.numel() // n_ctx)
-        is_target = torch.zeros(rest.numel(), dtype=torch.bool, device=dev)
-        is_target[torch.arange(0, rest.numel(), step, device=dev)[:n_ctx]] = True
-        targets, others = rest[is_target], rest[~is_target]
-        owner = cosine_sim(x[t, others], x[t, targets], norms[t, others], norms[t, targets]).argmax(-1)
-        counts = torch.bincount(owner, minlength=n_ctx).to(x.dtype).unsqueeze(1)
-        summed = torch.zeros(n_ctx, d, dtype=x.dtype, device=dev).index_add_(0, owner, x[t, others])
+    shares = even_split(total, f)
+    n_dom = [min(s, math.floor(s * config.dominant_share + 0.5)) for s in shares]
+    n_ctx = [s - k for s, k in zip(shares, n_dom)]
+    steps = [max(1, (n - k) // c) if c else 1 for k, c in zip(n_dom, n_ctx)]
+    n_dom_t, n_ctx_t, step_t = (torch.tensor(v, device=dev).unsqueeze(1) for v in (n_dom, n_ctx, steps))  # (F, 1)
+    cells = torch.arange(n, device=dev)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # per frame top_by_score
+    rank = torch.empty_like(order).scatter_(1, order, cells.expand(f, n))
+    dom = rank < n_dom_t  # (F, N) dominant tokens
+    ridx = torch.cumsum(~dom, 1) - 1  # index among the frame's non-dominant tokens, in grid order
+    target = ~dom & (ridx % step_t == 0) & (ridx < n_ctx_t * step_t)  # arange(0, rest, step)[:n_ctx]
+    other = ~dom & ~target & (n_ctx_t > 0)  # merged into a target (dropped when the frame has none)
+    c_max = max(n_ctx)
+
+    flat_x = x.reshape(f * n, d)
+    kept = (dom | target).flatten()
+    pos = torch.sort(~kept, stable=True).indices[:total]  # kept flat positions, ascending: row r = pos[r]
+    row_of = torch.cumsum(kept, 0) - 1  # (F * N,) row of each kept position
+    assignment = torch.where(kept, row_of, -1)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
+    tokens = flat_x[pos]
+    if c_max:
+        slots = torch.sort(~target, dim=1, stable=True).indices[:, :c_max]  # (F, C) targets ascending, padded
+        valid = torch.arange(c_max, device=dev) < n_ctx_t
+        t_feat = x.gather(1, slots.unsqueeze(-1).expand(f, c_max, d))  # (F, C, d)
+        t_norm = norms.gather(1, slots)
+        cos = torch.bmm(x, t_feat.transpose(1, 2)) / (norms.unsqueeze(2) * t_norm.unsqueeze(1))  # (F, N, C)
+        owner = cos.masked_fill(~valid.unsqueeze(1), -math.inf).argmax(-1)  # most similar target (first on ties)
+        frame_base = torch.arange(f, device=dev).unsqueeze(1) * n
+        owner_row = row_of[(frame_base + slots.gather(1, owner)).flatten()]  # (F * N,) row of that target
+        other = other.flatten()
+        into = torch.where(other, owner_row, total)  # row total: a sink for every token that is not merged
+        summed = torch.zeros(total + 1, d, dtype=x.dtype, device=dev).index_add_(0, into, flat_x)[:total]
+        counts = torch.bincount(into, minlength=total + 1)[:total].to(x.dtype).unsqueeze(1)
+        is_t = target.flatten()[pos].unsqueeze(1)
         if config.merge == "sum":
-            ctx = x[t, targets] + summed / counts.clamp(min=1)
+            ctx = tokens + summed / counts.clamp(min=1)
+            coef = 1 / counts.clamp(min=1)  # the target keeps 1
         else:
-            ctx = (x[t, targets] + summed) / (1 + counts)
-        toks.append(ctx)
-        poss.append(targets + t * n)
-        assignment[t * n + targets] = torch.arange(row, row + n_ctx, device=dev)
-        assignment[t * n + others] = row + owner
-        row += n_ctx
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+            ctx = (tokens + summed) / (1 + counts)
+            coef = 1 / (1 + counts)
+            weight = torch.where(kept & target.flatten(), coef[row_of.clamp(min=0), 0], weight)
+        tokens = torch.where(is_t, ctx, tokens)
+        assignment = torch.where(other, owner_row, assignment)
+        weight = torch.where(other, coef[owner_row.clamp(max=total - 1), 0], weight)
+    return assemble(tokens, pos, assignment, n, weight=weight)
 
 
 register(Method("visionzip", visionzip, VisionZipConfig,
