@@ -16,6 +16,10 @@ __all__ = ["patch", "unpatch", "SUPPORTED"]
 SUPPORTED = {
     "LlavaOnevisionForConditionalGeneration": "aot.models.llava_onevision",
     "Qwen2_5_VLForConditionalGeneration": "aot.models.qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "aot.models.qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "aot.models.qwen3_vl",
+    "Qwen3_5ForConditionalGeneration": "aot.models.qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "aot.models.qwen3_5",
 }
 
 
@@ -27,7 +31,8 @@ def _adapter(model):
             return importlib.import_module(SUPPORTED[cls.__name__])
     raise TypeError(f"aot.patch does not support {type(model).__name__}; supported model classes: "
                     f"{', '.join(SUPPORTED)} (LLaVA-OneVision and LLaVA-Video checkpoints load as "
-                    f"LlavaOnevisionForConditionalGeneration; Qwen2.5-VL as Qwen2_5_VLForConditionalGeneration)")
+                    f"LlavaOnevisionForConditionalGeneration; Qwen2.5-VL as Qwen2_5_VLForConditionalGeneration; Qwen3-VL and Qwen3.5 "
+                    f"as their *ForConditionalGeneration classes, dense or MoE)")
 
 
 def patch(model: nn.Module, config, **options) -> nn.Module:
