@@ -69,3 +69,16 @@ def dpc_loop(feat, c, k):
     owner = [a if a in centres else min(centres, key=lambda b: (float((feat[a] - feat[b]).norm()), b))
              for a in range(m)]
     return centres, owner
+
+
+def assert_mix(out, want, f, n):
+    """out.mix, as a dense (R, F * N) matrix, equals a plain loop's weights: want {position: {flat input: weight}}
+    for every output row (rows in position order)."""
+    r = out.tokens.shape[0]
+    got = torch.zeros(r, f * n, dtype=torch.float64)
+    got.index_put_((out.mix.rows, out.mix.cols), out.mix.weights.double(), accumulate=True)
+    expect = torch.zeros(r, f * n, dtype=torch.float64)
+    for row, pos in enumerate(out.positions.tolist()):
+        for col, w in want[pos].items():
+            expect[row, col] += w
+    torch.testing.assert_close(got, expect)

@@ -12,7 +12,7 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.baselines import pool_cells
-from methods_common import check_invariants
+from methods_common import assert_mix, check_invariants
 
 
 def _video(f, n, d=8, seed=0, dtype=torch.float32):
@@ -26,15 +26,18 @@ def _cos(a, b):
     return float(a @ b) / (float(a.norm()) * float(b.norm()))
 
 
-def _visionzip_loop(x, s, total, dominant_share, merge):
+def _visionzip_loop(x, s, total, dominant_share, merge, mix=None):
+    """{position: (token, size)}; ``mix`` (a dict) gets {position: {flat input: weight}}."""
     f, n, _ = x.shape
     out = {}
+    mix = {} if mix is None else mix
     for t in range(f):
         share = (t + 1) * total // f - t * total // f
         k = math.floor(share * dominant_share + 0.5)
         ranked = sorted(range(n), key=lambda i: (-float(s[t, i]), i))
         for i in ranked[:k]:
             out[t * n + i] = (x[t, i], 1)
+            mix[t * n + i] = {t * n + i: 1.0}
         c = share - k
         if c == 0:
             continue
@@ -45,13 +48,15 @@ def _visionzip_loop(x, s, total, dominant_share, merge):
         for i in rest:
             if i not in targets:
                 best = max(targets, key=lambda j: (_cos(x[t, i], x[t, j]), -j))
-                members[best].append(x[t, i])
+                members[best].append(i)
         for i in targets:
-            m = members[i]
+            m = [x[t, j] for j in members[i]]
             if merge == "sum":
                 tok = x[t, i] + (torch.stack(m).mean(0) if m else 0)
+                mix[t * n + i] = {t * n + i: 1.0, **{t * n + j: 1 / len(m) for j in members[i]}}
             else:
                 tok = (x[t, i] + sum(m)) / (1 + len(m))
+                mix[t * n + i] = {t * n + j: 1 / (1 + len(m)) for j in [i] + members[i]}
             out[t * n + i] = (tok, 1 + len(m))
     return out
 
@@ -61,17 +66,22 @@ def test_visionzip_matches_loop(dominant_share, merge):
     x, s = _video(3, 25, d=5, seed=3, dtype=torch.float64)
     config = methods.get("visionzip").config(retention=0.4, dominant_share=dominant_share, merge=merge)
     out = methods.get("visionzip")(x, s, config=config)
-    want = _visionzip_loop(x, s, budget(0.4, 3, 25), dominant_share, merge)
+    mix = {}
+    want = _visionzip_loop(x, s, budget(0.4, 3, 25), dominant_share, merge, mix)
     assert out.positions.tolist() == sorted(want)
     for row, p in enumerate(out.positions.tolist()):
         tok, size = want[p]
         assert torch.allclose(out.tokens[row], tok) and int(out.sizes[row]) == size
+    assert_mix(out, mix, 3, 25)  # the contextual merge's weights, from the loop
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
 
 
 # ---- FastVID -------------------------------------------------------------------------------
 
-def _fastvid_loop(x, s, total, c, tau, d_share, p, k, beta):
+def _fastvid_loop(x, s, total, c, tau, d_share, p, k, beta, mix=None):
+    """{position: (token, size)}; ``mix`` (a dict) gets {position: {flat input: weight}}."""
     f, n, d = x.shape
+    mix = {} if mix is None else mix
     # DySeg on the mean token: cut after the c-1 least similar pairs and below tau
     g = [x[t].mean(0) for t in range(f)]
     sims = [_cos(g[t], g[t + 1]) for t in range(f - 1)]
@@ -95,6 +105,7 @@ def _fastvid_loop(x, s, total, c, tau, d_share, p, k, beta):
             sal = shares[t] - n_ctx[t]
             for i in ranked[:sal]:
                 out[t * n + i] = (x[t, i], 1)
+                mix[t * n + i] = {t * n + i: 1.0}
             rest += [(t, i) for i in sorted(ranked[sal:])]
         ctx = []
         for t, want in zip(anchors, per_anchor):
@@ -111,11 +122,14 @@ def _fastvid_loop(x, s, total, c, tau, d_share, p, k, beta):
         members = {c_: [] for c_ in ctx}
         for tok in rest:
             best = tok if tok in members else max(ctx, key=lambda c_: (_cos(x[tok], x[c_]), -ctx.index(c_)))
-            members[best].append(x[tok])
+            members[best].append(tok)
         for c_ in ctx:
             m = len(members[c_])
             w = max(1 / (m + 1), beta)
-            out[c_[0] * n + c_[1]] = (w * x[c_] + (1 - w) * torch.stack(members[c_]).mean(0), m)
+            out[c_[0] * n + c_[1]] = (w * x[c_] + (1 - w) * torch.stack([x[u] for u in members[c_]]).mean(0), m)
+            weights = {u * n + i: (1 - w) / m for u, i in members[c_]}  # the context token is its own member
+            weights[c_[0] * n + c_[1]] += w
+            mix[c_[0] * n + c_[1]] = weights
     return out
 
 
@@ -125,11 +139,14 @@ def test_fastvid_matches_loop(segments, tau, p):
     x[3:] += 1.5  # a scene change, so tau and the ranking both cut somewhere sensible
     config = methods.get("fastvid").config(retention=0.3, segments=segments, tau=tau, anchor_step=p)
     out = methods.get("fastvid")(x, s, config=config)
-    want = _fastvid_loop(x, s, budget(0.3, 7, 25), segments, tau, 0.4, p, 4, 0.6)
+    mix = {}
+    want = _fastvid_loop(x, s, budget(0.3, 7, 25), segments, tau, 0.4, p, 4, 0.6, mix)
     assert out.positions.tolist() == sorted(want)
     for row, pos in enumerate(out.positions.tolist()):
         tok, size = want[pos]
         assert torch.allclose(out.tokens[row], tok) and int(out.sizes[row]) == size
+    assert_mix(out, mix, 7, 25)  # w = max(1 / (n + 1), 0.6) on the context token, from the loop
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
 
 
 def test_fastvid_high_retention_overflow_is_exact():
@@ -163,6 +180,8 @@ def test_dycoke_matches_loop():
     assert torch.equal(out.tokens, x.reshape(f * n, -1)[want])
     assert torch.equal(out.dynamic, (out.frames % 4) != 0)
     assert (out.sizes == 1).all() and int((out.assignment >= 0).sum()) == total
+    assert_mix(out, {p: {p: 1.0} for p in want}, f, n)  # a selection: weight 1, nothing merged
+    assert torch.equal(out.reduce(x), out.tokens)  # exact
 
 
 def test_dycoke_low_retention_error_names_smallest():
@@ -198,6 +217,11 @@ def test_pooling_remainder_rule_hand_case():
     want = [g[0:2, 0:2], g[0:2, 2:4], g[2:3, 0:2], g[2:4, 2:4], g[3:4, 0:2]]
     assert torch.allclose(out.tokens, torch.stack([c.reshape(-1, 3).mean(0) for c in want]))
     assert out.sizes.tolist() == [4, 4, 2, 4, 2]
+    cells = [(0, 2, 0, 2), (0, 2, 2, 4), (2, 3, 0, 2), (2, 4, 2, 4), (3, 4, 0, 2)]  # in position order
+    mix = {pos: {r * 4 + c: 1 / ((r1 - r0) * (c1 - c0)) for r in range(r0, r1) for c in range(c0, c1)}
+           for pos, (r0, r1, c0, c1) in zip([0, 2, 8, 10, 12], cells)}
+    assert_mix(out, mix, 1, 16)  # each cell's plain mean
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
 
 
 @pytest.mark.parametrize("h,w", [(14, 14), (13, 13), (4, 6), (27, 27), (3, 10)])
@@ -219,6 +243,8 @@ def test_random_keeps_exact_tokens_and_seed_matters():
     r = budget(0.2, 4, 49)
     assert torch.equal(out.tokens, x.reshape(-1, 8)[out.positions])
     assert (out.sizes == 1).all() and int((out.assignment >= 0).sum()) == r
+    assert_mix(out, {p: {p: 1.0} for p in out.positions.tolist()}, 4, 49)
+    assert torch.equal(out.reduce(x), out.tokens)  # exact
     same = method(x, s, config=method.config(retention=0.2, seed=0))
     other = method(x, s, config=method.config(retention=0.2, seed=1))
     assert torch.equal(out.positions, same.positions) and not torch.equal(out.positions, other.positions)

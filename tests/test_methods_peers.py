@@ -15,7 +15,7 @@ import aot.methods as methods
 from aot.config import budget
 from aot.methods.common import settle
 from aot.methods.holitom import holitom_windows
-from methods_common import check_invariants, cos, dpc_loop, settle_loop
+from methods_common import assert_mix, check_invariants, cos, dpc_loop, settle_loop
 from methods_common import video as _video
 
 
@@ -94,8 +94,10 @@ def test_holitom_windows_are_optimal_by_brute_force():
     assert holitom_windows(torch.zeros(3, 2, dtype=torch.bool), 8) == [(0, 1), (1, 1), (2, 1), (3, 1)]
 
 
-def _holitom_loop(x, s, total, tau, beta, k, share, max_window):
+def _holitom_loop(x, s, total, tau, beta, k, share, max_window, mix=None):
+    """{position: (token, size)}; ``mix`` (a dict) gets {position: {flat input: weight}}."""
     f, n, d = x.shape
+    mix = {} if mix is None else mix
     static = [[cos(x[t, c], x[t + 1, c]) > tau for c in range(n)] for t in range(f - 1)]
     _, optimal = _best_partition(static, f, max_window)
     assert len(optimal) == 1, "test data must have a unique best segmentation"
@@ -120,21 +122,30 @@ def _holitom_loop(x, s, total, tau, beta, k, share, max_window):
             means = [sum(x[t, cell] for t in range(t0, t0 + length)) / length for cell in cells]
             centres, owner = dpc_loop(means, c, min(k, c))
             for j in centres:
-                members = [means[a] for a in range(len(cells)) if owner[a] == j and a != j]
+                idx = [a for a in range(len(cells)) if owner[a] == j and a != j]
+                members = [means[a] for a in idx]
                 tok = beta * means[j] + (1 - beta) * sum(members) / len(members) if members else means[j]
                 out[t0 * n + cells[j]] = (tok, length * (1 + len(members)))
+                # a mean over the window's frames, then the beta merge
+                wts = {cells[j]: beta if idx else 1.0, **{cells[a]: (1 - beta) / len(idx) for a in idx}}
+                mix[t0 * n + cells[j]] = {t * n + cell: w / length for cell, w in wts.items()
+                                          for t in range(t0, t0 + length)}
             continue
         n_dom = min(c, math.floor(c * (1 - share) + 0.5))
         ranked = sorted(cells, key=lambda cell: (-float(s[t0, cell]), cell))
         for cell in ranked[:n_dom]:
             out[t0 * n + cell] = (x[t0, cell], 1)
+            mix[t0 * n + cell] = {t0 * n + cell: 1.0}
         if c > n_dom:
             rest = sorted(ranked[n_dom:])
             centres, owner = dpc_loop([x[t0, cell] for cell in rest], c - n_dom, min(k, c - n_dom))
             for j in centres:
-                members = [x[t0, rest[a]] for a in range(len(rest)) if owner[a] == j and a != j]
+                idx = [a for a in range(len(rest)) if owner[a] == j and a != j]
+                members = [x[t0, rest[a]] for a in idx]
                 tok = beta * x[t0, rest[j]] + (1 - beta) * sum(members) / len(members) if members else x[t0, rest[j]]
                 out[t0 * n + rest[j]] = (tok, 1 + len(members))
+                mix[t0 * n + rest[j]] = {t0 * n + rest[j]: beta if idx else 1.0,
+                                         **{t0 * n + rest[a]: (1 - beta) / len(idx) for a in idx}}
     return out
 
 
@@ -156,11 +167,14 @@ def test_holitom_matches_loop(retention, tau, share, max_window, k):
     method = methods.get("holitom")
     config = method.config(retention=retention, tau=tau, context_share=share, max_window=max_window, k=k)
     out = method(x, s, config=config)
-    want = _holitom_loop(x, s, budget(retention, 7, 16), config.threshold, 0.6, k, share, max_window)
+    mix = {}
+    want = _holitom_loop(x, s, budget(retention, 7, 16), config.threshold, 0.6, k, share, max_window, mix)
     assert out.positions.tolist() == sorted(want)
     for row, pos in enumerate(out.positions.tolist()):
         tok, size = want[pos]
         assert torch.allclose(out.tokens[row], tok) and int(out.sizes[row]) == size
+    assert_mix(out, mix, 7, 16)  # window means, then beta merges of those means: composed weights from the loop
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
     # the loop's windows really merged something: static tokens sit at a window's first frame
     assert (~out.dynamic).any() and out.dynamic.any()
 
@@ -176,6 +190,7 @@ def test_holitom_budget_above_what_temporal_merging_leaves_splits_static_cells()
     assert out.positions.tolist() == sorted([c for c in range(16)] + [2 * 16 + c for c in range(16)])
     want = torch.cat([x[0:2].mean(0), x[2:4].mean(0)])  # each cell: frames 0-1 and 2-3
     assert torch.allclose(out.tokens, want) and (out.sizes == 2).all() and not out.dynamic.any()
+    assert_mix(out, {t * 16 + c: {t * 16 + c: 0.5, (t + 1) * 16 + c: 0.5} for t in (0, 2) for c in range(16)}, 4, 16)
     # 40% asks for 26 = 16 + 10: 10 of the 16 cells get a second run, spread evenly over the cells
     out = method(x, s, config=method.config(retention=0.4))
     split = out.positions[out.frames == 2] - 32
@@ -213,8 +228,10 @@ def _adts_loop(x, s, frames, t, k):
     return picked[:k]
 
 
-def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
+def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k, mix=None):
+    """{position: (token, size)}; ``mix`` (a dict) gets {position: {flat input: weight}}."""
     f, n, d = x.shape
+    mix = {} if mix is None else mix
     shares = [(t + 1) * total // f - t * total // f for t in range(f)]
     n_adts = [math.ceil(Fraction(str(alpha)) * sh) for sh in shares]
     out = {}
@@ -224,6 +241,7 @@ def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
             picked = _adts_loop(x, s, frames, t, n_adts[t])
             for i in picked:
                 out[t * n + i] = (x[t, i], 1)
+                mix[t * n + i] = {t * n + i: 1.0}
             free[t] = [i for i in range(n) if i not in picked]
         m = sum(shares[t] - n_adts[t] for t in frames)
         if m == 0:
@@ -258,12 +276,17 @@ def _flashvid_loop(x, s, total, alpha, threshold, c, seg_threshold, k):
             if cnt == len(cells):
                 for i in cells:
                     out[t * n + i] = (means[(t, i)], len(trees[(t, i)]))
+                    tree = trees[(t, i)]
+                    mix[t * n + i] = {u * n + v: 1 / len(tree) for u, v in tree}
                 continue
             centres, owner = dpc_loop(feats, cnt, min(k, cnt))
             for j in centres:
                 members = [a for a in range(len(cells)) if owner[a] == j]
                 out[t * n + cells[j]] = (sum(feats[a] for a in members) / len(members),
                                          sum(len(trees[(t, cells[a])]) for a in members))
+                # a plain mean of tree means: a merge of merges
+                mix[t * n + cells[j]] = {u * n + v: 1 / (len(members) * len(trees[(t, cells[a])]))
+                                         for a in members for u, v in trees[(t, cells[a])]}
     return out
 
 
@@ -281,11 +304,14 @@ def test_flashvid_matches_loop(retention, alpha, threshold, segments, seg_thresh
     config = method.config(retention=retention, alpha=alpha, temporal_threshold=threshold,
                            segments=segments, segment_threshold=seg_threshold)
     out = method(x, s, config=config)
-    want = _flashvid_loop(x, s, budget(retention, 6, 16), alpha, threshold, segments, seg_threshold, 7)
+    mix = {}
+    want = _flashvid_loop(x, s, budget(retention, 6, 16), alpha, threshold, segments, seg_threshold, 7, mix)
     assert out.positions.tolist() == sorted(want)
     for row, pos in enumerate(out.positions.tolist()):
         tok, size = want[pos]
         assert torch.allclose(out.tokens[row], tok) and int(out.sizes[row]) == size
+    assert_mix(out, mix, 6, 16)  # tree means, then DPC-kNN cluster means of those: composed weights from the loop
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
 
 
 def test_flashvid_segments_equal_fastvid_dyseg():

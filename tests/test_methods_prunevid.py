@@ -9,7 +9,7 @@ import torch
 import aot.methods as methods
 from aot.config import budget
 from aot.methods.prunevid import contiguous_labels, prunevid_segments
-from methods_common import check_invariants, cos, dpc_loop, settle_loop
+from methods_common import assert_mix, check_invariants, cos, dpc_loop, settle_loop
 from methods_common import video as _video
 
 METHOD = methods.get("prunevid")
@@ -50,11 +50,16 @@ def test_deterministic_batch_equals_loop_identity_and_dtype():
     xs, ss = zip(*(_video(8, 36, seed=i, still=0.5 * (i % 2)) for i in range(3)))
     x, s = torch.stack(xs), torch.stack(ss)
     batch = METHOD(x, s, config=config)
-    for field, other in zip(batch, METHOD(x, s, config=config)):
+    again = METHOD(x, s, config=config)
+    for field, other in zip(batch[:6] + tuple(batch.mix), again[:6] + tuple(again.mix)):
         assert torch.equal(field, other)
     for i in range(3):
-        for field, stacked in zip(METHOD(xs[i], ss[i], config=config), batch):
+        one = METHOD(xs[i], ss[i], config=config)
+        for field, stacked in zip(one[:6], batch[:6]):
             assert torch.equal(field, stacked[i])
+        e = one.mix.rows.numel()  # the batch pads each video's mix with weight-0 entries
+        for field, stacked in zip(one.mix, batch.mix):
+            assert torch.equal(field, stacked[i, :e])
     x, s = _video(4, 16, dtype=torch.bfloat16)
     out = METHOD(x, s, config=METHOD.config(retention=1.0))
     assert torch.equal(out.tokens, x.reshape(64, -1)) and torch.equal(out.sizes, torch.ones(64, dtype=torch.long))
@@ -66,7 +71,7 @@ def test_scores_are_not_used():
     x, s = _video(8, 16, seed=5, still=0.6)
     a = METHOD(x, s, config=METHOD.config(retention=0.2))
     b = METHOD(x, torch.rand(8, 16), config=METHOD.config(retention=0.2))
-    for field, other in zip(a, b):
+    for field, other in zip(a[:6] + tuple(a.mix), b[:6] + tuple(b.mix)):
         assert torch.equal(field, other)
 
 
@@ -165,9 +170,11 @@ def _segments_loop(x, ratio, k):
     return [list(range(a, b + 1)) for _, a, b in _runs(labels)]
 
 
-def _prunevid_loop(x, total, tau, ratio, k):
-    """PruneVid's pre-LLM stage by hand: {flat position: (token, size, dynamic)}."""
+def _prunevid_loop(x, total, tau, ratio, k, mix=None):
+    """PruneVid's pre-LLM stage by hand: {flat position: (token, size, dynamic)}; ``mix`` (a dict) gets
+    {flat position: {flat input: weight}}."""
     f, n, d = x.shape
+    mix = {} if mix is None else mix
     pools = []  # (kind, frames, cells)
     for frames in _segments_loop(x, ratio, k):
         w = len(frames)
@@ -196,6 +203,7 @@ def _prunevid_loop(x, total, tau, ratio, k):
             if kind == "dynamic":
                 for c in cells:
                     out[frames[0] * n + c] = (x[frames[0], c], 1, True)
+                    mix[frames[0] * n + c] = {frames[0] * n + c: 1.0}
         for (frames, c), e in zip(static_cells, extra):
             parts, w = e + 1, len(frames)
             lengths = [(j + 1) * w // parts - j * w // parts for j in range(parts)]
@@ -203,6 +211,7 @@ def _prunevid_loop(x, total, tau, ratio, k):
             for length in lengths:
                 run = frames[start:start + length]
                 out[run[0] * n + c] = (sum(x[t, c] for t in run) / length, length, False)
+                mix[run[0] * n + c] = {t * n + c: 1 / length for t in run}
                 start += length
         return out
     quotas = [Fraction(total * len(p[2]), left) for p in pools]
@@ -216,6 +225,9 @@ def _prunevid_loop(x, total, tau, ratio, k):
             members = [a for a in range(len(cells)) if owner[a] == j]
             out[frames[0] * n + cells[j]] = (sum(feats[a] for a in members) / len(members),
                                              len(members) * len(frames), kind == "dynamic")
+            # a mean over the segment's frames, then the cluster's plain mean: a merge of merges
+            mix[frames[0] * n + cells[j]] = {t * n + cells[a]: 1 / (len(members) * len(frames))
+                                             for a in members for t in frames}
     return out
 
 
@@ -238,11 +250,14 @@ def test_matches_loop(retention, tau, ratio, k):
     x, s = _scenes()
     config = METHOD.config(retention=retention, tau=tau, segment_ratio=ratio, k=k)
     out = METHOD(x, s, config=config)
-    want = _prunevid_loop(x, budget(retention, 10, 16), tau, ratio, k)
+    mix = {}
+    want = _prunevid_loop(x, budget(retention, 10, 16), tau, ratio, k, mix)
     assert out.positions.tolist() == sorted(want)
     for row, pos in enumerate(out.positions.tolist()):
         tok, size, dyn = want[pos]
         assert torch.allclose(out.tokens[row], tok) and int(out.sizes[row]) == size and bool(out.dynamic[row]) == dyn
+    assert_mix(out, mix, 10, 16)
+    assert torch.allclose(out.reduce(x), out.tokens, rtol=0, atol=1e-12)  # rounding-level
 
 
 def test_loop_data_has_segments_static_and_dynamic_cells():

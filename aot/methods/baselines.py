@@ -17,6 +17,9 @@ A token is its cell's mean, its size the cell's size, its position the cell's ce
 random: R tokens drawn uniformly without replacement over the whole video
 (torch.randperm with a generator seeded by ``seed``: every video of a batch gets the same draw),
 kept as they are; the others are dropped (assignment -1).
+
+Mix (``Compressed.mix``): pooling gives each token of a cell weight 1 / (cell size), and
+``reduce(x)`` equals ``tokens`` to rounding; random is a selection (weight 1), reduced exactly.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def _pooling_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     assignment = cell_of.flatten().to(dev)
     summed = torch.zeros(total, d, dtype=x.dtype, device=dev).index_add_(0, assignment, x.reshape(f * n, d))
     counts = torch.bincount(assignment, minlength=total).to(x.dtype).unsqueeze(1)
-    return assemble(summed / counts, torch.tensor(centres, device=dev), assignment, n)
+    return assemble(summed / counts, torch.tensor(centres, device=dev), assignment, n,
+                    weight=(1 / counts[:, 0])[assignment])
 
 
 def _random_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: RandomConfig) -> Compressed:

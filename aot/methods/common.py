@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..compress import Compressed, _check_inputs, _identity, prepare, stack
+from ..compress import Compressed, Mix, _check_inputs, _identity, prepare, stack
 from ..config import _check_range
 
 __all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention",
@@ -96,22 +96,34 @@ def top_by_score(scores: Tensor, k: int, *, largest: bool = True) -> Tensor:
     return torch.sort(scores, descending=largest, stable=True).indices[:k]
 
 
-def assemble(tokens: Tensor, positions: Tensor, assignment: Tensor, n: int, dynamic: Tensor | None = None) -> Compressed:
-    """A Compressed from output rows in any order.
+def assemble(tokens: Tensor, positions: Tensor, assignment: Tensor, n: int, dynamic: Tensor | None = None,
+             weight: Tensor | None = None) -> Compressed:
+    """A Compressed from output rows in any order, with its mix.
 
     tokens (R, d), positions (R,) flat f * N + n (distinct), assignment (F * N,) row of ``tokens``
     absorbing each input token or -1. Rows are sorted by position (= by (frame, position)), the
     assignment is renumbered to match and sizes are counted from it.
+
+    Every comparison method absorbs each input token into at most one output row, so its linear
+    map is one weight per input token: weight (F * N,) float, the coefficient of input token i in
+    row assignment[i] (read only where assignment >= 0); None: 1 for every absorbed token (a pure
+    selection). The mix has one entry per absorbed token, in input order: rows = assignment,
+    cols = the token's flat index, weights = weight.
     """
     order = torch.argsort(positions)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
     assignment = torch.where(assignment >= 0, rank[assignment.clamp(min=0)], assignment)
-    sizes = torch.bincount(assignment[assignment >= 0], minlength=order.numel())
+    cols = torch.nonzero(assignment >= 0).flatten()  # the absorbed input tokens (one host sync: E is a shape)
+    rows = assignment[cols]
+    sizes = torch.bincount(rows, minlength=order.numel())
     positions = positions[order]
     if dynamic is None:
         dynamic = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
-    return Compressed(tokens[order], sizes, positions // n, positions, assignment, dynamic[order])
+    acc = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+    weights = torch.ones(cols.numel(), dtype=acc, device=cols.device) if weight is None else weight[cols].to(acc)
+    return Compressed(tokens[order], sizes, positions // n, positions, assignment, dynamic[order],
+                      Mix(rows, cols, weights))
 
 
 def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], total: int,
@@ -129,14 +141,19 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
       tokens is reduced by ``reduce(kind, t, cells, feat, c)``: t the span's first frame (static)
       or the frame (dynamic), cells (S,) its cell indices ascending, feat (S, d) the static cells'
       means over the span or the frame's tokens. It returns (tokens (c, d), slots (c,) index in
-      ``cells`` each token sits at, owner (S,) long: the token 0..c-1 each cell joins, -1 dropped).
-      A pool with c = 0 is dropped.
+      ``cells`` each token sits at, owner (S,) long: the token 0..c-1 each cell joins, -1 dropped,
+      weight (S,) the coefficient of each cell's ``feat`` row in its token: token j = sum of
+      weight[i] * feat[i] over the cells i with owner i = j). A pool with c = 0 is dropped.
     - total > P: every pool is kept whole and the total - P extra tokens undo temporal merging
       evenly over the static cells (``capped_split``, at most L - 1 per cell): a static cell with
       e extra tokens becomes e + 1 runs of consecutive frames (``even_split``), each the mean of
       its run, sitting at its run's first frame; each dynamic pool is still ``reduce``d, with
       c = S.
     Static tokens are ``dynamic=False``, dynamic-pool tokens ``dynamic=True``.
+
+    The mix composes the two merges: an input token of a static cell carries weight[i] / L (its
+    cell's mean over the span, then the pool's merge), 1 / run length when split into runs; a
+    dynamic-pool token carries weight[i].
     """
     f, n, d = x.shape
     dev = x.device
@@ -159,6 +176,7 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
 
     toks, poss, dyn = [], [], []
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    weight = torch.zeros(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row, cell_no = 0, 0
     for (kind, w, t, cells), c in zip(pools, counts):
         if kind == "static":
@@ -171,6 +189,7 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
                         toks.append(x[t0:t0 + run_len, cells[j]].mean(0, keepdim=True))
                         poss.append(flat[t0 - s:t0 - s + 1, j])
                         assignment[flat[t0 - s:t0 - s + run_len, j]] = row
+                        weight[flat[t0 - s:t0 - s + run_len, j]] = 1 / run_len
                         dyn.append(torch.zeros(1, dtype=torch.bool, device=dev))
                         row += 1
                         t0 += run_len
@@ -182,11 +201,12 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
             feat = x[t, cells]
         if c == 0:
             continue
-        tokens, slots, owner = reduce(kind, t, cells, feat, c)
+        tokens, slots, owner, coef = reduce(kind, t, cells, feat, c)
         kept = owner >= 0
         toks.append(tokens)
         poss.append(flat[0, slots])
         assignment[flat[:, kept]] = row + owner[kept].unsqueeze(0)
+        weight[flat[:, kept]] = (coef[kept] / flat.shape[0]).unsqueeze(0).to(x.dtype)  # static: mean over L frames
         dyn.append(torch.full((c,), kind == "dynamic", dtype=torch.bool, device=dev))
         row += c
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn))
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn), weight)

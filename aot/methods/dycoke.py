@@ -17,6 +17,9 @@ Deviations: the released group pass skips the last group (``range(0, F - 4, 4)``
 stays whole) and drops the last frame when F is odd; here every group, including a short last
 one, follows the same rule. DyCoke's second stage (KV-cache pruning inside the LLM while decoding)
 is not part of token compression and is left out. Ties go to the lower grid index.
+
+Mix (``Compressed.mix``): a selection, weight 1 for every kept token; ``reduce(x)`` equals
+``tokens`` exactly.
 """
 
 from __future__ import annotations

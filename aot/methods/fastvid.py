@@ -36,6 +36,10 @@ Deviations, all for an exact budget or a well-defined assignment:
   segment (the usual case: 32 frames in c = 8 segments) the two are identical.
 - Ties: the released code breaks density ties with 1e-6 uniform noise; here a tie counts the
   lower index as denser, so results are deterministic. A context token is always its own member.
+
+Mix (``Compressed.mix``): a salient token has weight 1 in its row; a context row with n members
+(itself included) carries w + (1 - w) / n on the context token and (1 - w) / n on each other
+member, w = max(1 / (n + 1), beta). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     n_sal = [s - c for s, c in zip(shares, n_ctx)]
     toks, poss = [], []
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row = 0
     for start, length in fastvid_segments(x, config.segments, config.tau):
         frames = list(range(start, start + length))
@@ -155,11 +160,14 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         mean = torch.zeros(ctx.numel(), d, dtype=x.dtype, device=dev).index_add_(0, owner, flat[rest]) / counts
         w = (1 / (counts + 1)).clamp(min=config.beta)
         toks.append(w * flat[ctx] + (1 - w) * mean)
+        coef = ((1 - w) / counts)[owner, 0]  # every member (the context token too) in the mean
+        coef[self_slot[:, 0]] += w[self_slot[:, 1], 0]  # and the context token's own share w
+        weight[rest] = coef
         poss.append(ctx)
         assignment[ctx] = torch.arange(row, row + ctx.numel(), device=dev)
         assignment[rest] = row + owner
         row += ctx.numel()
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 
 register(Method("fastvid", fastvid, FastVIDConfig,

@@ -52,6 +52,10 @@ Where and why ours differs from the release:
   made (the release's cosine -1 sentinel).
 - Ties: the release adds 1e-6 noise to DPC-kNN densities; here ties go to the lower index, so
   results are deterministic.
+
+Mix (``Compressed.mix``), a merge of merges: an ADTS token has weight 1; a tree of s tokens kept
+as its own row gives each 1 / s; a DPC-kNN cluster of m tree means gives each token of a tree of
+s tokens 1 / (m s). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
     picked = adts(x, norms, scores, event, n_adts)
     toks, poss = [], []
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row = 0
     for start, length in segments:
         frames = range(start, start + length)
@@ -191,6 +196,7 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         quotas = [Fraction(budget * r, roots.numel()) for r in per_frame]
         clusters = settle(budget, quotas, [-(-budget * r // roots.numel()) for r in per_frame], per_frame)
         out_slot = torch.full((roots.numel(),), -1, dtype=torch.long, device=dev)
+        out_w = torch.ones(roots.numel(), dtype=x.dtype, device=dev)  # coefficient of each tree mean in its row
         lo = 0
         for r, c in zip(per_frame, clusters):
             if c == r:
@@ -200,13 +206,16 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
             elif c > 0:
                 centres, owner = dpc_knn_clusters(means[lo:lo + r], c, config.k)
                 summed = torch.zeros(c, d, dtype=x.dtype, device=dev).index_add_(0, owner, means[lo:lo + r])
-                toks.append(summed / torch.bincount(owner, minlength=c).to(x.dtype).unsqueeze(1))
+                size = torch.bincount(owner, minlength=c).to(x.dtype)
+                toks.append(summed / size.unsqueeze(1))
                 poss.append(roots[lo + centres])
                 out_slot[lo:lo + r] = row + owner
+                out_w[lo:lo + r] = (1 / size)[owner]
             row += c
             lo += r
         assignment[members] = out_slot[tree]
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+        weight[members] = out_w[tree] / counts[tree, 0]  # a mean of tree means
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 
 register(Method("flashvid", flashvid, FlashVIDConfig,

@@ -53,6 +53,12 @@ Where and why ours differs from the release:
 - Ties: the release adds 1e-6 uniform noise to the densities; here an equal density counts the
   lower index as denser, and every other tie also goes to the lower index, so results are
   deterministic. The release's dominant count uses Python's round (half to even); here half up.
+
+Mix (``Compressed.mix``), the two merges composed: a kept dynamic token has weight 1; a cluster
+of m > 1 rows carries beta on its centre and (1 - beta) / (m - 1) on each other member (a lone
+centre 1); a static cell's row stands for its mean over the window's L frames, so each of its L
+input tokens gets that coefficient / L (a run of a split cell: 1 / run length). ``reduce(x)``
+equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -155,6 +161,20 @@ def _beta_merge(feat: Tensor, centres: Tensor, owner: Tensor, beta: float) -> Te
     return torch.where(counts > 0, merged, feat[centres])
 
 
+def _beta_weights(centres: Tensor, owner: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
+    """The coefficient of each row of feat in ``_beta_merge``'s token: (m,) for owner (m,).
+
+    A centre with members: beta; a lone centre: 1; a member: (1 - beta) / (its centre's members).
+    """
+    c = centres.numel()
+    is_member = torch.ones(owner.numel(), dtype=torch.bool, device=owner.device)
+    is_member[centres] = False
+    counts = torch.bincount(owner[is_member], minlength=c).to(dtype)
+    weight = ((1 - beta) / counts.clamp(min=1))[owner]
+    weight[centres] = torch.where(counts > 0, torch.tensor(beta, dtype=dtype, device=owner.device), 1.0)
+    return weight
+
+
 def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, config: HoliTomConfig) -> Compressed:
     n = x.shape[1]
     unit = x / norms.unsqueeze(-1)
@@ -166,24 +186,27 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
     def round_quota(kind: str, quota: Fraction) -> int:  # released: ceil for dynamic, round for static
         return math.ceil(quota) if kind == "dynamic" else math.floor(quota + Fraction(1, 2))
 
-    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if kind == "static":  # DPC-kNN clusters of the cells' window means, beta-merged
             centres, owner = dpc_knn_clusters(feat, c, config.k)
-            return _beta_merge(feat, centres, owner, config.beta), centres, owner
+            return (_beta_merge(feat, centres, owner, config.beta), centres, owner,
+                    _beta_weights(centres, owner, config.beta, feat.dtype))
         n_dom = min(c, math.floor(c * (1 - config.context_share) + 0.5))
         n_ctx = c - n_dom
         dom = top_by_score(scores[t, cells], n_dom)  # slots of the top-attention cells
         owner = torch.full((cells.numel(),), -1, dtype=torch.long, device=x.device)
         owner[dom] = torch.arange(n_dom, device=x.device)
+        weight = torch.ones(cells.numel(), dtype=feat.dtype, device=x.device)  # kept as they are
         if not n_ctx:
-            return feat[dom], dom, owner
+            return feat[dom], dom, owner, weight
         keep = torch.ones(cells.numel(), dtype=torch.bool, device=x.device)
         keep[dom] = False
         rest = torch.nonzero(keep).flatten()  # the pool's other cells, ascending
         centres, rest_owner = dpc_knn_clusters(feat[rest], n_ctx, config.k)
         owner[rest] = n_dom + rest_owner
+        weight[rest] = _beta_weights(centres, rest_owner, config.beta, feat.dtype)
         return (torch.cat([feat[dom], _beta_merge(feat[rest], centres, rest_owner, config.beta)]),
-                torch.cat([dom, rest[centres]]), owner)
+                torch.cat([dom, rest[centres]]), owner, weight)
 
     return merge_pools(x, windows, masks, total, round_quota, reduce)
 

@@ -53,6 +53,10 @@ Where and why ours differs from the release:
   lower index as denser and every other tie (centres, nearest centre) goes to the lower index, so
   results are deterministic (a still video is then one segment).
 - F < 4 frames: the release's int(F * 0.25) = 0 clusters is not defined; here at least one.
+
+Mix (``Compressed.mix``), the two merges composed: a cluster of m rows gives each 1 / m; a static
+cell's row is its mean over the segment's W frames, so each of its W input tokens gets 1 / (m W)
+(a run of a split cell: 1 / run length). ``reduce(x)`` equals ``tokens`` to rounding.
 """
 
 from __future__ import annotations
@@ -177,10 +181,11 @@ def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         else:
             masks.append(torch.zeros(n, dtype=torch.bool, device=x.device))
 
-    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor]:
+    def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         centres, owner = dpc_knn_assign(feat, c, config.k)  # every pool: DPC-kNN clusters, plain means
         counts = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
-        return torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts, centres, owner
+        tokens = torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts
+        return tokens, centres, owner, (1 / counts[:, 0])[owner]
 
     return merge_pools(x, segments, masks, total, lambda kind, quota: math.floor(quota), reduce)
 

@@ -16,6 +16,11 @@ Deviations: VisionZip measures similarity on the attention keys of the vision to
 we only have the tokens being compressed, so the cosine is taken on those. The attention score is
 the caller's ``scores`` (SigLIP has no [CLS]; DESIGN 2.1). Ties in the score go to the lower grid
 index. With c = 0 (tiny shares) the non-dominant tokens are dropped (assignment -1).
+
+Mix (``Compressed.mix``): a dominant token has weight 1 in its row; a contextual row has its target
+at 1 and each merged token at 1 / (merged count) (merge="sum"), or every token at
+1 / (1 + merged count) (merge="mean"). ``reduce(x)`` equals ``tokens`` to rounding (float sums in
+another order).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def _visionzip_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, c
     dev = x.device
     toks, poss = [], []
     assignment = torch.full((f * n,), -1, dtype=torch.long, device=dev)
+    weight = torch.ones(f * n, dtype=x.dtype, device=dev)  # coefficient of each input token in its row
     row = 0
     for t, share in enumerate(even_split(total, f)):
         n_dom = min(share, math.floor(share * config.dominant_share + 0.5))
@@ -81,14 +87,17 @@ def _visionzip_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, c
         summed = torch.zeros(n_ctx, d, dtype=x.dtype, device=dev).index_add_(0, owner, x[t, others])
         if config.merge == "sum":
             ctx = x[t, targets] + summed / counts.clamp(min=1)
+            weight[t * n + others] = (1 / counts.clamp(min=1))[owner, 0]  # the target keeps 1
         else:
             ctx = (x[t, targets] + summed) / (1 + counts)
+            weight[t * n + targets] = 1 / (1 + counts[:, 0])
+            weight[t * n + others] = (1 / (1 + counts))[owner, 0]
         toks.append(ctx)
         poss.append(targets + t * n)
         assignment[t * n + targets] = torch.arange(row, row + n_ctx, device=dev)
         assignment[t * n + others] = row + owner
         row += n_ctx
-    return assemble(torch.cat(toks), torch.cat(poss), assignment, n)
+    return assemble(torch.cat(toks), torch.cat(poss), assignment, n, weight=weight)
 
 
 register(Method("visionzip", visionzip, VisionZipConfig,
