@@ -79,7 +79,7 @@ def test_transformers_members_relied_on_exist(cls, monkeypatch):
     from aot.models import qwen3_vl as adapter
 
     adapter.check_transformers(cls)
-    prefix = adapter.FAMILIES[cls].prefix
+    prefix = adapter.CLASSES[cls].prefix
     real = adapter._relied_on
 
     def broken(p):

@@ -54,33 +54,31 @@ from .patching import PatchState, install, missing_members, pad_token_id, resolv
 from .qwen2_5_vl import segment_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
-__all__ = ["patch", "unpatch", "check_transformers", "default_layers", "Family", "FAMILIES", "deepstack_at"]
+__all__ = ["patch", "unpatch", "check_transformers", "default_layers", "ClassInfo", "CLASSES", "deepstack_at",
+           "llm_grid_scores"]
 
 
 @dataclass(frozen=True)
-class Family:
-    """One transformers class this adapter patches."""
+class ClassInfo:
+    """Where one transformers class this adapter patches keeps what the adapter uses (the family's
+    own entry, what it refuses included, is in ``aot.families``)."""
 
     label: str  # for messages
     module: str  # transformers module of the modeling file
     prefix: str  # class-name prefix in that module
     deepstack: bool  # the tower returns deepstack_features
-    in_llm_refusal: str | None = None  # why FastV/PDrop are refused, None if they run
 
 
-_HYBRID = ("its text model is hybrid: Gated DeltaNet linear-attention layers (3 of every 4) keep a recurrent "
-           "state over every token, so dropping visual tokens inside the language model changes the state "
-           "every later token reads; use a pre-LLM method (e.g. aot.AOTConfig)")
-
-FAMILIES = {
-    "Qwen3VLForConditionalGeneration": Family("Qwen3-VL", "transformers.models.qwen3_vl.modeling_qwen3_vl",
-                                              "Qwen3VL", True),
-    "Qwen3VLMoeForConditionalGeneration": Family("Qwen3-VL-MoE", "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe",
-                                                 "Qwen3VLMoe", True),
-    "Qwen3_5ForConditionalGeneration": Family("Qwen3.5", "transformers.models.qwen3_5.modeling_qwen3_5",
-                                              "Qwen3_5", False, _HYBRID),
-    "Qwen3_5MoeForConditionalGeneration": Family("Qwen3.5-MoE", "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
-                                                 "Qwen3_5Moe", False, _HYBRID),
+CLASSES = {
+    "Qwen3VLForConditionalGeneration": ClassInfo("Qwen3-VL", "transformers.models.qwen3_vl.modeling_qwen3_vl",
+                                                 "Qwen3VL", True),
+    "Qwen3VLMoeForConditionalGeneration": ClassInfo("Qwen3-VL-MoE",
+                                                    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe",
+                                                    "Qwen3VLMoe", True),
+    "Qwen3_5ForConditionalGeneration": ClassInfo("Qwen3.5", "transformers.models.qwen3_5.modeling_qwen3_5",
+                                                 "Qwen3_5", False),
+    "Qwen3_5MoeForConditionalGeneration": ClassInfo("Qwen3.5-MoE", "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
+                                                    "Qwen3_5Moe", False),
 }
 
 
@@ -98,16 +96,15 @@ def _relied_on(prefix: str) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _family(model_or_name) -> Family:
-    name = model_or_name if isinstance(model_or_name, str) else None
-    if name is None:
-        for cls in type(model_or_name).__mro__:
-            if cls.__name__ in FAMILIES:
-                name = cls.__name__
-                break
-    if name not in FAMILIES:
-        raise TypeError(f"expected one of {', '.join(FAMILIES)}, got {name or type(model_or_name).__name__}")
-    return FAMILIES[name]
+def _class_name(model) -> str:
+    for cls in type(model).__mro__:
+        if cls.__name__ in CLASSES:
+            return cls.__name__
+    raise TypeError(f"expected one of {', '.join(CLASSES)}, got {type(model).__name__}")
+
+
+def _family(model) -> ClassInfo:
+    return CLASSES[_class_name(model)]
 
 
 def check_transformers(family: str = "Qwen3VLForConditionalGeneration") -> None:
@@ -115,7 +112,7 @@ def check_transformers(family: str = "Qwen3VLForConditionalGeneration") -> None:
     argument or helper this adapter relies on for ``family`` (a model class name; verified on 5.25)."""
     import transformers
 
-    fam = FAMILIES[family]
+    fam = CLASSES[family]
     try:
         mod = importlib.import_module(fam.module)
     except ImportError:
@@ -160,15 +157,18 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
 
     ``local_layer`` / ``global_layer``: vision blocks whose attention gives the local and global
     anchor scores (default: ``default_layers``)."""
-    fam = _family(model)
-    check_transformers(next(k for k, v in FAMILIES.items() if v is fam))
+    from .. import families
+
+    name = _class_name(model)
+    fam = CLASSES[name]
+    check_transformers(name)
     if options:
         raise TypeError(f"options not supported for {fam.label}: {', '.join(sorted(options))} "
                         f"(positions are the model's own 3-D M-RoPE, gathered)")
     m = resolve_method(model, config, method)
-    if m.in_llm and fam.in_llm_refusal is not None:
-        raise ValueError(f"{m.name} prunes inside the language model, which {fam.label} does not allow: "
-                         f"{fam.in_llm_refusal}")
+    why = families.refusal(families.of_class(name), m.stage)
+    if why is not None:
+        raise ValueError(f"{m.name} prunes inside the language model, which {fam.label} does not allow: {why}")
     tower = model.model.visual
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
