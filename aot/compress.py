@@ -200,6 +200,9 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
     merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
     slot_row = torch.where(is_row, row_of, merged_row)  # (F, M)
 
+    with torch.no_grad():
+        mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, is_row, inter.kept,
+                       n, config.inter_merge != "none")
     tokens = intra.tokens
     if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
         tokens = tokens.index_put((starts,), inter.anchors)
@@ -218,7 +221,54 @@ def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config:
         positions=pos[is_row],
         assignment=assignment,
         dynamic=inter.kept[is_row],
+        mix=mix,
     )
+
+
+def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tensor, decay: Tensor,
+             clips: list[tuple[int, int]], row_of: Tensor, is_row: Tensor, kept: Tensor, n: int,
+             merged: bool) -> Mix:
+    """The Mix of one video from the two stages' linear maps (no graph).
+
+    intra_w: (F, M, N) tokens[f] = intra_w[f] @ x[f] (None: tokens[f, j] = x[f, anchors[f, j]]);
+    coef (F, M, M), decay (F, M): the Eq. 16 step of each later frame, A <- decay A + coef tokens[t].
+    Unrolled over a clip, its anchors are A = sum_f G_f tokens[f] with G_f = S_f coef_f for later
+    frames and G_s = diag(S_s) for the keyframe, S_f the product of the decays of the clip's frames
+    after f. Rows: clip anchors (row_of at the keyframe) take every frame of their clip through G_f;
+    kept tokens their own intra map; merged tokens no row; dropped tokens (merge "none") no entry.
+    """
+    f, m = anchors.shape
+    dev = anchors.device
+    tab = torch.tensor([[s + i if i < c else f for i in range(max(c for _, c in clips))] for s, c in clips],
+                       device=dev)  # (C, L) frames of each clip, padded with a dummy frame f
+    dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (C, L, M)
+    incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
+    after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
+    suffix = torch.empty(f + 1, m, dtype=decay.dtype, device=dev)
+    suffix[tab.flatten()] = after.flatten(0, 1)
+    suffix = suffix[:f]  # (F, M)
+    starts = torch.tensor([s for s, _ in clips], device=dev)
+    g = suffix.unsqueeze(-1) * coef  # (F, M_anc, M_tok)
+    g[starts] += torch.diag_embed(suffix[starts])
+    if intra_w is None:  # the intra stage left the anchors as they are: columns are the anchors
+        w_anchor, cols = g, (anchors + torch.arange(f, device=dev).unsqueeze(1) * n).unsqueeze(1).expand(f, m, m)
+        w_kept, cols_kept = torch.ones(f, m, 1, dtype=g.dtype, device=dev), cols[:, 0].unsqueeze(-1)
+    else:
+        w_anchor = torch.bmm(g, intra_w)  # (F, M, N)
+        cols = (torch.arange(n, device=dev) + torch.arange(f, device=dev).unsqueeze(1) * n).unsqueeze(1)
+        cols = cols.expand(f, m, n)
+        w_kept, cols_kept = intra_w, cols
+    clip_start = torch.repeat_interleave(starts, torch.tensor([c for _, c in clips], device=dev))
+    key_row = row_of[clip_start]  # (F, M): the row of each clip-anchor slot of frame f's clip
+    use = valid.clone() if merged else torch.zeros_like(valid)
+    use[starts] = valid[starts]  # keyframes always; later frames only if they were merged into anchors
+    keep = kept & valid
+    q = w_anchor.shape[-1]
+    rows = torch.cat([key_row[use].unsqueeze(-1).expand(-1, q).flatten(),
+                      row_of[keep].unsqueeze(-1).expand(-1, w_kept.shape[-1]).flatten()])
+    cols = torch.cat([cols[use].flatten(), cols_kept[keep].flatten()])
+    weights = torch.cat([w_anchor[use].flatten(), w_kept[keep].flatten()])
+    return Mix(rows, cols, weights)
 
 
 def _identity(x: Tensor) -> Compressed:

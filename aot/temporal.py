@@ -68,6 +68,10 @@ class InterResult(NamedTuple):
     kept: Tensor  # (F, M) bool: intra tokens kept as temporal dynamics (never on a clip's first frame)
     owner: Tensor  # (F, M) int64: for merged tokens, the clip-anchor index that absorbed them; else -1
     q: Tensor  # (F, M) float: max assignment probability against the clip's first frame (1 on first frames)
+    # the linear map of the Eq. 16 updates, no graph: the step at later frame t sets
+    # A <- decay[t] * A + coef[t] @ tokens[t] for its clip's anchors A (M_anc, d)
+    coef: Tensor | None = None  # (F, M_anc, M_tok): lam w^T / (1 + lam recv); zero on first frames and without merging
+    decay: Tensor | None = None  # (F, M_anc): 1 / (1 + lam recv); one on first frames and without merging
 
 
 def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: int, tol,
@@ -160,8 +164,10 @@ def aggregate_inter(
     owner = torch.full((f, m), -1, dtype=torch.long, device=dev)
     anchors = tokens[starts].clone()  # (C, M, d)
     anchor_sizes = sizes[starts].clone()
+    coef = torch.zeros(f, m, m, dtype=tokens.dtype, device=dev)
+    decay = torch.ones(f, m, dtype=tokens.dtype, device=dev)
     if later_idx.numel() == 0:
-        return InterResult(anchors, anchor_sizes, kept, owner, q)
+        return InterResult(anchors, anchor_sizes, kept, owner, q, coef, decay)
 
     # selection pass: q of every later token against its clip's keyframe anchors
     norms = tokens.norm(dim=-1)  # (F, M)
@@ -221,6 +227,10 @@ def aggregate_inter(
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
         # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), in place unless a graph is recorded
         ctx = torch.bmm(w.transpose(1, 2), s)  # (A, M_anc, d)
+        with torch.no_grad():
+            inv = (recv.detach() * lam + 1.0).reciprocal()  # (A, M_anc, 1)
+            coef[frames] = w.detach().transpose(1, 2) * (inv * lam)
+            decay[frames] = inv.squeeze(-1)
         if grad:
             ctx = (ctx * lam + a) / (recv * lam + 1.0)
         else:
@@ -231,11 +241,12 @@ def aggregate_inter(
             anchors = anchors.index_put((torch.tensor(active, device=dev),), ctx)
         else:
             anchors[active] = ctx
-        own = pa.argmax(-1).masked_fill(~merged, -1)  # (A, M_tok)
+        # a merged token that gives no anchor any weight (cosine merge: it resembles none) is dropped
+        own = pa.argmax(-1).masked_fill(~merged | (pa.detach().amax(-1) <= 0), -1)  # (A, M_tok)
         owner[frames] = own
-        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(1, own.clamp(min=0), sizes[frames] * merged)
+        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(1, own.clamp(min=0), sizes[frames] * (own >= 0))
         anchor_sizes[active] += add
-    return InterResult(anchors, anchor_sizes, kept, owner, q)
+    return InterResult(anchors, anchor_sizes, kept, owner, q, coef, decay)
 
 
 def _rows(t: Tensor, idx: list[int]) -> Tensor:
