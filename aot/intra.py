@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ot import sinkhorn_
+from .ot import sinkhorn_, static_bound
 
 __all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
 
@@ -57,6 +57,7 @@ def aggregate_intra(
     lam: float = 1.0,
     mass: str = "unit",
     merge: str = "ot",
+    videos: int = 1,
 ) -> IntraResult:
     """Eq. 9-11 for every frame at once.
 
@@ -74,6 +75,9 @@ def aggregate_intra(
     tokens (owner -1) and returns the anchors unchanged.
     Differentiable w.r.t. x (and norms) when they require grad: then the same arithmetic runs out of
     place; otherwise the big temporaries are reused in place.
+    videos: x holds the frames of this many videos one after the other (F = videos * frames each);
+    each video's Sinkhorn stops as it would alone. No host read unless M == N (a frame may be all
+    anchors) or reg is so small that the Sinkhorn route must be read from the cost.
     """
     f, n, d = x.shape
     m = anchors.shape[1]
@@ -89,7 +93,7 @@ def aggregate_intra(
     own_slot = torch.where(valid, slot, 0)
     is_anchor.scatter_(1, own_idx, True)
     full = counts == n  # frames where every token is an anchor: nothing to fold in
-    if bool(full.all()) or merge == "none":
+    if merge == "none" or (m == n and bool(full.all())):  # m < n: no frame is full, known without a read
         owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
         return IntraResult(a.clone(), valid.long(), owner, None)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
@@ -103,7 +107,9 @@ def aggregate_intra(
         plan = normalise(weights, 1) * col_mass.unsqueeze(1)  # a token no anchor resembles: zero column
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
-        plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)
+        shape = (videos, f // videos, m, n)
+        plan = sinkhorn_(cost.view(shape), reg, n_iters, row_mass.view(shape[:3]), col_mass.view(*shape[:2], n), tol,
+                         groups=1, bound=static_bound(reg, m, n)).view(f, m, n).to(x.dtype)
         del cost
     keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
     plan = plan * keep if grad else plan.mul_(keep)
