@@ -7,9 +7,9 @@ get_rope_index positions), the vision block's attention written here as a dense 
 averaged by hand over the method's ``assignment`` (never its mix), M-RoPE ids written by walking the
 prompt token by token, one video at a time (batches).
 
-Methods: until every method returns its mix (issue 18's other branches), DeepStack needs one that
-does; ``hf_tiny_qwen3.nearest_merge`` (a test-only merging method, registered while a test runs)
-has one, and AOT has one at retention 1.0.
+Methods: ``hf_tiny_qwen3.nearest_merge`` (a test-only merging method registered while a test runs)
+averages the tokens it absorbs, so its DeepStack answer is written from its ``assignment`` alone;
+AOT and every registered method run inside the model too (each returns its mix).
 """
 
 from __future__ import annotations
@@ -402,25 +402,15 @@ def test_generate_with_cache_equals_greedy_loop_without_cache(proc):
         assert torch.equal(seq, hf_tiny.greedy_without_cache(model, inp, 3, extra))
 
 
-def _has_mix(name):
-    method = aot.methods.get(name)
-    x = torch.randn(4, 16, 8)
-    return method(x, torch.rand(4, 16), config=method.config(retention=0.5)).mix is not None
-
-
 @pytest.mark.parametrize("name", sorted(aot.methods.names(stage="pre-llm")))
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
 def test_every_registered_method(proc, name, family):
-    """Qwen3.5 (no DeepStack): every method runs inside the model. Qwen3-VL: every method that returns
-    its mix runs; one that does not yet is refused with the reason, before the language model runs."""
+    """Every registered pre-LLM method runs inside the model (Qwen3-VL: each reduces the DeepStack
+    levels with its own mix; a method without one is refused, test below)."""
     model = hq.model(family)
     inp = inputs(proc, videos=[hq.frames(8, seed=0), hq.frames(8, seed=1, height=48)])
     method = aot.methods.get(name)
     aot.patch(model, method.config(retention=0.5), method=name)
-    if family in DEEP and not _has_mix(name):
-        with pytest.raises(ValueError, match=rf"method '{name}' returns no mix .* DeepStack"):
-            model.generate(**inp, max_new_tokens=2, do_sample=False)
-        return
     seq = model.generate(**inp, max_new_tokens=2, do_sample=False)
     last = model._aot.last
     assert last["method"] == name
@@ -501,3 +491,66 @@ def test_clear_errors(proc):
         model(**good, labels=good["input_ids"])
     with pytest.raises(ValueError, match="position_ids"):
         model(**good, position_ids=torch.zeros_like(good["input_ids"]))
+
+
+def test_aot_deepstack_levels_follow_its_mix(proc):
+    """AOT itself (OT merges, its mix from aot.compress): the LM gets aot.compress's tokens, and every
+    DeepStack level is the mix applied entry by entry in a plain loop (the mix's own correctness,
+    reduce(x) == tokens, is tests/test_compress_mix.py's)."""
+    model = hq.model("qwen3_vl")
+    inp = inputs(proc)
+    thw = inp["video_grid_thw"]
+    cfg = aot.AOTConfig(retention=0.25)
+    ref = eager_scores(model, inp["pixel_values_videos"], thw, (1, 3))
+    with torch.no_grad():
+        enc = model.model.get_video_features(inp["pixel_values_videos"], thw)
+    aot.patch(model, cfg, local_layer=1, global_layer=3)
+    seen = Seen(model)
+    with torch.no_grad():
+        model(**inp)
+    seen.remove()
+    lm = seen.lm_calls[-1]
+    new_ids = seen.model_calls[-1]["input_ids"]
+    tokens, levels = [], [[], []]
+    for v, (t, h, w) in enumerate(thw.tolist()):
+        n = h * w // 4
+        out = aot.compress(enc.pooler_output[v].reshape(t, n, -1), ref[3][v], local_scores=ref[1][v],
+                           grid=(h // 2, w // 2), config=cfg)
+        tokens.append(out.tokens)
+        for i, lv in enumerate(enc.deepstack_features):
+            want = torch.zeros(out.tokens.shape[0], lv[v].shape[-1], dtype=torch.float64)
+            for r, c, wt in zip(out.mix.rows.tolist(), out.mix.cols.tolist(), out.mix.weights.tolist()):
+                want[r] += wt * lv[v][c].double()
+            levels[i].append(want.float())
+    torch.testing.assert_close(lm["inputs_embeds"][new_ids == model.config.video_token_id], torch.cat(tokens),
+                               atol=1e-5, rtol=1e-5)
+    for i in range(2):
+        torch.testing.assert_close(lm["deepstack_visual_embeds"][i], torch.cat(levels[i]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_method_without_a_mix_is_refused_for_deepstack_only(proc):
+    """A method whose result carries no mix cannot reduce DeepStack levels: Qwen3-VL refuses it with
+    the reason before the language model runs; Qwen3.5 (no DeepStack) runs it."""
+    from aot.methods import registry
+
+    def no_mix(x, scores, **kw):
+        return hq.nearest_merge(x, scores, **kw)._replace(mix=None)
+
+    registry._REGISTRY["no-mix"] = registry.Method("no-mix", no_mix, hq.NearestMergeConfig, "test: no mix")
+    try:
+        for family, refused in (("qwen3_vl", True), ("qwen3_5", False)):
+            model = hq.model(family)
+            aot.patch(model, hq.NearestMergeConfig(0.25), method="no-mix")
+            seen = Seen(model)
+            if refused:
+                with pytest.raises(ValueError, match="method 'no-mix' returns no mix .*Qwen3-VL's DeepStack"), \
+                        torch.no_grad():
+                    model(**one(proc, 0))
+                assert not seen.lm_calls
+            else:
+                with torch.no_grad():
+                    model(**one(proc, 0))
+                assert seen.lm_calls
+            seen.remove()
+    finally:
+        del registry._REGISTRY["no-mix"]

@@ -327,7 +327,7 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
             if levels and o.mix is None:
                 raise ValueError(f"method {state.method.name!r} returns no mix (Compressed.mix) for this input, so "
                                  f"{fam.label}'s DeepStack features cannot be reduced with its selection and merge "
-                                 f"weights; use a method that returns its mix (e.g. aot.AOTConfig)")
+                                 f"weights; use a method that returns its mix (every registered one does)")
             for i, lv in enumerate(levels):
                 stacks[i].append(o.reduce(lv[v].reshape(1, t, h * w, -1))[0])
             tokens.append(o.tokens[0])
