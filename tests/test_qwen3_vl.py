@@ -480,8 +480,15 @@ def test_clear_errors(proc):
     edited = one(proc, 0)
     pads = (edited["input_ids"][0] == model.config.video_token_id).nonzero().flatten()
     edited["input_ids"][0, pads[3]] = 9
-    with pytest.raises(ValueError, match="video placeholders"):
+    with pytest.raises(ValueError, match=r"holds 63 video placeholders .* 1 video\(s\) of 4 slices x 16 tokens need 64"):
         model(**edited)
+    gap = one(proc, 0)
+    ids = gap["input_ids"][0]
+    pads = (ids == model.config.video_token_id).nonzero().flatten()
+    last = int(pads[-1])
+    gap["input_ids"][0, [int(pads[3]), last + 1]] = gap["input_ids"][0, [last + 1, int(pads[3])]]  # count kept
+    with pytest.raises(ValueError, match="edited by hand"):
+        model(**gap)
     no_thw = one(proc, 0)
     del no_thw["video_grid_thw"]
     with pytest.raises(ValueError, match="video_grid_thw"):

@@ -293,7 +293,13 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     attention_mask = kwargs.get("attention_mask")
     times: dict[str, float] = {}
     # the prompt first: a hand-edited prompt fails before any work
-    placeholder_blocks(input_ids, cfg.video_token_id, per_slice, len(per_slice))
+    found = int((input_ids == cfg.video_token_id).sum())
+    if found != sum(per_slice):
+        sizes = ", ".join(f"{t} slices x {h * w}" for t, h, w in grids)
+        raise ValueError(f"the prompt holds {found} video placeholders (token id {cfg.video_token_id}) but "
+                         f"{len(grids)} video(s) of {sizes} tokens need {sum(per_slice)}; let the processor expand "
+                         f"the video token and do not edit its placeholders")
+    placeholder_blocks(input_ids, cfg.video_token_id, per_slice, len(per_slice))  # one run per slice, in order
 
     # 1. the tower once, two blocks scored by hooks
     tower = inner.visual
