@@ -561,3 +561,28 @@ def test_a_method_without_a_mix_is_refused_for_deepstack_only(proc):
             seen.remove()
     finally:
         del registry._REGISTRY["no-mix"]
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 26])
+@pytest.mark.parametrize("name", ["aot", "holitom", "nearest-merge"])
+def test_reduce_levels_is_compressed_reduce(monkeypatch, name, limit):
+    """Both paths of reduce_levels (dense matmul, entry by entry) give Compressed.reduce of every
+    level, batch of one or single video, float32 and float64."""
+    from aot.models import qwen3_vl as adapter
+
+    monkeypatch.setattr(adapter, "DENSE_LIMIT", limit)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 6, 20, 16, generator=g) + torch.randn(1, 1, 1, 16, generator=g)
+    s = torch.rand(1, 6, 20, generator=g)
+    with hq.merge_method():
+        m = aot.methods.get(name)
+        for out, lead in ((m(x, s, grid=(4, 5), config=m.config(retention=0.3)), True),
+                          (m(x[0], s[0], grid=(4, 5), config=m.config(retention=0.3)), False)):
+            for dtype in (torch.float32, torch.float64):
+                levels = [torch.randn(120, c, generator=g, dtype=dtype) for c in (3, 7)]
+                got = adapter.reduce_levels(out, levels)
+                for lv, red in zip(levels, got):
+                    want = out.reduce(lv[None] if lead else lv)
+                    want = want[0] if lead else want
+                    assert red.dtype == dtype
+                    torch.testing.assert_close(red, want, rtol=1e-5, atol=1e-6)
