@@ -73,29 +73,37 @@ def select_anchors(
     if k_global:
         masked = scores.masked_fill(chosen, float("-inf"))
         chosen.scatter_(1, masked.topk(k_global, dim=1).indices, True)
-    # every row holds exactly m True entries; nonzero lists them in ascending order
-    return chosen.nonzero()[:, 1].view(f, m)
+    # every row holds exactly m True entries: a stable sort puts them first, in ascending order
+    # (what nonzero would list, without reading the count back to the host)
+    return torch.argsort((~chosen).to(torch.uint8), dim=1, stable=True)[:, :m]
 
 
 def select_anchors_varied(
     scores: Tensor,
     local_scores: Tensor,
     grid: tuple[int, int],
-    counts: Tensor,
+    counts: Tensor | list[int],
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
-    """``select_anchors`` with a per-frame count: counts (F,) int64, at most two distinct values
-    in practice (an exact budget may need M + 1 anchors on some frames).
+    """``select_anchors`` with a per-frame count: counts (F,) int64 tensor or list of ints, at most
+    two distinct values in practice (an exact budget may need M + 1 anchors on some frames).
 
     Returns (indices (F, M_max) int64, valid (F, M_max) bool): row f holds its counts[f] anchors
-    ascending, then padding (a repeat of its last anchor, marked invalid).
+    ascending, then padding (a repeat of its last anchor, marked invalid). A list costs no host
+    read (aot.compress knows the counts from the budget); a tensor is read once.
     """
+    if isinstance(counts, Tensor):
+        counts = counts.tolist()
     f = scores.shape[0]
-    m_max = int(counts.max())
-    out = torch.empty(f, m_max, dtype=torch.long, device=scores.device)
-    valid = torch.arange(m_max, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
-    for m in torch.unique(counts).tolist():
-        rows = torch.nonzero(counts == m).flatten()
+    dev = scores.device
+    m_max = max(counts)
+    valid = torch.arange(m_max, device=dev).unsqueeze(0) < torch.tensor(counts, device=dev).unsqueeze(1)
+    distinct = sorted(set(counts))
+    if len(distinct) == 1:  # every frame the same count: no padding, no row gathers
+        return select_anchors(scores, local_scores, grid, m_max, **kwargs), valid
+    out = torch.empty(f, m_max, dtype=torch.long, device=dev)
+    for m in distinct:
+        rows = torch.tensor([i for i, c in enumerate(counts) if c == m], device=dev)
         idx = select_anchors(scores[rows], local_scores[rows], grid, m, **kwargs)  # (F_m, m)
         out[rows] = torch.cat([idx, idx[:, -1:].expand(-1, m_max - m)], dim=1)
     return out, valid

@@ -138,12 +138,53 @@ def compress(
     grid: (h, w) with h * w = N (default: square). Every clip's budget goes to anchors folded
     from their frame by OT (Eq. 9-12), merged across the clip (Eq. 13-16), plus the tokens that
     changed most. retention 1.0 returns the input unchanged.
+
+    The videos of a batch and the clips of a video run together (one set of operators whatever F
+    or B; the Eq. 16 steps run once per position inside a clip), and every video's result equals
+    its own call. ``mix`` is the exact linear map of the result: ``reduce(x)`` gives ``tokens`` to
+    rounding (float32 sums in another order; within 1e-5 of float32 tokens), not bit for bit.
+    Host reads (docs/gpu-core.md): one for all input checks; one per Sinkhorn early-stop check
+    (every 10 iterations, all videos at once); with clips="dynamic" one per video for the clip
+    layout (it decides shapes). With tol=None and uniform clips there are none after the check.
     """
     _check_config(config)
-    x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid)
-    if x.dim() == 4:
-        return stack([_compress_one(x[i], scores[i], local_scores[i], grid, config) for i in range(x.shape[0])])
-    return _compress_one(x, scores, local_scores, grid, config)
+    x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid, finite=False)
+    single = x.dim() == 3
+    if single:
+        x, scores, local_scores = x.unsqueeze(0), scores.unsqueeze(0), local_scores.unsqueeze(0)
+    b, f, n, _ = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    norms = torch.linalg.vector_norm(work, dim=-1)  # (B, F, N); also our cheap NaN/Inf/zero detector
+    _check_values(work, norms, scores, local_scores)
+    total = budget(config.retention, f, n)
+    if total == 0:
+        raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
+                         f"use retention >= {1 / (f * n):.4g}")
+    if total == f * n:
+        out = stack([_identity(x[i]) for i in range(b)])
+    else:
+        layouts = [tuple(make_clips(work[i], config)) for i in range(b)] if config.clips == "dynamic" else \
+            [tuple(uniform_clips(f, config.clip_length or default_clip_length(f, config.retention,
+                                                                              config.anchor_share)))] * b
+        groups: dict[tuple, list[int]] = {}
+        for i, lay in enumerate(layouts):
+            groups.setdefault(lay, []).append(i)
+        if len(groups) == 1:
+            out = _core(work, norms, scores, local_scores, grid, config, list(layouts[0]), x.dtype)
+        else:  # dynamic clips that differ between videos: one batched run per distinct layout
+            parts: list = [None] * b
+            for lay, idx in groups.items():
+                sel = torch.tensor(idx, device=x.device)
+                res = _core(work[sel], norms[sel], scores[sel], local_scores[sel], grid, config, list(lay), x.dtype)
+                for k, i in enumerate(idx):
+                    parts[i] = _unbatch(res, k)
+            out = stack(parts)
+    return _unbatch(out, 0) if single else out
+
+
+def _unbatch(out: Compressed, i: int) -> Compressed:
+    mix = None if out.mix is None else Mix(*(t[i] for t in out.mix))
+    return Compressed(*(t[i] for t in out[:6]), mix=mix)
 
 
 def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
@@ -163,62 +204,136 @@ def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
     return work, norms, total
 
 
-def _compress_one(x: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig) -> Compressed:
-    f, n, d = x.shape
-    dev = x.device
-    work, norms, total = prepare(x, config.retention)
-    if total == f * n:
-        return _identity(x)
-    clips = make_clips(work, config)
+def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig,
+          clips: list[tuple[int, int]], out_dtype) -> Compressed:
+    """V videos (V, F, N, d) with the same clips, all at once; fields with a leading V.
+
+    Every index here comes from Python ints (the clips and the budget), so nothing is read back
+    from the device except by the Sinkhorn early stop (one read per check for all videos).
+    """
+    v, f, n, d = work.shape
+    dev = work.device
+    total = budget(config.retention, f, n)
     per_clip, n_keep = plan_budget(total, f, n, len(clips), config.anchor_share)
-    counts = torch.repeat_interleave(torch.tensor(per_clip, device=dev),
-                                     torch.tensor([c for _, c in clips], device=dev))  # (F,)
-    if config.anchor_select == "random":  # ablation: uniformly random anchors, reproducible by seed
+    counts = [per_clip[c] for c, (_, length) in enumerate(clips) for _ in range(length)] * v  # (V F,) Python
+    if config.anchor_select == "random":  # ablation: uniformly random anchors, reproducible by seed, same per video
         gen = torch.Generator().manual_seed(config.seed)
-        scores = local_scores = torch.rand(f, n, generator=gen).to(dev)
-    anchors, valid = select_anchors_varied(scores.float(), local_scores.float(), grid, counts,
+        scores = local_scores = torch.rand(f, n, generator=gen).to(dev).expand(v, f, n)
+    anchors, valid = select_anchors_varied(scores.reshape(v * f, n).float(), local_scores.reshape(v * f, n).float(),
+                                           grid, counts,
                                            global_share=1.0 if config.anchor_select == "random" else config.global_share,
                                            windows=config.windows)
-    m = anchors.shape[1]  # (F, M) padded where a frame has fewer anchors
-    intra = aggregate_intra(work, norms, anchors, valid, reg=config.reg, n_iters=config.n_iters,
-                            tol=config.tol, lam=config.lam_intra, mass=config.mass, merge=config.intra_merge)
+    m = anchors.shape[1]  # (V F, M) padded where a frame has fewer anchors
+    intra = aggregate_intra(work.reshape(v * f, n, d), norms.reshape(v * f, n), anchors, valid, reg=config.reg,
+                            n_iters=config.n_iters, tol=config.tol, lam=config.lam_intra, mass=config.mass,
+                            merge=config.intra_merge, videos=v)
     inter = aggregate_inter(intra.tokens, intra.sizes, clips, n_keep, valid, reg=config.reg,
                             n_iters=config.n_iters, tol=config.tol, lam=config.lam_inter, merge=config.inter_merge,
                             keep_by=config.keep_by, keep_ref=config.keep_ref,
-                            guard=config.unmatched_anchors == "skip")
+                            guard=config.unmatched_anchors == "skip", videos=v, counts=counts)
 
     # every (frame, anchor slot) either is an output row (clip first frames, kept tokens) or is
     # merged into its clip's anchor; rows in row-major order are sorted by (frame, position)
-    starts = torch.tensor([s for s, _ in clips], device=dev)
-    lengths = torch.tensor([c for _, c in clips], device=dev)
-    clip_start = torch.repeat_interleave(starts, lengths)  # (F,)
-    first = torch.zeros(f, dtype=torch.bool, device=dev)
-    first[starts] = True
-    is_row = (first.unsqueeze(1) | inter.kept) & valid  # (F, M)
-    row_of = torch.cumsum(is_row.flatten(), 0).view(f, m) - 1  # (F, M) valid where is_row
-    merged_row = row_of[clip_start.unsqueeze(1).expand(f, m), inter.owner.clamp(min=0)]
+    starts = [s for s, _ in clips]
+    starts_all = torch.tensor([i * f + s for i in range(v) for s in starts], device=dev)
+    clip_start = torch.tensor([i * f + s for i in range(v) for s, c in clips for _ in range(c)], device=dev)  # (V F,)
+    first = torch.zeros(v * f, dtype=torch.bool, device=dev)
+    first[starts_all] = True
+    is_row = (first.unsqueeze(1) | inter.kept) & valid  # (V F, M)
+    row_of = (torch.cumsum(is_row.view(v, f * m), 1) - 1).view(v * f, m)  # row within its video where is_row
+    merged_row = row_of[clip_start.unsqueeze(1).expand(v * f, m), inter.owner.clamp(min=0)]
     merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
-    slot_row = torch.where(is_row, row_of, merged_row)  # (F, M)
-
+    slot_row = torch.where(is_row, row_of, merged_row)  # (V F, M)
+    with torch.no_grad():
+        mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, inter.kept,
+                       n, v, n_keep, config.inter_merge != "none", counts[:f])
     tokens = intra.tokens
     if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
-        tokens = tokens.index_put((starts,), inter.anchors)
+        tokens = tokens.index_put((starts_all,), inter.anchors)
     else:
-        tokens[starts] = inter.anchors  # intra.tokens is ours: overwrite the keyframes in place
+        tokens[starts_all] = inter.anchors  # intra.tokens is ours: overwrite the keyframes in place
     sizes = intra.sizes
-    sizes[starts] = inter.anchor_sizes
-    pos = anchors + torch.arange(f, device=dev).unsqueeze(1) * n  # (F, M) flat positions
-    frame_ids = torch.arange(f, device=dev).unsqueeze(1).expand(f, m)
-    assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (F, N)
-    assignment = torch.where(intra.owner >= 0, assignment, -1).flatten()  # (F * N,)
+    sizes[starts_all] = inter.anchor_sizes
+    local = torch.arange(f, device=dev).repeat(v).unsqueeze(1)  # (V F, 1) frame within its video
+    pos = anchors + local * n  # (V F, M) flat positions within the video
+    assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (V F, N)
+    assignment = torch.where(intra.owner >= 0, assignment, -1).view(v, f * n)
+    # the R rows of each video in ascending (frame, slot) order: a stable sort, no count read back
+    sel = torch.argsort((~is_row).view(v, f * m).to(torch.uint8), dim=1, stable=True)[:, :total]  # (V, R)
+
+    def rows(t: Tensor) -> Tensor:
+        return t.reshape(v, f * m).gather(1, sel)
+
     return Compressed(
-        tokens=tokens[is_row].to(x.dtype),
-        sizes=sizes[is_row],
-        frames=frame_ids[is_row],
-        positions=pos[is_row],
+        tokens=tokens.reshape(v, f * m, d).gather(1, sel.unsqueeze(-1).expand(v, total, d)).to(out_dtype),
+        sizes=rows(sizes),
+        frames=rows(local.expand(v * f, m)),
+        positions=rows(pos),
         assignment=assignment,
-        dynamic=inter.kept[is_row],
+        dynamic=rows(inter.kept),
+        mix=mix,
     )
+
+
+def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tensor, decay: Tensor,
+             clips: list[tuple[int, int]], row_of: Tensor, kept: Tensor, n: int, videos: int, n_keep: int,
+             merged: bool, counts: list[int]) -> Mix:
+    """The Mix of V videos with the same clips, (V, E) fields, from the two stages' linear maps (no graph).
+
+    intra_w: (V F, M, N) tokens[f] = intra_w[f] @ x[f] (None: tokens[f, j] = x[f, anchors[f, j]]);
+    coef (V F, M, M), decay (V F, M): the Eq. 16 step of each later frame, A <- decay A + coef tokens[t].
+    Unrolled over a clip, its anchors are A = sum_f G_f tokens[f] with G_f = S_f coef_f for later
+    frames and G_s = diag(S_s) for the keyframe, S_f the product of the decays of the clip's frames
+    after f. Rows: clip anchors (row_of at the keyframe) take every frame of their clip through G_f;
+    kept tokens their own intra map; merged tokens no row; dropped tokens (merge "none") no entry.
+    counts: anchors per frame of one video (Python ints). Every video has the same number of entries
+    (the same layout and n_keep), so nothing is padded.
+    """
+    vf, m = anchors.shape
+    f = vf // videos
+    dev = anchors.device
+    width = max(c for _, c in clips)
+    tab = torch.tensor([[i * f + s + p if p < c else vf for p in range(width)] for i in range(videos) for s, c in clips],
+                       device=dev)  # (V C, L) frames of each clip, padded with a dummy frame
+    dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (V C, L, M)
+    incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
+    after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
+    suffix = torch.empty(vf + 1, m, dtype=decay.dtype, device=dev)
+    suffix[tab.flatten()] = after.flatten(0, 1)
+    suffix = suffix[:vf]  # (V F, M)
+    starts = torch.tensor([i * f + s for i in range(videos) for s, _ in clips], device=dev)
+    g = suffix.unsqueeze(-1) * coef  # (V F, M_anc, M_tok)
+    g[starts] += torch.diag_embed(suffix[starts])
+    base = (torch.arange(f, device=dev) * n).repeat(videos).view(vf, 1, 1)  # first column of each frame
+    if intra_w is None:  # the intra stage left the anchors as they are: columns are the anchors
+        w_anchor, cols = g, (anchors.unsqueeze(1) + base).expand(vf, m, m)
+        w_kept, cols_kept = torch.ones(vf, m, 1, dtype=g.dtype, device=dev), anchors.unsqueeze(-1) + base
+    else:
+        w_anchor = torch.bmm(g, intra_w)  # (V F, M, N)
+        cols = (torch.arange(n, device=dev).view(1, 1, n) + base).expand(vf, m, n)
+        w_kept, cols_kept = intra_w, cols
+    clip_start = torch.tensor([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], device=dev)
+    key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
+    # slots that feed a clip anchor (keyframes; later frames too when merged), ascending: the same in
+    # every video (the counts follow the clips), listed from Python
+    key_frames = {s for s, _ in clips}
+    use_idx = torch.tensor([t * m + j for t in range(f) if merged or t in key_frames for j in range(counts[t])],
+                           device=dev)  # (U,)
+    q = w_anchor.shape[-1]
+    keep = (kept & valid).view(videos, f * m)
+    kidx = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :n_keep]  # (V, K) ascending
+    qk = w_kept.shape[-1]
+
+    def take(t: Tensor, idx: Tensor, width: int) -> Tensor:  # t (V F, M, width) rows idx (V, U) -> (V, U * width)
+        t = t.reshape(videos, f * m, width)
+        return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, width)).flatten(1)
+
+    use_v = use_idx.unsqueeze(0).expand(videos, -1)
+    rows = torch.cat([take(key_row.unsqueeze(-1).expand(vf, m, q), use_v, q),
+                      take(row_of.unsqueeze(-1).expand(vf, m, qk), kidx, qk)], 1)
+    cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
+    weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
+    return Mix(rows, cols, weights)
 
 
 def _identity(x: Tensor) -> Compressed:
@@ -235,7 +350,7 @@ def _check_config(config) -> None:
         raise TypeError(f"config must be an aot.AOTConfig, got {type(config).__name__}")
 
 
-def _check_inputs(x, scores, local_scores, grid):
+def _check_inputs(x, scores, local_scores, grid, finite: bool = True):
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (F, N, d) or (B, F, N, d), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -252,7 +367,7 @@ def _check_inputs(x, scores, local_scores, grid):
             raise TypeError(f"{name} must be a floating tensor, got dtype {s.dtype}")
         if tuple(s.shape) != tuple(x.shape[:-1]):
             raise ValueError(f"{name} must have shape {tuple(x.shape[:-1])} (x without d), got {tuple(s.shape)}")
-        if not torch.isfinite(s).all():
+        if finite and not torch.isfinite(s).all():  # finite=False: the caller checks them with _check_values
             raise ValueError(f"{name} contains NaN or Inf; allowed: finite values")
     n = x.shape[-2]
     if grid is None:
@@ -275,3 +390,17 @@ def _check_norms(x: Tensor, norms: Tensor) -> None:
     if zero.any():
         f, i = torch.nonzero(zero)[0].tolist()
         raise ValueError(f"x has zero-norm tokens (first: frame {f}, token {i}); cosine cost needs nonzero tokens")
+
+
+def _check_values(x: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor) -> None:
+    """Finite scores, finite nonzero token norms: one host read for all of them (the messages of
+    _check_inputs and _check_norms, in their order, only when something is wrong)."""
+    ok = torch.stack([torch.isfinite(scores).all(), torch.isfinite(local_scores).all(),
+                      (torch.isfinite(norms) & (norms != 0)).all()])
+    if bool(ok.all()):
+        return
+    for name, s in (("scores", scores), ("local_scores", local_scores)):
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{name} contains NaN or Inf; allowed: finite values")
+    for i in range(x.shape[0]):  # (B, F, N, d): the first video at fault, as the per-video loop said
+        _check_norms(x[i], norms[i])

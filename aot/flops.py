@@ -7,6 +7,12 @@ the FFN as two d x m matmuls. It ignores grouped-query K/V (narrower k/v project
 (gate) matrix of SwiGLU FFNs, norms, softmax and the LM head, which is why it is a convention and
 not a measurement. With n = visual tokens only it reproduces the paper's FLOPs columns.
 
+Newer LLMs in the same convention: a mixture-of-experts layer counts the FFN width a token actually
+runs through (``num_experts_per_tok`` x ``moe_intermediate_size``, plus a shared expert's width:
+Qwen3-VL-MoE, Qwen3.5-MoE); a linear-attention layer (Qwen3.5's Gated DeltaNet, 3 of every 4 layers)
+has no 2 n^2 d term and instead ``6 h dk dv`` per token for its recurrent state (read with k, write,
+read with q: three (dk x dv) products per value head), its projections still counted as 4 n d^2.
+
 The paper counts only the LLM. ``report`` also counts the vision tower and the projector in the
 same convention, because at 10% retention they are most of what is left.
 
@@ -36,8 +42,14 @@ class LLMSpec:
 
     layers: int  # T: decoder layers
     hidden: int  # d: hidden size
-    ffn: int  # m: FFN (intermediate) width
+    ffn: int  # m: FFN (intermediate) width; MoE: the width a token runs through
     name: str = "llm"
+    linear: tuple[int, ...] = ()  # indices of linear-attention layers (no n^2 term; Qwen3.5)
+    state: int = 0  # FLOPs a token costs a linear-attention layer's recurrent state (6 h dk dv)
+    ffns: tuple[int, ...] = ()  # per-layer FFN widths when layers differ (MoE beside dense layers); () = ffn
+
+    def ffn_of(self, i: int) -> int:
+        return self.ffns[i] if self.ffns else self.ffn
 
 
 @dataclass(frozen=True)
@@ -111,10 +123,21 @@ def layer_flops(n: int, d: int, m: int) -> int:
     return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
 
 
+def _layer(spec: LLMSpec, i: int, n: int) -> int:
+    """Layer i of ``spec`` over n tokens: Eq. 17's term, or a linear-attention layer's (module doc)."""
+    if i in spec.linear:
+        d = spec.hidden
+        return 4 * n * d * d + 2 * n * d * spec.ffn_of(i) + n * spec.state
+    return layer_flops(n, spec.hidden, spec.ffn_of(i))
+
+
 def prefill_flops(spec: LLMSpec, n_tokens: int) -> int:
-    """Prefill FLOPs of the LLM over ``n_tokens`` tokens, paper Eq. 17 (T identical layers)."""
+    """Prefill FLOPs of the LLM over ``n_tokens`` tokens, paper Eq. 17 (T identical layers; a hybrid or
+    partly-MoE spec sums its layers)."""
     _check_count("n_tokens", n_tokens)
-    return spec.layers * layer_flops(n_tokens, spec.hidden, spec.ffn)
+    if not spec.linear and not spec.ffns:
+        return spec.layers * layer_flops(n_tokens, spec.hidden, spec.ffn)
+    return sum(_layer(spec, i, n_tokens) for i in range(spec.layers))
 
 
 def schedule_prefill_flops(spec: LLMSpec, tokens_per_layer) -> int:
@@ -126,7 +149,7 @@ def schedule_prefill_flops(spec: LLMSpec, tokens_per_layer) -> int:
         raise ValueError(f"tokens_per_layer has {len(tokens)} entries; {spec.name} has {spec.layers} layers")
     for n in tokens:
         _check_count("tokens per layer", n)
-    return sum(layer_flops(n, spec.hidden, spec.ffn) for n in tokens)
+    return sum(_layer(spec, i, n) for i, n in enumerate(tokens))
 
 
 def inllm_tokens_per_layer(method, config, n_visual: int, n_layers: int, text_tokens: int = 0) -> list[int]:
@@ -201,8 +224,13 @@ def decode_flops(spec: LLMSpec, n_context: int, n_new: int) -> int:
     """
     _check_count("n_context", n_context)
     _check_count("n_new", n_new)
-    d, m, r = spec.hidden, spec.ffn, n_new
-    return spec.layers * (r * (4 * d * d + 2 * d * m) + 2 * r * d * n_context + d * r * (r + 1))
+    d, r = spec.hidden, n_new
+    total = 0
+    for i in range(spec.layers):
+        m = spec.ffn_of(i)
+        attend = r * spec.state if i in spec.linear else 2 * r * d * n_context + d * r * (r + 1)
+        total += r * (4 * d * d + 2 * d * m) + attend
+    return total
 
 
 def vision_flops(vision: VisionSpec, frames: int) -> int:
@@ -296,18 +324,42 @@ def _get(cfg: dict, key: str, where: str):
 
 
 def _llm_from(cfg: dict, where: str, name: str) -> LLMSpec:
-    return LLMSpec(int(_get(cfg, "num_hidden_layers", where)), int(_get(cfg, "hidden_size", where)),
-                   int(_get(cfg, "intermediate_size", where)), name)
+    """Dense, MoE (``num_experts`` / ``num_local_experts`` with ``num_experts_per_tok`` x
+    ``moe_intermediate_size`` + ``shared_expert_intermediate_size``; dense layers where
+    ``mlp_only_layers`` / ``decoder_sparse_step`` say) and hybrid (``layer_types``: linear_attention)."""
+    layers, hidden = int(_get(cfg, "num_hidden_layers", where)), int(_get(cfg, "hidden_size", where))
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    ffns: tuple[int, ...] = ()
+    if experts:
+        moe = int(_get(cfg, "num_experts_per_tok", where)) * int(_get(cfg, "moe_intermediate_size", where))
+        moe += int(cfg.get("shared_expert_intermediate_size") or 0)
+        dense_only = set(cfg.get("mlp_only_layers") or [])
+        step = int(cfg.get("decoder_sparse_step") or 1)
+        sparse = [i not in dense_only and (i + 1) % step == 0 for i in range(layers)]
+        ffn = moe
+        if not all(sparse):
+            dense = int(_get(cfg, "intermediate_size", where))
+            ffns = tuple(moe if s else dense for s in sparse)
+    else:
+        ffn = int(_get(cfg, "intermediate_size", where))
+    kinds = cfg.get("layer_types") or []
+    linear = tuple(i for i, k in enumerate(kinds) if k == "linear_attention")
+    state = 0
+    if linear:
+        state = 6 * int(_get(cfg, "linear_num_value_heads", where)) * int(_get(cfg, "linear_key_head_dim", where)) \
+            * int(_get(cfg, "linear_value_head_dim", where))
+    return LLMSpec(layers, hidden, ffn, name, linear, state, ffns)
 
 
 def spec_from_config(path_or_dict) -> ModelSpec:
     """A ModelSpec from a Hugging Face config.json (path or parsed dict).
 
     Layouts: LLaVA-OneVision (``text_config`` + SigLIP ``vision_config``; 2x2 bilinear video pooling,
-    so N = ceil(grid / 2)^2), Qwen2.5-VL (LLM keys at the top level or in ``text_config``, ViT keys
-    ``depth``/``out_hidden_size``/... in ``vision_config``; preset resolution 448 px), and a plain LLM
-    config (LLM only: frames and tokens per frame must then be given). A missing key raises KeyError
-    naming it.
+    so N = ceil(grid / 2)^2), Qwen2.5-VL, Qwen3-VL and Qwen3.5, dense or MoE (LLM keys at the top
+    level or in ``text_config``, ViT keys ``depth``/``out_hidden_size``/... in ``vision_config``;
+    preset resolution 448 px; Qwen3-VL's DeepStack mergers counted beside the main one), and a plain
+    LLM config (LLM only: frames and tokens per frame must then be given). A missing key raises
+    KeyError naming it.
     """
     if isinstance(path_or_dict, dict):
         cfg = path_or_dict
@@ -326,9 +378,10 @@ def spec_from_config(path_or_dict) -> ModelSpec:
         grid = 448 // int(_get(vcfg, "patch_size", w))
         temporal = int(_get(vcfg, "temporal_patch_size", w))
         cat = hidden * merge * merge
+        mergers = 1 + len(vcfg.get("deepstack_visual_indexes") or [])  # Qwen3-VL: one merger per DeepStack level
         vision = VisionSpec(int(vcfg["depth"]), hidden, int(_get(vcfg, "intermediate_size", w)), grid * grid,
-                            ((cat, cat), (cat, int(_get(vcfg, "out_hidden_size", w)))), merge * merge, temporal,
-                            name="qwen-vit")
+                            ((cat, cat), (cat, int(_get(vcfg, "out_hidden_size", w)))) * mergers, merge * merge,
+                            temporal, name="qwen-vit")
         return ModelSpec(name, llm, vision, 32, grid * grid // (merge * merge * temporal))
     # LLaVA-OneVision / SigLIP layout
     hidden = int(_get(vcfg, "hidden_size", w))

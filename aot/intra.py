@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ot import sinkhorn_
+from .ot import sinkhorn_, static_bound
 
 __all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
 
@@ -16,6 +16,9 @@ class IntraResult(NamedTuple):
     tokens: Tensor  # (F, M, d) updated anchors, float32
     sizes: Tensor  # (F, M) int64: how many input tokens each anchor now stands for
     owner: Tensor  # (F, N) int64 in [0, M): the anchor that absorbed each input token
+    # (F, M, N) float32 (float64 for float64 x), no graph: tokens[f, j] = weights[f, j] @ x[f] (the
+    # linear map of Eq. 11, anchor column included); None when every token is its anchor unchanged
+    weights: Tensor | None = None
 
 
 def cosine_cost(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -> Tensor:
@@ -54,6 +57,7 @@ def aggregate_intra(
     lam: float = 1.0,
     mass: str = "unit",
     merge: str = "ot",
+    videos: int = 1,
 ) -> IntraResult:
     """Eq. 9-11 for every frame at once.
 
@@ -71,6 +75,9 @@ def aggregate_intra(
     tokens (owner -1) and returns the anchors unchanged.
     Differentiable w.r.t. x (and norms) when they require grad: then the same arithmetic runs out of
     place; otherwise the big temporaries are reused in place.
+    videos: x holds the frames of this many videos one after the other (F = videos * frames each);
+    each video's Sinkhorn stops as it would alone. No host read unless M == N (a frame may be all
+    anchors) or reg is so small that the Sinkhorn route must be read from the cost.
     """
     f, n, d = x.shape
     m = anchors.shape[1]
@@ -86,9 +93,9 @@ def aggregate_intra(
     own_slot = torch.where(valid, slot, 0)
     is_anchor.scatter_(1, own_idx, True)
     full = counts == n  # frames where every token is an anchor: nothing to fold in
-    if bool(full.all()) or merge == "none":
+    if merge == "none" or (m == n and bool(full.all())):  # m < n: no frame is full, known without a read
         owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
-        return IntraResult(a.clone(), valid.long(), owner)
+        return IntraResult(a.clone(), valid.long(), owner, None)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
     col_mass = torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor).to(x.dtype)
     col_mass = col_mass / col_mass.sum(1, keepdim=True)
@@ -100,7 +107,9 @@ def aggregate_intra(
         plan = normalise(weights, 1) * col_mass.unsqueeze(1)  # a token no anchor resembles: zero column
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
-        plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol).to(x.dtype)
+        shape = (videos, f // videos, m, n)
+        plan = sinkhorn_(cost.view(shape), reg, n_iters, row_mass.view(shape[:3]), col_mass.view(*shape[:2], n), tol,
+                         groups=1, bound=static_bound(reg, m, n)).view(f, m, n).to(x.dtype)
         del cost
     keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
     plan = plan * keep if grad else plan.mul_(keep)
@@ -112,12 +121,20 @@ def aggregate_intra(
     # the other tokens contribute. Without a graph in a's storage: M/N of the input is the only big
     # temporary; with one, a is saved by the cost's product and must stay as it is
     if grad:
-        tokens = torch.baddbmm(a, plan, x, alpha=lam) / (recv * lam + 1.0)
+        denom = recv * lam + 1.0
+        tokens = torch.baddbmm(a, plan, x, alpha=lam) / denom
     else:
-        tokens = a.baddbmm_(plan, x, alpha=lam).div_(recv.mul_(lam).add_(1.0))  # (F, M, d)
+        denom = recv.mul_(lam).add_(1.0)
+        tokens = a.baddbmm_(plan, x, alpha=lam).div_(denom)  # (F, M, d)
     # (F, N); padding rows have zero plan (cosine: zero weight) and never win
     owner = plan.argmax(dim=1)
+    # a token that gives no anchor any weight (cosine merge: it resembles none) is dropped, not owned
+    owner = torch.where(plan.detach().amax(dim=1) > 0, owner, -1)
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
-    sizes.scatter_add_(1, owner, torch.ones_like(owner))
-    return IntraResult(tokens, sizes, owner)
+    sizes.scatter_add_(1, owner.clamp(min=0), (owner >= 0).long())
+    with torch.no_grad():  # the map of Eq. 11: lam T~ / denom on the others, 1 / denom on the anchor itself
+        inv = denom.detach().reciprocal()  # (F, M, 1)
+        weights = plan.detach() * (inv * lam) if grad else plan.mul_(inv * lam)
+        weights.scatter_add_(2, anchors.unsqueeze(-1), inv)
+    return IntraResult(tokens, sizes, owner, weights)

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["sinkhorn"]
+__all__ = ["sinkhorn", "static_bound"]
 
 # exp(+-_SAFE_EXP) with the sizes and marginal ratios folded in stays inside the normal range.
 _SAFE_EXP = {torch.float32: 75.0, torch.float64: 600.0}
@@ -57,26 +57,74 @@ def _tracks_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
+def static_bound(reg: float, m: int, n: int, cost_range: float = 2.0) -> float:
+    """An upper bound, known without reading the data, of the exponent ``r`` that picks the route:
+    a cost whose range is at most ``cost_range`` (1 - cos clamped to [0, 2]: 2) and marginals that are
+    uniform over a subset of at most m rows / n columns of each problem (max/min ratio <= m, n)."""
+    return cost_range / reg + math.log(max(m, n)) + math.log(m) + math.log(n)
+
+
+def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, *, groups: int = 0,
+              bound: float | None = None) -> Tensor:
     """``sinkhorn`` on checked inputs that may overwrite ``cost`` (float32/64, finite) to save memory.
 
     a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage, except
     when an input requires grad: then nothing is overwritten and the plan is differentiable.
+    groups: the first ``groups`` dims index independent stop groups (e.g. videos of a batch): each
+    group stops at the first check where all of its problems meet tol, exactly as it would alone
+    (0: the whole batch is one group). bound: a caller-known upper bound of the route exponent
+    (``static_bound``); when it is <= the safe limit the route is chosen without reading the cost.
     """
     m, n = cost.shape[-2:]
     grad = _tracks_grad(cost, a, b)
     cmin = cost.amin(dim=(-2, -1), keepdim=True)
-    cmax = cost.amax(dim=(-2, -1), keepdim=True)
-    # the route choice is a number, not part of the graph: detach before reading it
-    r = float(((cmax - cmin) / reg).max().detach()) if cost.numel() else 0.0
-    r += math.log(max(m, n)) + _log_ratio(a) + _log_ratio(b)
+    if bound is None or bound > _SAFE_EXP[cost.dtype]:
+        scaling = _routes(cost, cmin, reg, a, b, groups)  # host reads: the data decide the route
+        if scaling is None:  # groups disagree (small reg only): each group on its own route, as alone
+            return torch.stack([sinkhorn_(cost[i], reg, n_iters, a[i], b[i], tol, groups=groups - 1)
+                                for i in range(cost.shape[0])])
+    else:
+        scaling = True
     shifted = cost - cmin if grad else cost.sub_(cmin)  # same plan, kernel entries in [exp(-range/reg), 1]
-    if r <= _SAFE_EXP[cost.dtype]:
-        return _sinkhorn_scaling(shifted, reg, n_iters, a, b, tol, grad)
-    return _sinkhorn_log(shifted, reg, n_iters, a, b, tol)
+    if scaling:
+        return _sinkhorn_scaling(shifted, reg, n_iters, a, b, tol, grad, groups)
+    return _sinkhorn_log(shifted, reg, n_iters, a, b, tol, groups)
 
 
-def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, grad: bool = False) -> Tensor:
+def _routes(cost: Tensor, cmin: Tensor, reg: float, a: Tensor, b: Tensor, groups: int):
+    """True: scaling route, False: log route, None: the first dim's groups disagree (so groups >= 1)."""
+    m, n = cost.shape[-2:]
+    if groups == 0 or cost.shape[0] == 1:
+        # the route choice is a number, not part of the graph: detach before reading it
+        r = float(((cost.amax(dim=(-2, -1), keepdim=True) - cmin) / reg).max().detach()) if cost.numel() else 0.0
+        r += math.log(max(m, n)) + _log_ratio(a) + _log_ratio(b)
+        return r <= _SAFE_EXP[cost.dtype]
+    routes = {_routes(cost[i], cmin[i], reg, a[i], b[i], groups - 1) for i in range(cost.shape[0])}
+    return routes.pop() if len(routes) == 1 else None
+
+
+def _converged(err: Tensor, tol: float, groups: int, ndim: int) -> Tensor:
+    """err (...): per-problem L1 error -> (G..., 1, ..., 1) bool with ndim dims: every problem of the
+    group is below tol (compared in float64, as the float() read of the error was)."""
+    lead = err.shape[:groups]
+    return (err.reshape(*lead, -1).double() < tol).all(-1).view(*lead, *([1] * (ndim - groups)))
+
+
+def _stop_check(err: Tensor, tol, groups: int, frozen, state, saved):
+    """One check of the early stop, without a host read per group: groups that meet tol now keep
+    their current state (saved), the others go on. Returns (frozen, saved, all_done: a 0-dim bool)."""
+    conv = _converged(err, tol, groups, state[0].dim())
+    if frozen is None:
+        frozen, saved = conv, state
+    else:
+        new = conv & ~frozen
+        saved = tuple(torch.where(new, s, old) for s, old in zip(state, saved))
+        frozen = frozen | conv
+    return frozen, saved, frozen.all()
+
+
+def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, grad: bool = False,
+                      groups: int = 0) -> Tensor:
     # (..., m, n); in place when cost is ours and no graph is recorded
     kernel = cost.div(-reg).exp() if grad else cost.div_(-reg).exp_()
     # both products are written as row vector @ matrix, with the transpose stored contiguously:
@@ -84,32 +132,41 @@ def _sinkhorn_scaling(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tens
     kernel_t = kernel.transpose(-1, -2).contiguous()  # (..., n, m)
     u = (a > 0).to(cost.dtype).unsqueeze(-2)  # (..., 1, m); scale is irrelevant, masked rows stay 0
     bb, aa = b.unsqueeze(-2), a.unsqueeze(-2)
+    frozen = saved = None
     for it in range(n_iters):
         u = u / u.amax(dim=-1, keepdim=True)  # keeps every quantity bounded (module docstring)
         v = bb / (u @ kernel)  # (..., 1, n)
         u = aa / (v @ kernel_t)  # (..., 1, m)
-        if tol is not None and ((it + 1) % _CHECK_EVERY == 0):
+        if tol is not None and ((it + 1) % _CHECK_EVERY == 0) and it + 1 < n_iters:
             col = v * (u @ kernel)
-            if float((col - bb).abs().sum(-1).max().detach()) < tol:
+            frozen, saved, done = _stop_check((col - bb).abs().sum(-1).detach(), tol, groups, frozen, (u, v), saved)
+            if bool(done):  # the one host read of a check: every group has stopped
                 break
+    if frozen is not None:  # groups that stopped earlier than the last iteration run take their state back
+        u, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (u, v)))
     del kernel_t
     if grad:
         return kernel * u.transpose(-1, -2) * v
     return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
 
 
-def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol) -> Tensor:
+def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, groups: int = 0) -> Tensor:
     log_a, log_b = a.log(), b.log()  # -inf on masked entries
     scaled = cost / -reg  # (..., m, n)
     f = torch.zeros_like(a)  # potentials divided by reg
     g = torch.zeros_like(b)
+    frozen = saved = None
     for it in range(n_iters):
         g = log_b - torch.logsumexp(scaled + f.unsqueeze(-1), dim=-2)
         f = log_a - torch.logsumexp(scaled + g.unsqueeze(-2), dim=-1)
-        if tol is not None and ((it + 1) % _CHECK_EVERY == 0):
+        if tol is not None and ((it + 1) % _CHECK_EVERY == 0) and it + 1 < n_iters:
             col = torch.logsumexp(scaled + f.unsqueeze(-1) + g.unsqueeze(-2), dim=-2).exp()
-            if float((col - b).abs().sum(-1).max().detach()) < tol:
+            err = (col - b).abs().sum(-1).detach()
+            frozen, saved, done = _stop_check(err, tol, groups, frozen, (f.unsqueeze(-1), g.unsqueeze(-1)), saved)
+            if bool(done):
                 break
+    if frozen is not None:
+        f, g = (torch.where(frozen, s, cur.unsqueeze(-1)).squeeze(-1) for s, cur in zip(saved, (f, g)))
     return torch.exp(scaled + f.unsqueeze(-1) + g.unsqueeze(-2))
 
 

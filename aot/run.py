@@ -2,8 +2,8 @@
 
     aot run --model llava-hf/llava-onevision-qwen2-7b-ov-hf --video clip.mp4 --question "What happens?"
 
-Loads a hub id or a local folder of a LLaVA-OneVision / LLaVA-Video or a Qwen2.5-VL checkpoint
-(transformers' LlavaOnevisionForConditionalGeneration or Qwen2_5_VLForConditionalGeneration, chosen
+Loads a hub id or a local folder of a checkpoint of any family of ``aot.families`` (LLaVA-OneVision /
+LLaVA-Video, Qwen2.5-VL, Qwen3-VL dense or MoE, Qwen3.5 dense or MoE: the transformers class chosen
 by the checkpoint's config, and the checkpoint's own processor with its chat template, so
 preprocessing is the official one), samples frames with lmms-eval's rule (``aot.video``), patches
 the model with the chosen method and prints token counts, the time of each stage (decode,
@@ -12,7 +12,7 @@ preprocess, vision tower, scores, compression, prefill, decoding) and the LLM's 
 assembled from PyPI wheels (``aot.models.assembled``; its answers mean nothing).
 
 ``load`` is the one loader of ``aot run``, ``aot eval`` and the lmms-eval plugins; ``patch_options``
-turns the layout/positions/layers flags into the options of the loaded model's adapter.
+(``aot.families``) turns the layout/positions/layers flags into the options of the loaded model's adapter.
 """
 
 from __future__ import annotations
@@ -26,21 +26,22 @@ from pathlib import Path
 
 import torch
 
+from .families import FAMILIES, LLAVA, QWEN, family_options, patch_options
+from .families import get as get_family
+from .families import of_config, of_model
+
 __all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN", "FAMILIES", "family",
-           "patch_options", "family_options", "check_budget", "check_qwen_budget", "LLAVA", "QWEN"]
+           "patch_options", "family_options", "check_budget", "check_grid_budget", "check_qwen_budget", "LLAVA",
+           "QWEN"]
 
 STANDIN = "aot:dinov2-smollm2"
-LLAVA, QWEN = "llava_onevision", "qwen2_5_vl"
-# family -> (transformers class aot run loads, config model_type)
-FAMILIES = {LLAVA: "LlavaOnevisionForConditionalGeneration", QWEN: "Qwen2_5_VLForConditionalGeneration"}
-LLAVA_LAYERS = (5, -2)  # LLaVA-OneVision's default score layers (the paper's authors' code)
 
 
 def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("run", help="answer a question about a video with a compressing video LLM",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video or "
-                                                  f"Qwen2.5-VL checkpoint, or {STANDIN}")
+    p.add_argument("--model", required=True, help=f"hub id or local folder of a LLaVA-OneVision/LLaVA-Video, "
+                                                  f"Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint, or {STANDIN}")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--question", required=True, help="the question")
     p.add_argument("--retention", type=float, default=0.1, help="fraction of video tokens kept (1 = no compression)")
@@ -55,10 +56,10 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
                         "(LLaVA checkpoints only)")
     p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"),
                    help="positions of the kept tokens: renumbered, or their uncompressed indices (LLaVA "
-                        "checkpoints only; Qwen2.5-VL keeps its M-RoPE ids)")
-    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors "
-                                                  "(default: LLaVA 5,-2, the stand-in 5,-2 of its 12; Qwen2.5-VL "
-                                                  "the first and last full-attention block, 7,31 for 3B/7B)")
+                        "checkpoints only; the Qwen families keep their M-RoPE ids)")
+    p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default: "
+                                                  + "; ".join(f.layers_rule for f in FAMILIES.values())
+                                                  + "; the stand-in 5,-2 of its 12)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (aot.cli sets the default and help)")
@@ -116,60 +117,49 @@ def _dtype(name: str, device: str):
 
 
 def family(model) -> str:
-    """``LLAVA`` or ``QWEN``: the family of a loaded model (by its class, as ``aot.patch`` dispatches)."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    for fam, cls in FAMILIES.items():
-        if cls in names:
-            return fam
-    raise TypeError(f"{type(model).__name__} is not a model aot runs; supported: {', '.join(FAMILIES.values())}")
+    """The family name (``aot.families``) of a loaded model, by its class as ``aot.patch`` dispatches."""
+    return of_model(model).name
 
 
-def patch_options(model, *, video_layout: str = "onevision", positions: str = "contiguous",
-                  layers: tuple[int, int] | None = None) -> dict:
-    """The ``aot.patch`` options for ``model``'s adapter from the runner's flags (layers None: the
-    family's default). LLaVA: layout, positions, layers. Qwen2.5-VL: layers only (its own layout and
-    3-D M-RoPE ids); a non-default layout or positions is a ValueError saying so."""
-    return family_options(family(model), video_layout=video_layout, positions=positions, layers=layers)
+def _checkpoint_config(model_id: str):
+    from transformers import AutoConfig
 
-
-def family_options(fam: str, *, video_layout: str = "onevision", positions: str = "contiguous",
-                   layers: tuple[int, int] | None = None) -> dict:
-    """:func:`patch_options` for a family name (``LLAVA`` / ``QWEN``), before any model is loaded."""
-    if fam == LLAVA:
-        local, deep = layers if layers is not None else LLAVA_LAYERS
-        return {"video_layout": video_layout, "positions": positions, "local_layer": local, "global_layer": deep}
-    if video_layout != "onevision":
-        raise ValueError(f"video layout {video_layout!r} is for LLaVA-Video checkpoints; a Qwen2.5-VL model keeps "
-                         f"its own layout (leave the video layout at its default, onevision)")
-    if positions != "contiguous":
-        raise ValueError(f"positions {positions!r} is for LLaVA checkpoints; a Qwen2.5-VL model keeps the 3-D "
-                         f"M-RoPE ids of the uncompressed prompt (leave positions at its default, contiguous)")
-    return {} if layers is None else {"local_layer": layers[0], "global_layer": layers[1]}
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load --model {model_id!r} (a hub id needs the hub to be reachable, or a "
+                         f"local folder with config.json): {str(err).splitlines()[0]}") from None
 
 
 def _checkpoint_family(model_id: str, want: str | None) -> str:
     """The family of a hub id / folder from its config alone (no weights read)."""
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(model_id)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load --model {model_id!r} (a hub id needs the hub to be reachable, or a "
-                         f"local folder with config.json): {str(err).splitlines()[0]}") from None
+    cfg = _checkpoint_config(model_id)
     arch = getattr(cfg, "architectures", None) or [type(cfg).__name__]
-    found = [fam for fam, cls in FAMILIES.items() if cls in arch or cfg.model_type == fam]
-    if not found:
-        raise ValueError(f"--model {model_id!r} is a {', '.join(arch)}; aot run supports "
-                         f"{', '.join(FAMILIES.values())}")
-    if want is not None and found[0] != want:
-        raise ValueError(f"--model {model_id!r} is a {FAMILIES[found[0]]}, this runner takes "
-                         f"{FAMILIES[want]} checkpoints")
-    return found[0]
+    try:
+        found = of_config(cfg.model_type, arch)
+    except ValueError as err:
+        raise ValueError(f"--model {model_id!r}: {err}") from None
+    if want is not None and found.name != want:
+        raise ValueError(f"--model {model_id!r} is a {found.label} checkpoint, this runner takes "
+                         f"{get_family(want).label} checkpoints")
+    return found.name
+
+
+def _check_refusal(fam: str, method: str) -> None:
+    """A method the family refuses (Qwen3.5: in-LLM pruning) fails before the weights load."""
+    from . import methods
+    from .families import refusal
+
+    why = refusal(get_family(fam), methods.get(method).stage)
+    if why is not None:
+        raise ValueError(f"--method {method} prunes inside the language model, which {get_family(fam).label} "
+                         f"does not allow: {why}")
 
 
 def _video_metadata(clip):
     """transformers' VideoMetadata of the sampled frames (Qwen2.5-VL's temporal M-RoPE step is
-    temporal_patch_size / sampled fps), or None when the container gives no frame rate."""
+    temporal_patch_size / sampled fps; Qwen3-VL's processor writes each slice's timestamp from it),
+    or None when the container gives no frame rate."""
     from transformers.video_utils import VideoMetadata
 
     if clip is None or not clip.fps:
@@ -180,13 +170,13 @@ def _video_metadata(clip):
 
 def load(model_id: str, *, dtype, device: str, family: str | None = None):
     """(model, make_inputs(frames, question, clip=None) -> dict, decode(ids) -> str) for a hub id,
-    folder or the stand-in: LLaVA-OneVision / LLaVA-Video or Qwen2.5-VL, chosen by the checkpoint's
+    folder or the stand-in: any family of ``aot.families``, its class chosen by the checkpoint's
     config (``family``: require that one). ``clip`` (``aot.video.VideoFrames``) gives the sampled
-    frame rate to processors that use it (Qwen2.5-VL)."""
+    frame rate to processors that use it (the Qwen families)."""
     if model_id == STANDIN:
         if family not in (None, LLAVA):
             raise ValueError(f"--model {STANDIN} is a LLaVA-OneVision-shaped model, this runner takes "
-                             f"{FAMILIES[family]} checkpoints")
+                             f"{get_family(family).label} checkpoints")
         from .models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt
 
         model, tok = load_dinov2_smollm2(dtype=dtype)
@@ -201,8 +191,10 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
     import transformers
     from transformers import AutoProcessor
 
-    fam = _checkpoint_family(model_id, family)
-    model = getattr(transformers, FAMILIES[fam]).from_pretrained(model_id, dtype=dtype).to(device).eval()
+    fam = get_family(_checkpoint_family(model_id, family))
+    cfg = _checkpoint_config(model_id)
+    cls = fam.class_for(cfg.model_type, getattr(cfg, "architectures", None))
+    model = getattr(transformers, cls).from_pretrained(model_id, dtype=dtype).to(device).eval()
     try:
         processor = AutoProcessor.from_pretrained(model_id)
     except (OSError, ValueError) as err:
@@ -210,7 +202,7 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
                          f"tokenizer files saved beside the model, e.g. processor.save_pretrained(folder)): "
                          f"{str(err).splitlines()[0]}") from None
     templated = bool(getattr(processor, "chat_template", None))
-    if fam == QWEN:
+    if fam.video_block == "qwen":
         tok = processor.tokenizer
         start, end = (tok.convert_ids_to_tokens(int(getattr(model.config, f"vision_{k}_token_id"))) for k in ("start", "end"))
         bare = f"{start}{processor.video_token}{end}"  # the video block of Qwen's template, without a template
@@ -227,7 +219,7 @@ def load(model_id: str, *, dtype, device: str, family: str | None = None):
         """Processor inputs for the question, or for ``prompt``: a whole prompt text with one video."""
         text = prompt_text(question) if prompt is None else prompt
         extra = {}
-        if fam == QWEN and (meta := _video_metadata(clip)) is not None:
+        if fam.video_metadata and (meta := _video_metadata(clip)) is not None:
             extra["video_metadata"] = [meta]
         return processor(text=text, videos=[frames], return_tensors="pt", do_sample_frames=False, **extra)
 
@@ -246,14 +238,17 @@ def check_budget(method: str, config, video, frames: int, tokens_per_frame: int)
     methods.get(method).check(config, sampled, tokens_per_frame)
 
 
-def check_qwen_budget(model, method: str, config, video_grid_thw) -> None:
-    """The Qwen2.5-VL adapter's budget check from the processor's ``video_grid_thw`` (temporal slices,
+def check_grid_budget(model, method: str, config, video_grid_thw) -> None:
+    """The Qwen adapters' budget check from the processor's ``video_grid_thw`` (temporal slices,
     LLM tokens a slice after the merger), after preprocessing and before the vision tower."""
     from . import methods
 
     merge = int(model.config.vision_config.spatial_merge_size)
     for t, h, w in video_grid_thw.tolist():
         methods.get(method).check(config, int(t), (int(h) // merge) * (int(w) // merge))
+
+
+check_qwen_budget = check_grid_budget  # the name before Qwen3-VL shared it
 
 
 @contextmanager
@@ -293,7 +288,8 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     patch(model, config, method=method, **patch_options(model, video_layout=video_layout, positions=positions,
                                                         layers=layers))  # layers and config, before any decoding
     try:
-        if family(model) == LLAVA:  # Qwen2.5-VL's grid depends on the frame size: checked after preprocessing
+        fam = of_model(model)
+        if fam.budget == "config":  # the Qwen grids depend on the frame size: checked after preprocessing
             h, w = llm_grid(model, video_layout)
             check_budget(method, config, video, frames, h * w)  # e.g. DyCoke's floor, before decoding
         t0 = time.perf_counter()
@@ -305,8 +301,8 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
         t_pre = time.perf_counter() - t0
-        if family(model) == QWEN and inputs.get("video_grid_thw") is not None:  # before the vision tower
-            check_qwen_budget(model, method, config, inputs["video_grid_thw"])
+        if fam.budget == "grid" and inputs.get("video_grid_thw") is not None:  # before the vision tower
+            check_grid_budget(model, method, config, inputs["video_grid_thw"])
         with module_timer(model.model.language_model, device) as lm_calls, torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         last = dict(model._aot.last)
@@ -385,7 +381,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 fam = _checkpoint_family(args.model, None)
                 family_options(fam, video_layout=args.video_layout, positions=args.positions,
                                layers=_layers(args.layers))
-                if fam == LLAVA:  # the budget from the config's grid, before the weights load
+                _check_refusal(fam, args.method)
+                if get_family(fam).budget == "config":  # the budget from the config's grid, before the weights load
                     from transformers import AutoConfig
 
                     from .models.llava_onevision import config_grid

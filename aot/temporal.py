@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .intra import cosine_cost, normalise, tracks_grad
-from .ot import sinkhorn
+from .ot import sinkhorn_, static_bound
 
 __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
 
@@ -68,21 +68,31 @@ class InterResult(NamedTuple):
     kept: Tensor  # (F, M) bool: intra tokens kept as temporal dynamics (never on a clip's first frame)
     owner: Tensor  # (F, M) int64: for merged tokens, the clip-anchor index that absorbed them; else -1
     q: Tensor  # (F, M) float: max assignment probability against the clip's first frame (1 on first frames)
+    # the linear map of the Eq. 16 updates, no graph: the step at later frame t sets
+    # A <- decay[t] * A + coef[t] @ tokens[t] for its clip's anchors A (M_anc, d)
+    coef: Tensor | None = None  # (F, M_anc, M_tok): lam w^T / (1 + lam recv); zero on first frames and without merging
+    decay: Tensor | None = None  # (F, M_anc): 1 / (1 + lam recv); one on first frames and without merging
 
 
 def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: int, tol,
-                 cols: Tensor | None = None) -> Tensor:
+                 cols: Tensor | None = None, videos: int = 1) -> Tensor:
     """Row-normalised weights p (B, M, M) between tokens (rows) and anchors (columns) of Eq. 15.
 
     cost: 1 - cos; valid: (B, M) bool, the real slots of both sides (a frame and its clip anchors
     have the same count); padding rows and columns get zero mass and come back as zero rows and
     columns. cols: (B, M) bool, the anchors that may receive (default: valid); the others get
     zero mass too. merge="ot": the row-normalised Sinkhorn plan; otherwise cosine weights max(cos, 0).
+    videos: B holds this many videos' problems one after the other; each video's Sinkhorn stops as
+    it would alone. cost is left as it is.
     """
     w = valid.to(cost.dtype) / valid.sum(-1, keepdim=True)
     wc = w if cols is None else cols.to(cost.dtype) / cols.sum(-1, keepdim=True)
     if merge == "ot":
-        plan = sinkhorn(cost, reg, n_iters, a=w, b=wc, tol=tol)
+        b, m, n = cost.shape
+        shape = (videos, b // videos, m, n)
+        work = cost if tracks_grad(cost) else cost.clone()  # the solver overwrites a cost without graph
+        plan = sinkhorn_(work.view(shape), reg, n_iters, w.view(shape[:3]), wc.view(*shape[:2], n), tol, groups=1,
+                         bound=static_bound(reg, m, n)).view(b, m, n)
     else:
         plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
     # a row with no mass (padding; with cosine weights and restricted cols, a token no allowed anchor
@@ -90,18 +100,31 @@ def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: i
     return normalise(plan, -1)
 
 
-def _keyframe_costs(tokens: Tensor, norms: Tensor, clips: list[Clip]) -> Tensor:
-    """1 - cos between every later frame's tokens and its clip's first frame: (F - C, M, M).
+class _Layout:
+    """Index tensors of V videos with the same clips (frame f of video v is row v * F + f), built once
+    per call from Python ints: nothing here reads the device."""
 
-    One product per clip on contiguous views, so the (F, M, d) tokens are never gathered/copied.
-    """
-    out = []
-    for s, n in clips:
-        if n > 1:
-            later = tokens[s + 1:s + n]  # (n-1, M, d) view
-            key = tokens[s].expand(n - 1, *tokens.shape[1:])
-            out.append(cosine_cost(later, key, norms[s + 1:s + n], norms[s].expand(n - 1, -1)))
-    return torch.cat(out)
+    def __init__(self, clips: list[Clip], frames: int, videos: int, device):
+        self.frames, self.videos, self.n_clips = frames, videos, len(clips)
+        self.lengths = [n for _, n in clips]
+        later = [s + i for s, n in clips for i in range(1, n)]  # ascending: clips are consecutive
+        key_of = [s for s, n in clips for _ in range(1, n)]
+        off = lambda idx: [v * frames + i for v in range(videos) for i in idx]  # noqa: E731
+        t = lambda idx: torch.tensor(idx, dtype=torch.long, device=device)  # noqa: E731
+        self.starts_list = off([s for s, _ in clips])
+        self.later_list = off(later)
+        self.starts, self.later, self.key_of = t(self.starts_list), t(self.later_list), t(off(key_of))
+        self.prev = self.later - 1  # each later frame's predecessor (same clip)
+        self.n_later = len(later)  # per video
+        self.later_row = {f: i for i, f in enumerate(self.later_list)}  # a later frame's row among them
+        self.device = device
+
+    def step(self, step: int):
+        """Clips (all videos) that have position ``step``, their frames and rows among later frames."""
+        active = [v * self.n_clips + i for v in range(self.videos) for i, n in enumerate(self.lengths) if n > step]
+        frames = [self.starts_list[a] + step for a in active]
+        t = lambda idx: torch.tensor(idx, dtype=torch.long, device=self.device)  # noqa: E731
+        return len(active), t(active), t(frames), t([self.later_row[f] for f in frames])
 
 
 def aggregate_inter(
@@ -119,6 +142,8 @@ def aggregate_inter(
     keep_by: str = "cosine",
     keep_ref: str = "keyframe",
     guard: bool = False,
+    videos: int = 1,
+    counts: list[int] | None = None,
 ) -> InterResult:
     """Eq. 13-16 with an exact budget.
 
@@ -145,104 +170,104 @@ def aggregate_inter(
     kept token); the balanced plan of that frame then runs over the other anchors (all of them
     when every anchor would be guarded). Without it, balanced marginals make every anchor absorb
     one token's worth of each later frame, so an object seen only on the keyframe is averaged away.
+
+    Batch: ``videos`` videos with the same ``clips`` one after the other (F = videos * frames of
+    one), n_keep per video; every step runs over the clips of all videos at once and each video's
+    Sinkhorn stops as it would alone, so each video's result equals its own call. counts: anchors
+    per frame (F,) as Python ints, when the caller knows them (no host read; else valid is read once).
     """
     f, m, d = tokens.shape
     dev = tokens.device
     grad = tracks_grad(tokens)
     if valid is None:
         valid = torch.ones(f, m, dtype=torch.bool, device=dev)
-    starts = torch.tensor([s for s, _ in clips], device=dev)
-    later = torch.ones(f, dtype=torch.bool, device=dev)
-    later[starts] = False
-    later_idx = torch.nonzero(later).flatten()
+    lay = _Layout(clips, f // videos, videos, dev)
     q = torch.ones(f, m, dtype=torch.float32, device=dev)
     kept = torch.zeros(f, m, dtype=torch.bool, device=dev)
     owner = torch.full((f, m), -1, dtype=torch.long, device=dev)
-    anchors = tokens[starts].clone()  # (C, M, d)
-    anchor_sizes = sizes[starts].clone()
-    if later_idx.numel() == 0:
-        return InterResult(anchors, anchor_sizes, kept, owner, q)
+    anchors = tokens[lay.starts].clone()  # (V C, M, d)
+    anchor_sizes = sizes[lay.starts].clone()
+    coef = torch.zeros(f, m, m, dtype=tokens.dtype, device=dev)
+    decay = torch.ones(f, m, dtype=tokens.dtype, device=dev)
+    if lay.n_later == 0:
+        return InterResult(anchors, anchor_sizes, kept, owner, q, coef, decay)
 
     # selection pass: q of every later token against its clip's keyframe anchors
     norms = tokens.norm(dim=-1)  # (F, M)
-    key_cost = _keyframe_costs(tokens, norms, clips)  # (F - C, M, M)
+    later, key_of = lay.later, lay.key_of
+    key_cost = cosine_cost(tokens[later], tokens[key_of], norms[later], norms[key_of])  # (V (F - C), M, M)
     p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
-    col_ok = valid[later_idx].unsqueeze(-2)
-    key_cos = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1)  # (F - C, M) best cosine to the keyframe
+    valid_later = valid[later]
+    col_ok = valid_later.unsqueeze(-2)
+    key_cos = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1)  # (V (F - C), M) best cosine to the keyframe
     ref_cost = key_cost
     if keep_ref == "previous":  # each later frame against the frame before it (same clip)
-        # every frame against its predecessor on slices (views: the tokens are never gathered into a
-        # copy), then the rows of later frames; the C - 1 clip-boundary pairs are computed and dropped
-        pairs = cosine_cost(tokens[1:], tokens[:-1], norms[1:], norms[:-1])  # (F - 1, M, M)
-        ref_cost = pairs[later_idx - 1]
+        ref_cost = cosine_cost(tokens[later], tokens[lay.prev], norms[later], norms[lay.prev])
+    uses_tau = guard and n_keep > 0  # then every merge plan is restricted and p is never used
     if keep_by == "plan":
-        sel = _row_weights(ref_cost, valid[later_idx], "ot", reg, n_iters, tol)
-        q[later_idx] = sel.detach().amax(-1).to(q.dtype)
+        sel = _row_weights(ref_cost, valid_later, "ot", reg, n_iters, tol, videos=videos)
+        q[later] = sel.detach().amax(-1).to(q.dtype)
         if ref_cost is key_cost:
             p = sel
     elif ref_cost is key_cost:  # "changed" as far from every keyframe anchor: q = max cosine
-        q[later_idx] = key_cos.to(q.dtype)
+        q[later] = key_cos.to(q.dtype)
     else:
-        q[later_idx] = (1.0 - ref_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
-    if merge != "none" and (p is None or merge != "ot"):
-        p = _row_weights(key_cost, valid[later_idx], merge, reg, n_iters, tol)
+        q[later] = (1.0 - ref_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1).to(q.dtype)
+    if merge != "none" and not uses_tau and (p is None or merge != "ot"):
+        p = _row_weights(key_cost, valid_later, merge, reg, n_iters, tol, videos=videos)
+    tau = None
     if n_keep:
-        flat_q = q[later_idx].masked_fill(~valid[later_idx], float("inf")).flatten()
-        if n_keep > int(valid[later_idx].sum()):
-            raise ValueError(f"cannot keep {n_keep} dynamic tokens from {int(valid[later_idx].sum())} candidates")
-        pick = torch.sort(flat_q, stable=True).indices[:n_keep]
-        kept_later = torch.zeros_like(flat_q, dtype=torch.bool)
-        kept_later[pick] = True
-        kept[later_idx] = kept_later.view(-1, m)
-    tau = float(key_cos[kept[later_idx]].max()) if guard and n_keep else None
+        if counts is None:
+            counts = valid.sum(1).tolist()
+        candidates = sum(counts[i] for i in lay.later_list[:lay.n_later])
+        if n_keep > candidates:
+            raise ValueError(f"cannot keep {n_keep} dynamic tokens from {candidates} candidates")
+        flat_q = q[later].masked_fill(~valid_later, float("inf")).view(videos, -1)  # (V, (F - C) M)
+        pick = torch.sort(flat_q, stable=True).indices[:, :n_keep]
+        kept_later = torch.zeros_like(flat_q, dtype=torch.bool).scatter_(1, pick, True).view(-1, m)
+        kept[later] = kept_later
+        if guard:  # per video: the highest max-cosine-to-the-keyframe of a kept token, (V, 1, 1)
+            tau = key_cos.masked_fill(~kept_later, float("-inf")).view(videos, -1).amax(1).view(videos, 1, 1)
 
-    # merge pass: sequential over positions within the clips, batched over clips
-    clip_starts = [s for s, _ in clips]
-    lengths = [n for _, n in clips]
-    first_plan = {t: i for i, t in enumerate(later_idx.tolist())}
-    for step in range(1, max(lengths) if merge != "none" else 1):
-        active = [c for c, n in enumerate(lengths) if n > step]  # clips that have this position
-        frames = [clip_starts[c] + step for c in active]
-        s = _rows(tokens, frames)  # (A, M, d), a view for uniform clips
-        a = _rows(anchors, active)
-        merged = ~kept[frames] & valid[frames]  # (A, M)
-        rows = [first_plan[t] for t in frames]
-        cost = key_cost[rows] if step == 1 else cosine_cost(s, a, s.norm(dim=-1), a.norm(dim=-1))
+    # merge pass: sequential over positions within the clips, batched over clips and videos
+    for step in range(1, max(lay.lengths) if merge != "none" else 1):
+        n_act, act_t, frames_t, rows_t = lay.step(step)
+        nv = n_act // videos  # active clips per video (the same in every video)
+        s = tokens[frames_t]  # (A, M, d)
+        a = anchors if n_act == anchors.shape[0] else anchors[act_t]
+        valid_f = valid[frames_t]
+        merged = ~kept[frames_t] & valid_f  # (A, M)
+        cost = key_cost[rows_t] if step == 1 else cosine_cost(s, a, s.norm(dim=-1), a.norm(dim=-1))
         cols = None
         if tau is not None:  # anchors without a counterpart among this frame's merged tokens receive nothing
             best = (1.0 - cost).masked_fill(~merged.unsqueeze(-1), -2.0).amax(1)  # (A, M_anc)
-            cols = valid[frames] & (best > tau)
-            cols = torch.where(cols.any(-1, keepdim=True), cols, valid[frames])
+            cols = valid_f & (best.view(videos, nv, m) > tau.to(best.dtype)).view(-1, m)
+            cols = torch.where(cols.any(-1, keepdim=True), cols, valid_f)
         if step == 1 and cols is None:  # anchors are still the keyframes: reuse the selection pass plans
-            pa = p[rows]
+            pa = p[rows_t]
         else:
-            pa = _row_weights(cost, valid[frames], merge, reg, n_iters, tol, cols)
+            pa = _row_weights(cost, valid_f, merge, reg, n_iters, tol, cols, videos=videos)
         w = pa.to(s.dtype) * merged.unsqueeze(-1)  # (A, M_tok, M_anc)
         recv = w.sum(1).unsqueeze(-1)  # (A, M_anc, 1)
         # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), in place unless a graph is recorded
         ctx = torch.bmm(w.transpose(1, 2), s)  # (A, M_anc, d)
+        with torch.no_grad():
+            inv = (recv.detach() * lam + 1.0).reciprocal()  # (A, M_anc, 1)
+            coef[frames_t] = w.detach().transpose(1, 2) * (inv * lam)
+            decay[frames_t] = inv.squeeze(-1)
         if grad:
             ctx = (ctx * lam + a) / (recv * lam + 1.0)
         else:
             ctx.mul_(lam).add_(a).div_(recv.mul_(lam).add_(1.0))
-        if a.data_ptr() == anchors.data_ptr() and a.shape == anchors.shape:
+        if a is anchors:
             anchors = ctx
-        elif grad:  # a (a view of anchors) is saved by the cost's product: write a new tensor
-            anchors = anchors.index_put((torch.tensor(active, device=dev),), ctx)
+        elif grad:  # a (rows of anchors) is saved by the cost's product: write a new tensor
+            anchors = anchors.index_put((act_t,), ctx)
         else:
-            anchors[active] = ctx
-        own = pa.argmax(-1).masked_fill(~merged, -1)  # (A, M_tok)
-        owner[frames] = own
-        add = torch.zeros_like(anchor_sizes[active]).scatter_add_(1, own.clamp(min=0), sizes[frames] * merged)
-        anchor_sizes[active] += add
-    return InterResult(anchors, anchor_sizes, kept, owner, q)
-
-
-def _rows(t: Tensor, idx: list[int]) -> Tensor:
-    """t[idx] along dim 0, as a strided view (no copy) when idx is an arithmetic progression."""
-    if len(idx) == 1:
-        return t[idx[0]:idx[0] + 1]
-    step = idx[1] - idx[0]
-    if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])):
-        return t[idx[0]:idx[-1] + 1:step]
-    return t[idx]
+            anchors[act_t] = ctx
+        # a merged token that gives no anchor any weight (cosine merge: it resembles none) is dropped
+        own = pa.argmax(-1).masked_fill(~merged | (pa.detach().amax(-1) <= 0), -1)  # (A, M_tok)
+        owner[frames_t] = own
+        add = torch.zeros_like(anchor_sizes[act_t]).scatter_add_(1, own.clamp(min=0), sizes[frames_t] * (own >= 0))
+        anchor_sizes[act_t] += add
+    return InterResult(anchors, anchor_sizes, kept, owner, q, coef, decay)

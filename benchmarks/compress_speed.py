@@ -98,7 +98,7 @@ def memory_child(f: int, n: int, d: int, tol, sets: tuple[str, ...] = ()) -> Non
     before = _status_kb("VmRSS")
     out = aot.compress(x, scores, config=config)
     peak = _status_kb("VmHWM")
-    out_bytes = sum(t.numel() * t.element_size() for t in out)
+    out_bytes = sum(t.numel() * t.element_size() for t in (*out[:6], *(out.mix or ())))
     print(json.dumps({"extra": (peak - before) * 1024 - out_bytes,
                       "input": x.numel() * x.element_size(), "output": out_bytes}))
 

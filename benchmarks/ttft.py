@@ -5,6 +5,7 @@
                               [--threads 1] [--device cpu] [--json out.json]
     python benchmarks/ttft.py --model qwen2.5-vl-shape [--frames 16] [--max-pixels 129024]
                               [--qwen-llm-layers 9] [--qwen-vit-depth 8] [--methods aot,visionzip] ...
+    python benchmarks/ttft.py --model qwen3-vl-shape [--frames 16] [--qwen-llm-layers 7] [--qwen-vit-depth 8] ...
 
 The model is aot.models.assembled's LLaVA-OneVision-shaped stand-in (real DINOv2 ViT-S/14 tower,
 real SmolLM2-135M language model, random projector), on the bundled Big Buck Bunny sample. Each
@@ -24,12 +25,23 @@ transformers' own Qwen2VLVideoProcessor (``--max-pixels`` per frame); the prompt
 and a few text tokens written as ids (there is no tokenizer without the hub). The shapes are printed
 and saved with the results.
 
+``--model qwen3-vl-shape``: a Qwen3VLForConditionalGeneration with **random weights** and Qwen3-VL-2B's
+shapes per block (its published config.json, not readable here: the tower 1024 wide, 16 heads, FFN
+4096, 16-px patches, 2x2 merger, 2-frame slices, full attention in every block, 24 blocks with
+DeepStack taps at 5/11/17; the LLM layer 2048 wide, FFN 6144, 16 query / 8 KV heads of 128, q/k
+norms, vocabulary 151,936, tied embeddings, 28 layers) with ``--qwen-vit-depth`` blocks (taps at the
+same fractions of depth: 2/4/6 of 8) and ``--qwen-llm-layers`` layers. Frames go through
+transformers' own Qwen3VLVideoProcessor; the prompt is, per temporal slice, 5 text ids standing for
+the ``<t seconds>`` timestamp, ``<|vision_start|>``, the slice's pads and ``<|vision_end|>``, then 16
+text ids. Its score blocks are the adapter's default (the first DeepStack tap and the last block).
+
 In-LLM methods (``--llm-methods``: FastV, PDrop) get every visual token into the language model and
 prune inside it, at each of ``--llm-retention`` (FastV: share kept after layer K = 1 - R; PDrop: lambda
 per stage) and, with ``--llm-match aot@0.25``, FastV also at the retention whose LLM prefill FLOPs (its per-layer
 schedule) come closest to that pre-LLM row's (searched over every kept count). PDrop's stages are
 ``--pdrop-layers``: by default its published 8/16/24 on the stand-in and, on the Qwen-shaped model,
-8/16/24 of the 3B's 36 layers at the same fractions of depth in ``--qwen-llm-layers`` (2/4/6 of 9);
+8/16/24 of the 3B's 36 layers at the same fractions of depth in ``--qwen-llm-layers`` (2/4/6 of 9;
+the Qwen3-VL-shaped one: 7/14/21 of 28, PDrop's quarters, i.e. 2/4/5 of 7);
 FastV keeps K = 2. Their "compression" column is the pruner's ranking and gathering (inside the prefill
 time too), their "visual tokens" column the count after the last stage, and the "LLM prefill
 TFLOPs" column (paper Eq. 17 per layer, the model's LLM, visual tokens only) lets rows of equal prefill
@@ -59,6 +71,7 @@ from aot.video import read_frames  # noqa: E402
 
 
 QWEN = "qwen2.5-vl-shape"
+QWEN3 = "qwen3-vl-shape"
 STANDIN = "aot:dinov2-smollm2"
 
 
@@ -106,6 +119,71 @@ def qwen_inputs(model, clip, max_pixels: int, dtype):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": 2 * (ids == cfg.video_token_id).long(),
             "pixel_values_videos": v["pixel_values_videos"].to(dtype), "video_grid_thw": thw,
             "second_per_grid_ts": torch.tensor([2.0 / fps])}, n
+
+
+def scaled_taps(depth: int, full: int = 24, taps=(5, 11, 17)) -> list[int]:
+    """Qwen3-VL-2B's DeepStack taps (5/11/17 of 24 blocks) at the same fractions of ``depth`` blocks."""
+    out = [int(t * depth / full + 0.5) for t in taps]
+    if out != sorted(set(out)) or out[-1] >= depth:
+        raise SystemExit(f"--qwen-vit-depth {depth}: the DeepStack taps {taps} of {full} scale to {out}; use >= 6 blocks")
+    return out
+
+
+def qwen3_shaped(llm_layers: int, vit_depth: int, dtype, seed: int = 0):
+    """A random-weight Qwen3-VL with 2B shapes per block (see the module doc) and its shape summary."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    taps = scaled_taps(vit_depth)
+    if llm_layers < len(taps):
+        raise SystemExit(f"--qwen-llm-layers must be >= {len(taps)} (one per DeepStack level), got {llm_layers}")
+    text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=llm_layers,
+                num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True}, tie_word_embeddings=True)
+    vision = dict(depth=vit_depth, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048, num_position_embeddings=2304,
+                  deepstack_visual_indexes=taps)
+    cfg = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
+                        vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = 151643
+    model.generation_config.eos_token_id = None
+    shapes = (f"Qwen3-VL-2B-shaped, random weights: ViT {vit_depth} of 24 blocks x (1024 wide, 16 heads, FFN 4096), "
+              f"full attention in every block, DeepStack taps {taps}, 16-px patches, 2x2 merger; "
+              f"LLM {llm_layers} of 28 layers x (2048 wide, FFN 6144, 16/8 heads of 128), vocabulary 151936")
+    return model, shapes
+
+
+def qwen3_inputs(model, clip, max_pixels: int, dtype):
+    """Transformers' own Qwen3VLVideoProcessor on the frames (about ``max_pixels`` a frame); the prompt
+    as ids, per temporal slice: 5 timestamp ids, <|vision_start|>, its pads, <|vision_end|>; then 16 text ids."""
+    from transformers import Qwen3VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    n_frames = len(clip.frames)
+    vc = model.config.vision_config
+    factor = vc.patch_size * vc.spatial_merge_size
+    vp = Qwen3VLVideoProcessor(size={"shortest_edge": 4 * factor * factor, "longest_edge": max_pixels * n_frames},
+                               patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
+                               merge_size=vc.spatial_merge_size, do_sample_frames=False, cap_pixels_per_frame=True)
+    meta = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=list(clip.indices))
+    v = vp(videos=[clip.frames], video_metadata=[meta], return_tensors="pt")
+    thw = v["video_grid_thw"]
+    t, h, w = (int(x) for x in thw[0])
+    cfg = model.config
+    special = {cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id}
+    plain = [i for i in range(1000, 1100) if i not in special]
+    plain = [i % cfg.text_config.vocab_size for i in plain]  # a tiny test vocabulary wraps around
+    plain = [i for i in plain if i not in special]
+    ids = []
+    for f in range(t):
+        ids += [plain[20 + f % 50], *plain[:4]]  # stands for "<1.5 seconds>"
+        ids += [cfg.vision_start_token_id, *[cfg.video_token_id] * (h * w // 4), cfg.vision_end_token_id]
+    ids = torch.tensor([ids + plain[4:20]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": 2 * (ids == cfg.video_token_id).long(),
+            "pixel_values_videos": v["pixel_values_videos"].to(dtype), "video_grid_thw": thw}, t * h * w // 4
 
 
 PDROP_PUBLISHED = (8, 16, 24)  # PDrop's stages; aot.methods' default, run unchanged on the 36-layer 3B
@@ -187,11 +265,12 @@ def one_row(model, inputs, device, method=None, retention=1.0, config=None):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=STANDIN, choices=(STANDIN, QWEN))
+    ap.add_argument("--model", default=STANDIN, choices=(STANDIN, QWEN, QWEN3))
     ap.add_argument("--frames", type=int, default=None, help="default: 32 (stand-in), 16 (Qwen-shaped)")
     ap.add_argument("--max-pixels", type=int, default=448 * 252, help="Qwen-shaped: pixels per frame at most")
-    ap.add_argument("--qwen-llm-layers", type=int, default=9, help="Qwen-shaped: LLM layers (3B: 36)")
-    ap.add_argument("--qwen-vit-depth", type=int, default=8, help="Qwen-shaped: ViT blocks (3B: 32)")
+    ap.add_argument("--qwen-llm-layers", type=int, default=None,
+                    help="Qwen-shaped: LLM layers (default 9 of Qwen2.5-VL-3B's 36, 7 of Qwen3-VL-2B's 28)")
+    ap.add_argument("--qwen-vit-depth", type=int, default=8, help="Qwen-shaped: ViT blocks (3B: 32, Qwen3-VL-2B: 24)")
     ap.add_argument("--retention", default="0.1,0.15,0.2,0.25")
     ap.add_argument("--methods", default="aot,visionzip,fastvid")
     ap.add_argument("--llm-methods", default="", help="in-LLM methods (fastv,pdrop), none by default")
@@ -208,7 +287,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.frames is None:
-        args.frames = 16 if args.model == QWEN else 32
+        args.frames = 16 if args.model in (QWEN, QWEN3) else 32
+    if args.qwen_llm_layers is None:
+        args.qwen_llm_layers = 7 if args.model == QWEN3 else 9
     retentions = [float(r) for r in args.retention.split(",")]
     methods = [n for n in args.methods.split(",") if n]
     llm_methods = [n for n in args.llm_methods.split(",") if n]
@@ -226,6 +307,8 @@ def main(argv=None) -> int:
         pdrop_layers = tuple(int(v) for v in args.pdrop_layers.split(","))
     elif args.model == QWEN:
         pdrop_layers = scaled_pdrop_layers(args.qwen_llm_layers)
+    elif args.model == QWEN3:
+        pdrop_layers = scaled_pdrop_layers(args.qwen_llm_layers, full=28, published=(7, 14, 21))
     else:
         pdrop_layers = None  # aot.methods' default, 8/16/24
     for name in methods + llm_methods:  # a typo fails now, not after the model loads
@@ -238,6 +321,8 @@ def main(argv=None) -> int:
     t_build = time.perf_counter()
     if args.model == QWEN:
         model, shapes = qwen_shaped(args.qwen_llm_layers, args.qwen_vit_depth, dtype)
+    elif args.model == QWEN3:
+        model, shapes = qwen3_shaped(args.qwen_llm_layers, args.qwen_vit_depth, dtype)
     else:
         model, tok = load_dinov2_smollm2(dtype=dtype)
         shapes = "DINOv2 ViT-S/14 + SmolLM2-135M (aot.models.assembled)"
@@ -247,8 +332,9 @@ def main(argv=None) -> int:
     clip = read_frames(sample_video(), args.frames)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if args.model == QWEN:
-        inputs, _ = qwen_inputs(model, clip, args.max_pixels, dtype)
+    if args.model in (QWEN, QWEN3):
+        make = qwen_inputs if args.model == QWEN else qwen3_inputs
+        inputs, _ = make(model, clip, args.max_pixels, dtype)
         grid = [int(v) for v in inputs["video_grid_thw"][0]]
     else:
         inputs = {**video_prompt(tok, "What happens in the video?", len(clip.frames)),
@@ -257,9 +343,8 @@ def main(argv=None) -> int:
     inputs = {k: v.to(args.device) for k, v in inputs.items()}
     t_pre = time.perf_counter() - t0
     print(f"built {args.model} in {t_build:.1f} s; warming up", file=sys.stderr, flush=True)
-    if args.model == QWEN:  # warm-up on the first 2 frames (allocator, kernels), not reported
-        warm, _ = qwen_inputs(model, clip._replace(frames=clip.frames[:2], indices=clip.indices[:2]),
-                              args.max_pixels, dtype)
+    if args.model in (QWEN, QWEN3):  # warm-up on the first 2 frames (allocator, kernels), not reported
+        warm, _ = make(model, clip._replace(frames=clip.frames[:2], indices=clip.indices[:2]), args.max_pixels, dtype)
         one_row(model, {k: v.to(args.device) for k, v in warm.items()}, args.device)
     else:
         one_row(model, inputs, args.device)  # warm-up (allocator, kernels), not reported

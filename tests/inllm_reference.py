@@ -34,12 +34,14 @@ def last_real(mask2d):
     return torch.where(mask2d.bool(), pos, -1).amax(1)
 
 
-def reference(ref, embeds, ids, mask2d, positions, stages, query, *, mrope=False):
+def reference(ref, embeds, ids, mask2d, positions, stages, query, *, mrope=False, after_layer=None):
     """Logits (B, n, V) and kept original positions (B, n): layers by hand, eager, tokens dropped by hand.
 
     positions: the unpruned prompt's position ids, (B, L) 1-D RoPE ids (LLaVA; each layer is also
     given them as ``position_ids``) or, with ``mrope``, (3, B, L) M-RoPE (t, h, w) ids (Qwen2.5-VL);
     gathered for the kept tokens. query (B,): the original position of the scoring row.
+    after_layer(i, h, idx) -> h: applied to every layer's output (Qwen3-VL's DeepStack injections),
+    idx (B, n) the original positions still in the sequence.
     """
     lm = ref.model.language_model
     b, length, _ = embeds.shape
@@ -83,6 +85,8 @@ def reference(ref, embeds, ids, mask2d, positions, stages, query, *, mrope=False
                     pos, cos_sin, add = state()
             extra = {} if mrope else {"position_ids": pos}
             h = layer(h, attention_mask=add, position_embeddings=cos_sin, **extra)
+            if after_layer is not None:
+                h = after_layer(i, h, idx)
         return ref.lm_head(lm.norm(h)), idx
 
 

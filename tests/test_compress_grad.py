@@ -58,7 +58,7 @@ def test_graph_changes_no_output_and_input_untouched(name, dtype):
     tracked = x.clone().requires_grad_()
     out = aot.compress(tracked, scores, config=config)
     assert out.tokens.requires_grad
-    for a, b in zip(out, ref):
+    for a, b in zip(out[:6] + tuple(out.mix), ref[:6] + tuple(ref.mix)):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
     out.tokens.float().square().sum().backward()
     assert tracked.grad is not None and tracked.grad.dtype == dtype

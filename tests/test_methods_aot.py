@@ -35,7 +35,9 @@ def test_aot_by_name_is_compress(video):
     cfg = aot.AOTConfig(retention=0.15)
     a = M.get("aot")(x, s, local_scores=ls, config=cfg)
     b = aot.compress(x, s, local_scores=ls, config=cfg)
-    for u, v in zip(a, b):
+    for u, v in zip(a[:6], b[:6]):
+        assert torch.equal(u, v)
+    for u, v in zip(a.mix, b.mix):
         assert torch.equal(u, v)
 
 

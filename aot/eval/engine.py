@@ -132,7 +132,7 @@ def pad_token_id(model) -> int:
     return 0
 
 
-# per-token inputs, left-padded with this value (Qwen2.5-VL's processor gives mm_token_type_ids: 0 is text)
+# per-token inputs, left-padded with this value (the Qwen processors give mm_token_type_ids: 0 is text)
 _PER_TOKEN = {"attention_mask": 0, "mm_token_type_ids": 0}
 
 
@@ -192,9 +192,9 @@ def generate_batch(model, inputs: dict, decode, *, method=None, config=None, gen
                    video_layout: str = "onevision", positions: str = "contiguous",
                    layers: tuple[int, int] | None = None) -> Generated:
     """``model.generate`` on a batch, patched with (method, config) for the call (None: unpatched).
-    ``layers`` None: the model family's default score layers (``aot.run.patch_options``)."""
+    ``layers`` None: the model family's default score layers (``aot.families.patch_options``)."""
+    from ..families import patch_options
     from ..models.patch import patch, unpatch
-    from ..run import patch_options
 
     device = next(model.parameters()).device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}

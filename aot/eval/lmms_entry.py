@@ -3,8 +3,9 @@
 loads every entry point at start, so the model class (``aot.eval.lmms_plugin``) is imported only
 when the model is used."""
 
-MODELS = {"aot_llava_onevision": "aot.eval.lmms_plugin.AOTLlavaOneVision",
-          "aot_qwen2_5_vl": "aot.eval.lmms_plugin.AOTQwen2_5_VL"}
+from ..families import lmms_models
+
+MODELS = lmms_models()  # lmms-eval model name -> class path, one per family of aot.families
 
 
 def manifests():

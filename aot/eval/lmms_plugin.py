@@ -1,5 +1,7 @@
-"""The lmms-eval (0.7) models ``aot_llava_onevision`` (LLaVA-OneVision / LLaVA-Video) and
-``aot_qwen2_5_vl`` (Qwen2.5-VL) through transformers, patched with any registered compression method.
+"""The lmms-eval (0.7) models ``aot_llava_onevision`` (LLaVA-OneVision / LLaVA-Video),
+``aot_qwen2_5_vl`` (Qwen2.5-VL), ``aot_qwen3_vl`` (Qwen3-VL, dense and MoE) and ``aot_qwen3_5``
+(Qwen3.5, dense and MoE) through transformers, patched with any registered compression method. One
+model class per family of ``aot.families`` (the table names them), made from that table.
 
     python -m lmms_eval --model aot_llava_onevision \\
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,method=aot,retention=0.1,frames=32 \\
@@ -8,8 +10,8 @@
         --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,method=aot,retention=0.1,frames=32 \\
         --tasks mvbench --batch_size 4 --log_samples --output_path logs/
 
-Both load with ``aot.run.load`` (the checkpoint's class and its own processor and chat template);
-each refuses a checkpoint of the other family, naming the model to use.
+All load with ``aot.run.load`` (the checkpoint's class and its own processor and chat template);
+each refuses a checkpoint of another family, naming the model to use.
 
 Registered through the ``lmms_eval.models`` entry-point group (``aot.eval.lmms_entry``; lmms-eval's
 ``ModelRegistryV2.load_entrypoint_manifests``) and, deprecated but still read by lmms-eval 0.7,
@@ -18,19 +20,20 @@ Registered through the ``lmms_eval.models`` entry-point group (``aot.eval.lmms_e
 Model args: ``pretrained`` (hub id, local folder or, for ``aot_llava_onevision``, ``aot:dinov2-smollm2``),
 ``method`` (a registry name, or ``vanilla`` for the unpatched model), ``frames`` (sampled with
 lmms-eval's rule; alias ``max_frames_num``), ``local_layer``, ``global_layer`` (default: LLaVA 5, -2;
-Qwen2.5-VL the first and last full-attention block of its tower), ``dtype``, ``device``,
+the Qwen families their adapter's rule, ``aot.families``), ``dtype``, ``device``,
 ``threads``, ``conv_template``, and every field of the method's config by name
 (``retention=0.1,n_iters=50,windows=3x3,tol=none``), parsed to the field's type; an unknown name is
 an error listing the fields. LLaVA only: ``video_layout`` (``onevision`` | ``llava-video``),
-``positions`` (Qwen2.5-VL keeps its own layout and 3-D M-RoPE ids; other values are refused).
+``positions`` (the Qwen families keep their own layout and 3-D M-RoPE ids; other values are refused).
+Qwen3.5 refuses the in-LLM methods (FastV, PDrop) at start, saying why.
 
 Prompts: ``aot_llava_onevision`` with ``conv_template=qwen_1_5`` (its default) builds the prompt
 lmms-eval's own ``llava_onevision`` model builds with the LLaVA repo's ``qwen_1_5`` conversation, the
 paper's protocol: a system turn "You are a helpful assistant.", then the video placeholder and the
 question in the user turn (``qwen_1_5_prompt``). ``conv_template=chat_template`` uses the
 checkpoint's own chat template instead (the llava-hf checkpoints' has no system turn); it is the only
-choice of ``aot_qwen2_5_vl``, as lmms-eval's own ``qwen2_5_vl`` model uses the processor's chat
-template. The stand-in builds its own prompt.
+choice of the Qwen models, as lmms-eval's own ``qwen2_5_vl`` / ``qwen3_vl`` models use the processor's
+chat template. The stand-in builds its own prompt.
 
 ``loglikelihood`` (multiple-choice-perplexity tasks such as ``egoschema_subset_mcppl``) scores a
 continuation after the prompt, with the video compressed, and returns lmms-eval's
@@ -64,9 +67,10 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
+from ..families import FAMILIES
 from .engine import collate, config_dict, generate_batch, method_config, pad_token_id, sub_batches
 
-__all__ = ["AOTLlavaOneVision", "AOTQwen2_5_VL", "AOTTokenCounts"]
+__all__ = [f.lmms_class for f in FAMILIES.values()] + ["AOTTokenCounts"]
 
 
 @dataclass
@@ -128,7 +132,8 @@ class LoglikelihoodResult(GenerationResult):
 
 
 class _AOTVideoLMM(lmms):
-    """What both plugin models share; a subclass names itself (``NAME``) and its family (``FAMILY``)."""
+    """What every plugin model shares; a subclass names itself (``NAME``) and its family (``FAMILY``,
+    a key of ``aot.families.FAMILIES``)."""
 
     is_simple = True
     NAME = ""
@@ -144,7 +149,10 @@ class _AOTVideoLMM(lmms):
         from accelerate import Accelerator
 
         from ..checks import plugin_layers, plugin_preflight
-        from ..run import STANDIN, _dtype, family_options, load, patch_options
+        from ..families import family_options, get, patch_options
+        from ..run import STANDIN, _dtype, load
+
+        self.family = get(self.FAMILY)
 
         plugin_preflight(self.NAME, pretrained=pretrained, frames=frames, max_frames_num=max_frames_num,
                          threads=threads, dtype=dtype, device=device, local_layer=local_layer,
@@ -171,6 +179,10 @@ class _AOTVideoLMM(lmms):
             raise ValueError("method=vanilla runs the unpatched model: video_layout and positions need a method "
                              "(use e.g. method=aot,retention=1.0 for LLaVA-Video's layout uncompressed)")
         self.video_layout, self.positions = video_layout, positions
+        default = self.family.default_layers
+        if default is not None:  # a fixed default (LLaVA 5, -2): either layer may be given alone
+            local_layer = default[0] if local_layer is None else local_layer
+            global_layer = default[1] if global_layer is None else global_layer
         if (local_layer is None) != (global_layer is None):
             raise ValueError(f"{self.NAME}: give both local_layer and global_layer, or neither (the model's default)")
         self.layers = None if local_layer is None else (int(local_layer), int(global_layer))
@@ -195,6 +207,7 @@ class _AOTVideoLMM(lmms):
         plugin_layers(self.NAME, pretrained=pretrained, local_layer=local_layer, global_layer=global_layer,
                       standin=STANDIN)  # the tower's depth from the config, before the weights
         family_options(self.FAMILY, video_layout=video_layout, positions=positions, layers=self.layers)  # pre-load
+        self._check_stage()
         self._model, self._make_inputs, self._decode = load(self.pretrained, dtype=_dtype(dtype, dev), device=dev,
                                                             family=self.FAMILY)
         self._pad = pad_token_id(self._model)
@@ -208,20 +221,30 @@ class _AOTVideoLMM(lmms):
             unpatch(self._model)
         logger.info(f"{self.NAME}: {self.pretrained} ({type(self._model).__name__}), method {self.method_name}, "
                     f"frames {self.frames}, "
-                    f"{f'layout {video_layout}, positions {positions}, ' if self.FAMILY == 'llava_onevision' else ''}layers "
+                    f"{f'layout {video_layout}, positions {positions}, ' if self.family.layout_options else ''}layers "
                     f"{self.layers or 'model default'}, conv_template {conv_template}, "
                     f"config {json.dumps(self.config_json)}, "
                     f"device {dev}, rank {self._rank}/{self._world_size}")
 
     def _check_family(self) -> None:
-        """A checkpoint of the other family is refused before its weights load, naming the model to use."""
-        from ..run import FAMILIES, STANDIN, _checkpoint_family
+        """A checkpoint of another family is refused before its weights load, naming the model to use."""
+        from ..families import LLAVA
+        from ..run import STANDIN, _checkpoint_family
 
-        found = "llava_onevision" if self.pretrained == STANDIN else _checkpoint_family(self.pretrained, None)
+        found = LLAVA if self.pretrained == STANDIN else _checkpoint_family(self.pretrained, None)
         if found != self.FAMILY:
-            other = next(c for c in _AOTVideoLMM.__subclasses__() if c.FAMILY == found)
-            raise ValueError(f"pretrained={self.pretrained} is a {FAMILIES[found]} checkpoint, which {self.NAME} "
-                             f"does not run; use --model {other.NAME}")
+            other = FAMILIES[found]
+            raise ValueError(f"pretrained={self.pretrained} is a {other.label} checkpoint, which {self.NAME} "
+                             f"does not run; use --model {other.lmms_model}")
+
+    def _check_stage(self) -> None:
+        """A method the family refuses (Qwen3.5: in-LLM pruning) fails before the weights load."""
+        from ..families import refusal
+
+        why = None if self._method is None else refusal(self.family, self._method.stage)
+        if why is not None:
+            raise ValueError(f"{self.NAME}: method {self.method_name} prunes inside the language model, which "
+                             f"{self.family.label} does not allow: {why}")
 
     # lmms-eval's accessors
     @property
@@ -246,7 +269,7 @@ class _AOTVideoLMM(lmms):
 
     def _summary(self, visual: int, visual_in: int) -> dict:
         out = {"method": self.method_name, "config": self.config_json, "frames": self.frames}
-        if self.FAMILY == "llava_onevision":  # Qwen2.5-VL has one layout and its own positions
+        if self.family.layout_options:  # the Qwen families have one layout and their own positions
             out.update(video_layout=self.video_layout, positions=self.positions)
         return {**out, "visual_tokens": visual, "visual_tokens_in": visual_in}
 
@@ -412,37 +435,13 @@ class _AOTVideoLMM(lmms):
         raise NotImplementedError(f"{self.NAME} does not implement multi-round generation")
 
 
-class AOTLlavaOneVision(_AOTVideoLMM):
-    """``aot_llava_onevision``: LLaVA-OneVision / LLaVA-Video checkpoints (or the stand-in)."""
-
-    NAME = "aot_llava_onevision"
-    FAMILY = "llava_onevision"
-    CONV_TEMPLATES = CONV_TEMPLATES  # qwen_1_5 (lmms-eval's llava_onevision, the default) or chat_template
-
-    def __init__(self, pretrained: str, method: str = "aot", frames: int = 32, max_frames_num: int | None = None,
-                 video_layout: str = "onevision", positions: str = "contiguous", local_layer: int = 5,
-                 global_layer: int = -2, dtype: str = "auto", device: str | None = None, batch_size=1,
-                 max_batch_size=None, threads: int | None = None, conv_template: str | None = None,
-                 **config_fields: Any) -> None:
-        super().__init__(pretrained, method, frames, max_frames_num, video_layout, positions, local_layer,
-                         global_layer, dtype, device, batch_size, max_batch_size, threads, conv_template,
-                         **config_fields)
+def _model_class(fam) -> type:
+    """The lmms-eval model class of one family of ``aot.families`` (its name, family, prompt choices)."""
+    doc = (f"``{fam.lmms_model}``: {fam.label} checkpoints ({', '.join(fam.classes)}); score layers by default: "
+           f"{fam.layers_rule}.")
+    return type(fam.lmms_class, (_AOTVideoLMM,), {"__doc__": doc, "__module__": __name__, "NAME": fam.lmms_model,
+                                                  "FAMILY": fam.name, "CONV_TEMPLATES": fam.conv_templates})
 
 
-class AOTQwen2_5_VL(_AOTVideoLMM):
-    """``aot_qwen2_5_vl``: Qwen2.5-VL checkpoints. Score blocks default to the tower's first and last
-    full-attention block; ``video_layout`` / ``positions`` other than the defaults are refused."""
-
-    NAME = "aot_qwen2_5_vl"
-    FAMILY = "qwen2_5_vl"
-    CONV_TEMPLATES = ("chat_template",)  # as lmms-eval's own qwen2_5_vl model: the processor's template
-
-    def __init__(self, pretrained: str, method: str = "aot", frames: int = 32, max_frames_num: int | None = None,
-                 video_layout: str = "onevision", positions: str = "contiguous", local_layer: int | None = None,
-                 global_layer: int | None = None, dtype: str = "auto", device: str | None = None, batch_size=1,
-                 max_batch_size=None, threads: int | None = None, conv_template: str | None = None,
-                 **config_fields: Any) -> None:
-        super().__init__(pretrained, method, frames, max_frames_num, video_layout, positions, local_layer,
-                         global_layer, dtype, device, batch_size, max_batch_size, threads, conv_template,
-                         **config_fields)
-
+for _fam in FAMILIES.values():  # AOTLlavaOneVision, AOTQwen2_5_VL, AOTQwen3VL, AOTQwen3_5
+    globals()[_fam.lmms_class] = _model_class(_fam)

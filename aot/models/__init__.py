@@ -5,4 +5,6 @@ Submodules are imported on demand: ``aot.models.scores`` needs only torch,
 """
 
 # lmms-eval's deprecated LMMS_EVAL_PLUGINS=aot reads this (the entry point is aot.eval.lmms_entry)
-AVAILABLE_MODELS = {"aot_llava_onevision": "AOTLlavaOneVision", "aot_qwen2_5_vl": "AOTQwen2_5_VL"}
+from ..families import FAMILIES as _FAMILIES
+
+AVAILABLE_MODELS = {f.lmms_model: f.lmms_class for f in _FAMILIES.values()}  # aot.models.<name>.<class> must import

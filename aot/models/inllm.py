@@ -136,7 +136,8 @@ def query_scores(layer: nn.Module, hidden: Tensor, position_embeddings, mask, qu
     averaged over heads: (B, n), each row sums to 1.
 
     q (one row) and k are recomputed from the layer's input with its own ``input_layernorm``,
-    ``q_proj``/``k_proj`` and RoPE (``position_embeddings`` (cos, sin) of these n tokens), grouped
+    ``q_proj``/``k_proj`` (then ``q_norm``/``k_norm`` where the attention has them: Qwen3-VL) and
+    RoPE (``position_embeddings`` (cos, sin) of these n tokens), grouped
     k/v heads repeated, scaled by the module's ``scaling``; ``mask`` (4-D, bool or additive, rows and
     columns of these n tokens) or, without one, causal (keys up to the query)."""
     attn = layer.self_attn
@@ -146,8 +147,11 @@ def query_scores(layer: nn.Module, hidden: Tensor, position_embeddings, mask, qu
     x = layer.input_layernorm(hidden)
     rows = torch.arange(b, device=hidden.device)
     xq = x[rows, query][:, None]  # (B, 1, d)
-    q = attn.q_proj(xq).view(b, 1, -1, dh).transpose(1, 2)  # (B, H, 1, dh)
-    k = attn.k_proj(x).view(b, n, -1, dh).transpose(1, 2)  # (B, Hkv, n, dh)
+    q = attn.q_proj(xq).view(b, 1, -1, dh)
+    k = attn.k_proj(x).view(b, n, -1, dh)
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3(-VL): per-head RMSNorm of q and k before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, dh), (B, Hkv, n, dh)
     cos, sin = position_embeddings
     _check_tables(cos, b, n, dh)
     q = rope(q, _gather_seq(cos, query[:, None]), _gather_seq(sin, query[:, None]))

@@ -10,13 +10,12 @@ import importlib
 
 from torch import nn
 
+from ..families import adapters
+
 __all__ = ["patch", "unpatch", "SUPPORTED"]
 
-# model class name -> adapter module (one file per model family)
-SUPPORTED = {
-    "LlavaOnevisionForConditionalGeneration": "aot.models.llava_onevision",
-    "Qwen2_5_VLForConditionalGeneration": "aot.models.qwen2_5_vl",
-}
+# model class name -> adapter module (one file per model family), from the family table
+SUPPORTED = adapters()
 
 
 def _adapter(model):
@@ -27,7 +26,7 @@ def _adapter(model):
             return importlib.import_module(SUPPORTED[cls.__name__])
     raise TypeError(f"aot.patch does not support {type(model).__name__}; supported model classes: "
                     f"{', '.join(SUPPORTED)} (LLaVA-OneVision and LLaVA-Video checkpoints load as "
-                    f"LlavaOnevisionForConditionalGeneration; Qwen2.5-VL as Qwen2_5_VLForConditionalGeneration)")
+                    f"LlavaOnevisionForConditionalGeneration; each Qwen checkpoint as its own class)")
 
 
 def patch(model: nn.Module, config, **options) -> nn.Module:
@@ -42,9 +41,12 @@ def patch(model: nn.Module, config, **options) -> nn.Module:
     that score the anchors, ``chunk`` (queries per score chunk). ``model._aot.last`` reports what
     the last call did (token counts, stage times). Qwen2.5-VL: ``method``, ``local_layer`` /
     ``global_layer`` (default: the first and last of the tower's ``fullatt_block_indexes``) and
-    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. In-LLM methods
-    (``aot.methods.get("fastv")``/``"pdrop"`` configs) work for both families: the video reaches the
-    language model whole and is pruned inside it (``aot.models.inllm``). Returns the model.
+    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. Qwen3-VL / Qwen3.5
+    (dense and MoE): the same options (``aot.models.qwen3_vl``: timestamps kept, pads shrink per
+    temporal slice, DeepStack levels reduced with the method's mix). In-LLM methods
+    (``aot.methods.get("fastv")``/``"pdrop"`` configs): the video reaches the language model whole
+    and is pruned inside it (``aot.models.inllm``); Qwen3.5 refuses them (its linear-attention layers
+    keep a recurrent state over every token; ``aot.families``). Returns the model.
     """
     return _adapter(model).patch(model, config, **options)
 

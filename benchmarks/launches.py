@@ -1,0 +1,150 @@
+"""Operator launches, host reads and CPU time per call of aot.compress and the registered pre-LLM methods.
+
+On a GPU every top-level operator is a kernel launch (or a few) and every host read (``.item()``,
+``.tolist()``, ``bool(tensor)``, ``nonzero``, a boolean-mask index, ``torch.unique``) drains the
+queue. Counted on CPU with torch's profiler, the counts do not depend on the machine's load:
+
+* ops: top-level ``aten::`` operators (events without an aten parent), what a GPU would launch;
+* host reads: ``aten::_local_scalar_dense`` (item/bool/float/int), ``aten::nonzero`` and
+  ``aten::unique*`` at any depth (boolean indexing calls nonzero inside), plus ``Tensor.tolist``
+  (which reads memory without dispatching; counted by a TorchFunctionMode);
+* CPU ms: median wall time of the call at the printed thread count (on a shared machine: noisy).
+
+``--before`` also runs the pre-issue-17 core kept as a test oracle (tests/aot_reference).
+
+    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+import aot
+import aot.methods
+from aot.runtime import torch_threads
+
+_READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::unique", "aten::_unique", "aten::unique_consecutive",
+          "aten::_unique2", "aten::unique_dim")
+
+
+class _ToList(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.tolist:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(fn) -> dict:
+    """ops, host reads and the most frequent top-level operators of one call of fn()."""
+    from torch.profiler import ProfilerActivity, profile
+
+    mode = _ToList()
+    with profile(activities=[ProfilerActivity.CPU]) as prof, mode:
+        fn()
+    ops, reads, names = 0, mode.count, collections.Counter()
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            ops += 1
+            names[e.name] += 1
+        if e.name in _READS:
+            reads += 1
+    return {"ops": ops, "reads": reads, "top": names.most_common(8)}
+
+
+def cpu_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def _inputs(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g), torch.rand(*shape[:-1], generator=g)
+
+
+def cases(quick: bool = False):
+    """(label, shape) of the compress rows."""
+    if quick:
+        return [("8x36x16", (8, 36, 16)), ("16x36x16", (16, 36, 16)), ("batch 4 x 8x36x16", (4, 8, 36, 16))]
+    return [("32x196x3584", (32, 196, 3584)), ("64x169x3584", (64, 169, 3584)),
+            ("batch 4 x 32x196x3584", (4, 32, 196, 3584))]
+
+
+def _reference():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import aot_reference
+
+    return aot_reference.compress
+
+
+def rows(args) -> list[tuple]:
+    out = []
+    config = aot.AOTConfig(retention=0.1)
+    impls = [("after", aot.compress)] + ([("before", _reference())] if args.before else [])
+    for label, shape in cases(args.quick):
+        x, s = _inputs(shape)
+        for which, fn in impls:
+            call = lambda: fn(x, s, config=config)  # noqa: E731
+            c = count(call)
+            out.append((f"compress {label} @10%", which, c["ops"], c["reads"], cpu_ms(call, args.reps), c["top"]))
+    if args.methods:
+        shape = (8, 36, 16) if args.quick else (32, 196, 3584)
+        x, s = _inputs(shape)
+        for name in aot.methods.names(stage="pre-llm"):
+            m = aot.methods.get(name)
+            cfg = m.config(retention=0.3 if name == "dycoke" else 0.1)
+            call = lambda: m(x, s, config=cfg)  # noqa: E731
+            try:
+                c = count(call)
+            except ValueError as e:  # a budget this method cannot meet at this shape
+                print(f"{name}: skipped ({e})", file=sys.stderr)
+                continue
+            out.append((f"{name} {'x'.join(map(str, shape))}", "after", c["ops"], c["reads"], cpu_ms(call, args.reps),
+                        c["top"]))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--before", action="store_true", help="also run the pre-issue-17 core (tests/aot_reference)")
+    ap.add_argument("--methods", action="store_true", help="also every registered pre-LLM method")
+    ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
+    ap.add_argument("--top", action="store_true", help="print the most frequent operators of each row")
+    args = ap.parse_args(argv)
+    with torch_threads(args.threads):
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, retention 0.1 (dycoke 0.3)\n")
+        print("| call | core | top-level ops | host reads | CPU ms |")
+        print("|---|---|---|---|---|")
+        res = rows(args)
+        for label, which, ops, reads, ms, _ in res:
+            print(f"| {label} | {which} | {ops} | {reads} | {ms:.1f} |")
+        if args.top:
+            for label, which, *_, top in res:
+                print(f"{label} ({which}): {top}")
+
+
+if __name__ == "__main__":
+    main()

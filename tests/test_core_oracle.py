@@ -1,0 +1,79 @@
+"""The vectorised core (issue 17) against the per-video, per-clip core it replaced, kept as an oracle
+in tests/aot_reference (commit 76f3d27 plus the cosine-drop fix of the mix commit).
+
+The arithmetic of every output is the same operation on the same numbers (batching videos and
+clips changes which problems share an operator call, not what each problem computes), so the
+fields must be equal bit for bit, for one video and for each video of a batch.
+"""
+
+import itertools
+from dataclasses import replace
+
+import pytest
+import torch
+
+import aot
+import aot.methods
+from aot_reference import compress as reference
+
+AOT_NAMES = [n for n in aot.methods.names(stage="pre-llm") if n.startswith("aot")]
+
+
+def _video(f, n, d, seed, batch=None, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    base = torch.randn(*lead, 1, n, d, generator=g)
+    steps = torch.randn(*lead, f, n, d, generator=g).cumsum(-3) / (1 + torch.arange(f).view(f, 1, 1))
+    # a scene cut half way, so dynamic clips differ from uniform ones (and between videos)
+    x = base + 0.5 * steps + (torch.arange(f) >= f // 2).view(f, 1, 1) * torch.randn(*lead, 1, n, d, generator=g)
+    return x.to(dtype), torch.rand(*lead, f, n, generator=g), torch.rand(*lead, f, n, generator=g)
+
+
+def _same(out, ref):
+    for name, a, b in zip(aot.Compressed._fields, out[:6], ref[:6]):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a, b), f"{name} differs: max {(a.double() - b.double()).abs().max()}"
+
+
+CONFIGS = [dict(clips=c, keep_ref=k, unmatched_anchors=u)
+           for c, k, u in itertools.product(["uniform", "dynamic"], ["keyframe", "previous"], ["absorb", "skip"])]
+
+
+@pytest.mark.parametrize("name", AOT_NAMES)
+def test_every_ablation_and_option_equals_the_old_core(name):
+    method = aot.methods.get(name)
+    for (f, n, d), rho, kw in itertools.product([(8, 36, 24), (13, 49, 16)], [0.1, 0.25], CONFIGS):
+        x, s, ls = _video(f, n, d, seed=f * n)
+        cfg = method.config(retention=rho, **kw)
+        eff = replace(cfg, **method.preset)  # what the method runs: its preset wins over the options
+        _same(method(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=eff))
+
+
+@pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(mass="literal", lam_intra=1.0),
+                                          dict(clip_length=3), dict(retention=0.6), dict(retention=0.02)])
+def test_batch_equals_the_old_core_per_video(kw):
+    x, s, ls = _video(12, 36, 16, seed=7, batch=3)
+    cfg = aot.AOTConfig(**{"retention": 0.15, **kw})
+    out = aot.compress(x, s, local_scores=ls, config=cfg)
+    for i in range(3):
+        _same(aot.Compressed(*(t[i] for t in out[:6])), reference(x[i], s[i], local_scores=ls[i], config=cfg))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_dtypes_equal_the_old_core(dtype):
+    x, s, ls = _video(8, 49, 16, seed=2, dtype=dtype)
+    for kw in CONFIGS[:2] + CONFIGS[-1:]:
+        cfg = aot.AOTConfig(retention=0.2, **kw)
+        _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg))
+    xb, sb, lb = _video(8, 49, 16, seed=3, dtype=dtype, batch=2)
+    out = aot.compress(xb, sb, local_scores=lb, config=aot.AOTConfig(retention=0.2))
+    for i in range(2):
+        _same(aot.Compressed(*(t[i] for t in out[:6])), reference(xb[i], sb[i], local_scores=lb[i],
+                                                                    config=aot.AOTConfig(retention=0.2)))
+
+
+def test_paper_shape_equals_the_old_core():
+    x, s, ls = _video(32, 196, 64, seed=11)
+    for kw in (dict(), dict(keep_ref="previous", unmatched_anchors="absorb"), dict(tol=None)):
+        cfg = aot.AOTConfig(**kw)
+        _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg))
