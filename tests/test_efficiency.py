@@ -278,3 +278,25 @@ def test_every_help_shows_defaults_and_no_markup():
                           ("--max-new-tokens", "64"), ("--dtype", "auto")):
         seg = flat[flat.index(flag + " "):]
         assert f"(default: {default})" in seg[:400], flag
+
+
+# ------------------------------------------------------------------------------ benchmarks/ttft.py
+
+def test_ttft_benchmark_rows_use_the_protocol():
+    """benchmarks/ttft.py's row: the protocol's model stages (in-LLM pruning out of the prefill) and peak memory."""
+    import sys
+
+    import hf_tiny_qwen as hq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ttft
+
+    model = hq.model(text_layers=4)
+    inputs = hq.processor()(text="<|vision_start|><|video_pad|><|vision_end|> what moves ?",
+                            videos=[hq.frames(4, height=48)], return_tensors="pt")
+    for method, cfg in ((None, None), ("aot", None), ("fastv", ttft.llm_config("fastv", 0.5))):
+        peak = {}
+        times, _ = ttft.one_row(model, inputs, "cpu", method, 0.25, config=cfg, peak=peak)
+        assert list(times) == ["vision tower", "scores", "compression", "prefill"]
+        assert set(times) < set(STAGES) and all(v >= 0 for v in times.values())
+        assert peak["bytes"] > 0 and peak["kind"].startswith("peak RSS")
