@@ -226,7 +226,7 @@ def test_accuracy_plot_with_one_retention_is_readable():
         lines = [c for c in ax.containers]  # one errorbar container per method
         xs = [float(c.lines[0].get_xdata()[0]) for c in lines]
         markers = [c.lines[0].get_marker() for c in lines]
-        assert len(xs) == 3 and len(set(xs)) == 3 and all(abs(x - 0.1) < 0.02 for x in xs)  # side by side
+        assert len(xs) == 3 and len(set(xs)) == 3 and all(abs(x - 0.1) < 0.03 for x in xs)  # side by side
         assert len(set(markers)) == 3
         labels = ax.get_legend().get_texts()
         assert {"aot", "visionzip", "fastv", "vanilla (retention 1)", "vanilla 95% CI"} == {t.get_text() for t in labels}

@@ -428,7 +428,7 @@ def figure(rows: list[dict], title: str = ""):
     xs = sorted({r["retention"] for r in rows if r["method"] != "vanilla" and r["n"]})
     hi = max(xs) * 1.2 if xs else 1.0
     hi = max(hi, 0.3) if xs and max(xs) < 0.9 else 1.05
-    step = 0.012 * hi  # sideways shift between methods at one retention
+    step = 0.03 * hi  # sideways shift between methods at one retention (about two marker widths)
     drawn = [m for m in methods if any(r["method"] == m and r["n"] for r in rows)]
     for i, m in enumerate(drawn):
         rs = sorted((r for r in rows if r["method"] == m and r["n"]), key=lambda r: r["retention"])
