@@ -168,6 +168,11 @@ def test_standin_labelled_in_run_and_eval(fake_standin, tmp_path, capsys):
         assert (e["visual_tokens"], e["newline_tokens"]) == want
         if e["method"] == "aot":
             assert e["stages_s"]["vision tower"] > 0 and e["stages_s"]["compression"] > 0
+    for r in rows:  # results.json: the lines' mean stages and TTFT, their largest peak
+        mine = [e for e in lines if e["method"] == r["method"]]
+        assert r["ttft_s"] == pytest.approx(sum(e["ttft_s"] for e in mine) / len(mine))
+        assert r["stages_s"]["prefill"] == pytest.approx(sum(e["stages_s"]["prefill"] for e in mine) / len(mine))
+        assert r["peak_memory_bytes"] == max(e["peak_memory_bytes"] for e in mine)
 
 
 # ------------------------------------------------------------------------------ aot eval's report

@@ -363,7 +363,7 @@ def summarize(questions, grid, cache) -> list[dict]:
                      "answered": answered, "accuracy": k / n if n else float("nan"), "ci95": [lo, hi],
                      "visual_tokens": mean("visual_tokens"), "newline_tokens": mean("newline_tokens"),
                      "prefill_tflops": mean("prefill_tflops"),
-                     "time_s": mean("time_s"), "config": s.config, "key": s.key, "errors": len(failed),
+                     "time_s": mean("time_s"), **_efficiency(e for _, e in got), "config": s.config, "key": s.key, "errors": len(failed),
                      "failed": [{"id": q.id, "video": str(q.video), "error": e["error"]} for q, e in failed]})
     return rows
 
@@ -375,6 +375,20 @@ def _visual(r: dict) -> str:
     if r["visual_tokens"] != r["visual_tokens"]:  # nan: no reply
         return "-"
     return visual_tokens_text(r["visual_tokens"], r.get("newline_tokens", 0.0)).removeprefix("visual tokens ")
+
+
+def _efficiency(entries) -> dict:
+    """Mean stage times and time to first token, and the largest peak memory, of the cache lines
+    that carry them (``aot.efficiency``; absent: None)."""
+    from ..efficiency import STAGES
+
+    es = [e for e in entries if "stages_s" in e]
+    if not es:
+        return {"stages_s": None, "ttft_s": None, "peak_memory_bytes": None}
+    peaks = [e["peak_memory_bytes"] for e in es if e.get("peak_memory_bytes") is not None]
+    return {"stages_s": {k: sum(e["stages_s"].get(k, 0.0) for e in es) / len(es) for k in STAGES},
+            "ttft_s": sum(e["ttft_s"] for e in es) / len(es), "peak_memory_bytes": max(peaks) if peaks else None,
+            "memory_kind": es[0].get("memory_kind")}
 
 
 def markdown(rows: list[dict], title: str = "", standin: bool = False) -> str:
