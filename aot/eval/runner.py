@@ -7,8 +7,9 @@ retentions, batched, resumable, with a Markdown table and a plot.
 Every answer is appended to the cache (``--cache``, default ``OUT/answers.jsonl``) as one JSON
 line the moment its batch finishes: question id, method, retention, the method's full config,
 predicted letter, raw reply, visual tokens the LLM received (FastV/PDrop, which prune inside the LLM: those
-left after their last pruning layer; ``visual_tokens_in``: the processor's placeholders), time. In-LLM
-methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
+left after their last pruning layer; newlines apart in ``newline_tokens``; ``visual_tokens_in``: the
+processor's placeholders), time, and the stages, time to first token and peak memory of the
+efficiency protocol (``aot.efficiency``, docs/efficiency.md). In-LLM methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
 counts runs as sub-batches of equal count. A rerun with the same settings
 computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
 the table). A cache line belongs to a setting (the checkpoint's content, frames, generation length,
@@ -23,10 +24,12 @@ every video's header (a file that is not a video of >= 2 frames, or whose frames
 ``AOT_MAX_FRAME_BYTES``, is recorded as an error line, as is a video that fails to decode later:
 the run goes on and ``results.md`` counts and lists them).
 
-Outputs in ``--out``: ``results.md`` (accuracy with a 95% Wilson interval, mean visual tokens,
+Outputs in ``--out``: ``results.md`` (replies, answered: the replies naming an option letter,
+accuracy with a 95% Wilson interval, mean visual tokens,
 mean LLM prefill FLOPs of the visual tokens (paper Eq. 17, ``aot.flops``), seconds of ``generate``
-per sample), ``results.json`` and ``accuracy.png`` (accuracy against retention, one line per
-method, vanilla dashed).
+per sample), ``results.json`` (also mean stage times and TTFT, largest peak memory) and
+``accuracy.png`` (accuracy against retention, one line and marker per method, vanilla dashed with
+its interval as a band). The stand-in's outputs say its answers are meaningless by design.
 """
 
 from __future__ import annotations
