@@ -305,3 +305,12 @@ def test_ttft_benchmark_rows_use_the_protocol():
         assert list(times) == ["vision tower", "scores", "compression", "prefill"]
         assert set(times) < set(STAGES) and all(v >= 0 for v in times.values())
         assert peak["bytes"] > 0 and peak["kind"].startswith("peak RSS")
+
+
+def test_flops_says_its_visual_tokens_exclude_the_newline(capsys):
+    from aot.flops import VISUAL_TOKENS_NOTE
+
+    assert main(["flops", "--model", "llava-onevision-7b", "--retention", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert VISUAL_TOKENS_NOTE in out and "newlines excluded" in VISUAL_TOKENS_NOTE
+    assert "| 10% | 627 |" in out  # 32 x 196 at 10%: the count aot run prints as 627 (+1 newline)
