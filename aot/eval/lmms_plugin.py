@@ -41,7 +41,8 @@ Every answer is returned as a ``GenerationResult`` whose token counts carry, bes
 and output lengths, an ``aot`` entry: method, full config, frames, layout and the visual tokens the
 LLM received for that sample (the processor's placeholder count for ``vanilla``; for the in-LLM
 methods FastV and PDrop, the tokens left after their last pruning layer, as ``aot eval`` and ``aot
-run``'s ``video_tokens_out``) and ``visual_tokens_in`` (the processor's placeholders, the tokens that
+run``'s ``video_tokens_out``), newlines excluded and counted in ``newline_tokens``
+(``aot.efficiency``, docs/efficiency.md), and ``visual_tokens_in`` (the processor's placeholders, the tokens that
 enter the LLM); with ``--log_samples`` it is written into each sample's record,
 beside its score (``token_counts[0].aot``). In-LLM methods need the same number of video tokens in
 every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full
