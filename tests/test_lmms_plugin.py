@@ -170,7 +170,8 @@ def test_plugin_through_lmms_eval_entry_point(setup, single):
     budget = aot.budget(0.25, 8, 16)
     for d in got:
         info = d["token_counts"][0]["aot"]
-        assert info["method"] == "aot" and info["visual_tokens"] == budget + 1  # + the video's newline
+        # the LLM got budget + the video's newline: counted apart (aot.efficiency)
+        assert info["method"] == "aot" and info["visual_tokens"] == budget and info["newline_tokens"] == 1
         assert info["config"] == {**aot.AOTConfig(retention=0.25, n_iters=20).to_dict(), "windows": [2, 2]}
         assert info["frames"] == 8
         assert "mvbench_accuracy" in d  # the score sits beside it
@@ -393,4 +394,4 @@ def test_multiple_choice_perplexity_task_through_lmms_eval(setup):
         assert [g == "True" for _, g in d["filtered_resps"]] == [g for _, g in mine]
         assert d["score"]["pred"] == min(range(4), key=lambda i: mine[i][0])  # EgoSchema's rule: lowest wins
         budget = aot.budget(0.25, 8, 16)
-        assert all(tc["aot"]["visual_tokens"] == budget + 1 for tc in d["token_counts"])
+        assert all((tc["aot"]["visual_tokens"], tc["aot"]["newline_tokens"]) == (budget, 1) for tc in d["token_counts"])

@@ -25,7 +25,9 @@ __all__ = ["MARKERS", "ANSWER_FIELDS", "ERROR_FIELDS", "read_lines", "append", "
            "CacheLocked", "Digests", "file_digest", "model_fingerprint"]
 
 MARKERS = ("key", "id", "question_hash")  # every cache line has these
-ANSWER_FIELDS = ("method", "retention", "pred", "visual_tokens", "prefill_tflops", "time_s")  # a computed answer
+# a computed answer; "newline_tokens" since visual tokens exclude the newlines (aot.efficiency): a line
+# written before, whose visual_tokens included them, is recomputed
+ANSWER_FIELDS = ("method", "retention", "pred", "visual_tokens", "newline_tokens", "prefill_tflops", "time_s")
 ERROR_FIELDS = ("method", "retention", "error")  # a question whose video could not be read
 
 

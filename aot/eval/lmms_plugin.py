@@ -44,7 +44,8 @@ Every answer is returned as a ``GenerationResult`` whose token counts carry, bes
 and output lengths, an ``aot`` entry: method, full config, frames, layout and the visual tokens the
 LLM received for that sample (the processor's placeholder count for ``vanilla``; for the in-LLM
 methods FastV and PDrop, the tokens left after their last pruning layer, as ``aot eval`` and ``aot
-run``'s ``video_tokens_out``) and ``visual_tokens_in`` (the processor's placeholders, the tokens that
+run``'s ``video_tokens_out``), newlines excluded and counted in ``newline_tokens``
+(``aot.efficiency``, docs/efficiency.md), and ``visual_tokens_in`` (the processor's placeholders, the tokens that
 enter the LLM); with ``--log_samples`` it is written into each sample's record,
 beside its score (``token_counts[0].aot``). In-LLM methods need the same number of video tokens in
 every row of a ``generate`` call: a batch mixing counts runs as sub-batches of equal count. The full
@@ -68,6 +69,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 
 from ..families import FAMILIES
+from ..efficiency import visual_tokens_text
 from .engine import collate, config_dict, generate_batch, method_config, pad_token_id, sub_batches
 
 __all__ = [f.lmms_class for f in FAMILIES.values()] + ["AOTTokenCounts"]
@@ -267,11 +269,16 @@ class _AOTVideoLMM(lmms):
     def world_size(self):
         return self._world_size
 
-    def _summary(self, visual: int, visual_in: int) -> dict:
+    def _summary(self, visual: int, visual_in: int, last: dict | None = None) -> dict:
+        """The ``aot`` entry of a sample: ``visual`` video tokens the LLM received, newlines counted apart
+        (``aot.efficiency``: ``visual_tokens`` + ``newline_tokens``; ``last``: the adapter's report)."""
+        from ..efficiency import newline_tokens
+
         out = {"method": self.method_name, "config": self.config_json, "frames": self.frames}
         if self.family.layout_options:  # the Qwen families have one layout and their own positions
             out.update(video_layout=self.video_layout, positions=self.positions)
-        return {**out, "visual_tokens": visual, "visual_tokens_in": visual_in}
+        nl = newline_tokens(self.FAMILY, last, visual)
+        return {**out, "visual_tokens": visual - nl, "newline_tokens": nl, "visual_tokens_in": visual_in}
 
     def _prepare(self, request) -> dict:
         return self._inputs(self._frames(request), request.args[0])
@@ -336,7 +343,7 @@ class _AOTVideoLMM(lmms):
             _, gk, _, _, task, split = req.args
             groups[json.dumps([task, split, gk], sort_keys=True, default=str)].append(i)
         out: list = [None] * len(requests)
-        visual_total = n_done = 0
+        visual_total = newline_total = n_done = 0
         t_start = time.perf_counter()
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.NAME)
         for idxs in groups.values():
@@ -349,12 +356,13 @@ class _AOTVideoLMM(lmms):
                 for group in sub_batches(self._model, self._method, items):  # in-LLM: equal video tokens
                     self._generate([chunk[g] for g in group], [items[g] for g in group], requests, gen, until, out)
                     visual_total += sum(out[chunk[g]].token_counts.aot["visual_tokens"] for g in group)
+                    newline_total += sum(out[chunk[g]].token_counts.aot["newline_tokens"] for g in group)
                     n_done += len(group)
                 bar.update(len(chunk))
         bar.close()
         if n_done:
             logger.info(f"{self.NAME} rank {self.rank}: {n_done} answers, method {self.method_name}, "
-                        f"mean visual tokens {visual_total / n_done:.1f}, config {json.dumps(self.config_json)}, "
+                        f"mean {visual_tokens_text(visual_total / n_done, newline_total / n_done)}, config {json.dumps(self.config_json)}, "
                         f"{time.perf_counter() - t_start:.1f} s")
         return out
 
@@ -386,7 +394,7 @@ class _AOTVideoLMM(lmms):
                     text = text.split(stop)[0]
             text = text.strip()
             counts = AOTTokenCounts(input_tokens=res.prompt_tokens[j], output_tokens=res.new_tokens[j],
-                                    aot=self._summary(res.visual_tokens[j], res.visual_tokens_in[j]))
+                                    aot=self._summary(res.visual_tokens[j], res.visual_tokens_in[j], res.last))
             out[i] = GenerationResult(text=text, token_counts=counts)
             self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
 
@@ -419,6 +427,7 @@ class _AOTVideoLMM(lmms):
                 patch(self._model, self._config, method=self._method.name, **self._options)
             try:
                 pair = continuation_nll(self._model, full, n)
+                last = dict(self._model._aot.last) if self._method is not None else None
                 visual = (int(self._model._aot.last["llm_video_tokens"][0]) if self._method is not None
                           else int((full["input_ids"] == self._model.config.video_token_id).sum()))
             finally:
@@ -426,7 +435,7 @@ class _AOTVideoLMM(lmms):
                     unpatch(self._model)
             placeholders = int((full["input_ids"] == self._model.config.video_token_id).sum())
             counts = AOTTokenCounts(input_tokens=int(full["input_ids"].shape[1]) - placeholders + visual,
-                                    output_tokens=0, aot=self._summary(visual, placeholders))
+                                    output_tokens=0, aot=self._summary(visual, placeholders, last))
             out.append(LoglikelihoodResult(text=pair, token_counts=counts))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), pair)
         return out

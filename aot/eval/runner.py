@@ -7,8 +7,9 @@ retentions, batched, resumable, with a Markdown table and a plot.
 Every answer is appended to the cache (``--cache``, default ``OUT/answers.jsonl``) as one JSON
 line the moment its batch finishes: question id, method, retention, the method's full config,
 predicted letter, raw reply, visual tokens the LLM received (FastV/PDrop, which prune inside the LLM: those
-left after their last pruning layer; ``visual_tokens_in``: the processor's placeholders), time. In-LLM
-methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
+left after their last pruning layer; newlines apart in ``newline_tokens``; ``visual_tokens_in``: the
+processor's placeholders), time, and the stages, time to first token and peak memory of the
+efficiency protocol (``aot.efficiency``, docs/efficiency.md). In-LLM methods need the same number of video tokens in every row of a ``generate`` call: a batch mixing
 counts runs as sub-batches of equal count. A rerun with the same settings
 computes only what the cache lacks (an interrupted run resumes; a finished one only re-renders
 the table). A cache line belongs to a setting (the checkpoint's content, frames, generation length,
@@ -23,10 +24,12 @@ every video's header (a file that is not a video of >= 2 frames, or whose frames
 ``AOT_MAX_FRAME_BYTES``, is recorded as an error line, as is a video that fails to decode later:
 the run goes on and ``results.md`` counts and lists them).
 
-Outputs in ``--out``: ``results.md`` (accuracy with a 95% Wilson interval, mean visual tokens,
+Outputs in ``--out``: ``results.md`` (replies, answered: the replies naming an option letter,
+accuracy with a 95% Wilson interval, mean visual tokens,
 mean LLM prefill FLOPs of the visual tokens (paper Eq. 17, ``aot.flops``), seconds of ``generate``
-per sample), ``results.json`` and ``accuracy.png`` (accuracy against retention, one line per
-method, vanilla dashed).
+per sample), ``results.json`` (also mean stage times and TTFT, largest peak memory) and
+``accuracy.png`` (accuracy against retention, one line and marker per method, vanilla dashed with
+its interval as a band). The stand-in's outputs say its answers are meaningless by design.
 """
 
 from __future__ import annotations
@@ -64,14 +67,15 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (MVBench: 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--out", default="aot_eval", help="folder for results.md, results.json, accuracy.png")
-    p.add_argument("--cache", default=None, help="answers JSONL (default OUT/answers.jsonl)")
+    p.add_argument("--cache", default=None, help="answers JSONL (default: OUT/answers.jsonl)")
     p.add_argument("--video-layout", default="onevision", choices=("onevision", "llava-video"),
                    help="LLaVA checkpoints only (see aot run)")
     p.add_argument("--positions", default="contiguous", choices=("contiguous", "original"),
                    help="LLaVA checkpoints only (see aot run)")
     p.add_argument("--layers", default=None, help="vision layers LOCAL,GLOBAL that score the anchors (default: "
                                                   "LLaVA 5,-2; Qwen2.5-VL its first and last full-attention block)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' dtype; auto: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--threads", default=None, help="torch CPU threads (aot.cli sets the default and help)")
     p.add_argument("--retry-errors", action="store_true",
@@ -224,7 +228,8 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
     from tqdm import tqdm
 
     from .. import flops
-    from ..run import _dtype, load
+    from ..efficiency import STANDIN_NOTE
+    from ..run import STANDIN, _dtype, load
     from ..video import read_frames
     from .engine import pad_token_id, sub_batches
     from .questions import mvbench_prompt
@@ -250,7 +255,12 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
     if todo == 0:
         return len(errors)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
     model, make_inputs, decode = load(args.model, dtype=_dtype(args.dtype, device), device=device)
+    load_s = time.perf_counter() - t0
+    print(f"aot eval: loaded {args.model} in {load_s:.1f} s (stage 'load' of every line computed now)", flush=True)
+    if args.model == STANDIN:
+        print(f"aot eval: note: {STANDIN_NOTE}", flush=True)
     pad = pad_token_id(model)
     spec = flops.spec_from_config(model.config.to_dict()["text_config"]).llm
     need = [q for q in questions if any(q.id in pending[s.key] for s in grid)]
@@ -258,12 +268,14 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
     try:
         for start in range(0, len(need), args.batch_size):
             batch = need[start:start + args.batch_size]
-            t0 = time.perf_counter()
-            prepared, damage, failed = {}, {}, []
+            prepared, damage, failed, read = {}, {}, [], {}
             for q in batch:
                 try:
+                    t0 = time.perf_counter()
                     clip = read_frames(q.video, args.frames)
+                    t1 = time.perf_counter()
                     prepared[q.id] = make_inputs(clip.frames, mvbench_prompt(q.question, q.options), clip)
+                    read[q.id] = (t1 - t0, time.perf_counter() - t1)  # decode, preprocess
                 except (ValueError, OSError) as err:  # a video that fails to decode: an error record, go on
                     print(f"aot eval: warning: question {q.id!r} ({q.video}): {err}; recorded as an error",
                           file=sys.stderr)
@@ -278,7 +290,6 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
             batch = [q for q in batch if q.id in prepared]
             if not batch:
                 continue
-            read_s = (time.perf_counter() - t0) / len(batch)
             for s in grid:
                 rows = [q for q in batch if q.id in pending[s.key]]
                 if not rows:
@@ -287,7 +298,7 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
                 lines = []
                 for group in sub_batches(model, s.method_obj, items):  # in-LLM methods: equal video tokens
                     lines += _answer(args, s, [rows[i] for i in group], [items[i] for i in group], model, decode,
-                                     pad, spec, layers, read_s, device)
+                                     pad, spec, layers, read, device, load_s)
                 for line in lines:
                     if line["id"] in damage:
                         line["video_damage"] = damage[line["id"]]
@@ -298,28 +309,42 @@ def _run(args, questions, grid, cache_path: Path, cache: dict, layers, device: s
     return todo + len(errors)
 
 
-def _answer(args, s, rows, items, model, decode, pad, spec, layers, read_s, device) -> list[dict]:
-    """Cache lines of one ``generate`` call over ``rows`` (their processor outputs ``items``)."""
+def _answer(args, s, rows, items, model, decode, pad, spec, layers, read, device, load_s=0.0) -> list[dict]:
+    """Cache lines of one ``generate`` call over ``rows`` (their processor outputs ``items``; ``read``:
+    {question id: (decode s, preprocess s)}). Each line carries the stages of ``aot.efficiency`` (the
+    batch's model stages divided by its size, the question's own decode and preprocess, the load of
+    this process), its time to first token and the call's peak memory."""
     from .. import flops
+    from ..efficiency import PeakMemory, model_stages, newline_tokens, stage_times, ttft
+    from ..run import STANDIN, family, module_timer
     from .engine import collate, generate_batch
     from .questions import extract_letter
 
     inputs = collate(items, pad)
-    res = generate_batch(model, inputs, decode, method=s.method_obj, config=s.config_obj,
-                         gen_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
-                         video_layout=args.video_layout, positions=args.positions, layers=layers)
+    with PeakMemory(device) as peak, module_timer(model.model.language_model, device) as lm_calls:
+        res = generate_batch(model, inputs, decode, method=s.method_obj, config=s.config_obj,
+                             gen_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
+                             video_layout=args.video_layout, positions=args.positions, layers=layers)
+    shared = {k: v / len(rows) for k, v in model_stages(res.last, lm_calls).items()}
+    fam = family(model)
     lines = []
     for i, q in enumerate(rows):
+        nl = newline_tokens(fam, res.last, res.visual_tokens[i])
+        stages = stage_times(load=load_s, decode=read[q.id][0], preprocess=read[q.id][1],
+                             **{k.replace(" ", "_"): v for k, v in shared.items()})
         lines.append({
             "id": q.id, "question_hash": q.content_hash, "key": s.key, "method": s.method,
             "retention": s.retention, "config": s.config,
             "pred": extract_letter(res.texts[i], len(q.options)), "raw": res.texts[i],
-            "visual_tokens": res.visual_tokens[i], "visual_tokens_in": res.visual_tokens_in[i],
+            "visual_tokens": res.visual_tokens[i] - nl, "newline_tokens": nl,
+            "visual_tokens_in": res.visual_tokens_in[i],
             "prompt_tokens": res.prompt_tokens[i],
             "new_tokens": res.new_tokens[i],
             "prefill_tflops": _prefill_tflops(flops, spec, s, res, i),
-            "time_s": res.seconds / len(rows), "read_s": read_s, "batch": len(rows),
+            "time_s": res.seconds / len(rows), "read_s": sum(read[q.id]), "batch": len(rows),
+            "stages_s": stages, "ttft_s": ttft(stages), "peak_memory_bytes": peak.bytes, "memory_kind": peak.kind,
             "model": args.model, "video": str(q.video), "frames": args.frames, "device": device,
+            **({"standin": True} if args.model == STANDIN else {}),
         })
     return lines
 
@@ -336,27 +361,57 @@ def summarize(questions, grid, cache) -> list[dict]:
         k = sum(1 for q, e in got if e["pred"] == q.answer)
         lo, hi = wilson(k, n)
         mean = lambda key: (sum(e[key] for _, e in got) / n) if n else float("nan")  # noqa: E731
+        answered = sum(1 for _, e in got if e["pred"] is not None)  # replies that name an option letter
         rows.append({"method": s.method, "retention": s.retention, "n": n, "of": len(questions), "correct": k,
-                     "accuracy": k / n if n else float("nan"), "ci95": [lo, hi],
-                     "visual_tokens": mean("visual_tokens"), "prefill_tflops": mean("prefill_tflops"),
-                     "time_s": mean("time_s"), "config": s.config, "key": s.key, "errors": len(failed),
+                     "answered": answered, "accuracy": k / n if n else float("nan"), "ci95": [lo, hi],
+                     "visual_tokens": mean("visual_tokens"), "newline_tokens": mean("newline_tokens"),
+                     "prefill_tflops": mean("prefill_tflops"),
+                     "time_s": mean("time_s"), **_efficiency(e for _, e in got), "config": s.config, "key": s.key, "errors": len(failed),
                      "failed": [{"id": q.id, "video": str(q.video), "error": e["error"]} for q, e in failed]})
     return rows
 
 
-def markdown(rows: list[dict], title: str = "") -> str:
-    head = ("| method | retention | answered | errors | accuracy % (95% CI) | visual tokens | prefill TFLOPs | "
-            "s / sample |\n|---|---:|---:|---:|---|---:|---:|---:|\n")
+def _visual(r: dict) -> str:
+    """Mean visual tokens, newlines apart (``aot.efficiency.visual_tokens_text``'s form)."""
+    from ..efficiency import visual_tokens_text
+
+    if r["visual_tokens"] != r["visual_tokens"]:  # nan: no reply
+        return "-"
+    return visual_tokens_text(r["visual_tokens"], r.get("newline_tokens", 0.0)).removeprefix("visual tokens ")
+
+
+def _efficiency(entries) -> dict:
+    """Mean stage times and time to first token, and the largest peak memory, of the cache lines
+    that carry them (``aot.efficiency``; absent: None)."""
+    from ..efficiency import STAGES
+
+    es = [e for e in entries if "stages_s" in e]
+    if not es:
+        return {"stages_s": None, "ttft_s": None, "peak_memory_bytes": None}
+    peaks = [e["peak_memory_bytes"] for e in es if e.get("peak_memory_bytes") is not None]
+    return {"stages_s": {k: sum(e["stages_s"].get(k, 0.0) for e in es) / len(es) for k in STAGES},
+            "ttft_s": sum(e["ttft_s"] for e in es) / len(es), "peak_memory_bytes": max(peaks) if peaks else None,
+            "memory_kind": es[0].get("memory_kind")}
+
+
+def markdown(rows: list[dict], title: str = "", standin: bool = False) -> str:
+    from ..efficiency import STANDIN_NOTE
+
+    head = ("| method | retention | replies | answered (a letter) | errors | accuracy % (95% CI) | visual tokens | "
+            "prefill TFLOPs | s / sample |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n")
     body = ""
     for r in rows:
         acc = (f"{100 * r['accuracy']:.1f} ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f})"
                if r["n"] else "-")
         fl = r["prefill_tflops"]
-        body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {r.get('errors', 0)} | {acc} | {r['visual_tokens']:.1f} | "
-                 f"{fl:.4g} | {r['time_s']:.3g} |\n")
-    notes = ("\nAccuracy: predicted letter (lmms-eval MVBench rule) equals the answer; interval: Wilson, 95%. "
-             "Visual tokens: video tokens the LLM received per sample, newlines included (in-LLM methods: "
-             "those left after their last pruning layer; the whole video enters the LLM). Prefill TFLOPs: "
+        body += (f"| {r['method']} | {r['retention']:g} | {r['n']}/{r['of']} | {r.get('answered', 0)}/{r['n']} | "
+                 f"{r.get('errors', 0)} | {acc} | {_visual(r)} | {fl:.4g} | {r['time_s']:.3g} |\n")
+    notes = ("\nReplies: questions the model replied to; answered: replies that name an option letter (lmms-eval "
+             "MVBench rule; a reply without one counts as wrong). "
+             "Accuracy: predicted letter equals the answer, over the replies; interval: Wilson, 95%. "
+             "Visual tokens: video tokens the LLM received per sample, newlines counted apart (in-LLM methods: "
+             "those left after their last pruning layer, the newline among them; the whole video enters the LLM). "
+             "Prefill TFLOPs: "
              "paper Eq. 17 over the visual tokens, LLM only (in-LLM methods: summed over the layers by their "
              "schedule). s / sample: `generate` wall time of a batch "
              "divided by its size (video decoding excluded).\n")
@@ -367,10 +422,19 @@ def markdown(rows: list[dict], title: str = "") -> str:
     errors = ("\nQuestions not answered (their video could not be read; counted under errors, not in the accuracy; "
               "fix or replace the video and rerun: its content changes, so they are recomputed):\n\n" + "".join(
                   f"- {qid} ({video}): {err}\n" for qid, video, err in sorted(failed))) if failed else ""
-    return (f"# {title}\n\n" if title else "") + head + body + notes + errors + configs
+    note = f"**Note: {STANDIN_NOTE}.**\n\n" if standin else ""
+    return (f"# {title}\n\n" if title else "") + note + head + body + notes + errors + configs
 
 
-def plot(rows: list[dict], path: Path, title: str = "") -> None:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def figure(rows: list[dict], title: str = ""):
+    """The accuracy-against-retention Figure: one line per method with its 95% interval, each method
+    with its own marker and, where several share a retention, shifted sideways by a small step so no
+    point hides another; the x-axis spans 0 to past the largest retention (readable with a single
+    one, ticks at the retentions run); vanilla as a dashed line and its interval as a band, both in
+    the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,37 +442,64 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "vanilla"]
-    for m in methods:
+    xs = sorted({r["retention"] for r in rows if r["method"] != "vanilla" and r["n"]})
+    hi = max(xs) * 1.2 if xs else 1.0
+    hi = max(hi, 0.3) if xs and max(xs) < 0.9 else 1.05
+    step = 0.03 * hi  # sideways shift between methods at one retention (about two marker widths)
+    drawn = [m for m in methods if any(r["method"] == m and r["n"] for r in rows)]
+    for i, m in enumerate(drawn):
         rs = sorted((r for r in rows if r["method"] == m and r["n"]), key=lambda r: r["retention"])
-        if not rs:
-            continue
-        x = [r["retention"] for r in rs]
+        shift = (i - (len(drawn) - 1) / 2) * step
+        x = [r["retention"] + shift for r in rs]
         y = [100 * r["accuracy"] for r in rs]
         err = [[max(0.0, 100 * (r["accuracy"] - r["ci95"][0])) for r in rs],
                [max(0.0, 100 * (r["ci95"][1] - r["accuracy"])) for r in rs]]  # >= 0 despite rounding
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+        ax.errorbar(x, y, yerr=err, marker=MARKERS[i % len(MARKERS)], markersize=6, capsize=3, alpha=0.85,
+                    label=m)
     for r in rows:
         if r["method"] == "vanilla" and r["n"]:
-            ax.axhline(100 * r["accuracy"], color="k", ls="--", lw=1, label="vanilla")
-            ax.axhspan(100 * r["ci95"][0], 100 * r["ci95"][1], color="k", alpha=0.08)
+            ax.axhline(100 * r["accuracy"], color="k", ls="--", lw=1, label="vanilla (retention 1)")
+            ax.axhspan(100 * r["ci95"][0], 100 * r["ci95"][1], color="k", alpha=0.08, label="vanilla 95% CI")
+    ax.set_xlim(0, hi)
+    if xs:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:g}" for x in xs])
+    ax.set_ylim(-3, 103)
     ax.set_xlabel("retention (fraction of visual tokens kept)")
     ax.set_ylabel("accuracy %")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def render(questions, grid, cache, out: Path, title: str) -> list[dict]:
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    """Save :func:`figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, title)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def render(questions, grid, cache, out: Path, title: str, standin: bool = False) -> list[dict]:
+    """results.md, results.json, accuracy.png in ``out``; ``standin``: every output says the model's
+    answers are meaningless by design (``aot.efficiency.STANDIN_NOTE``)."""
+    from ..efficiency import STANDIN_NOTE
+
     rows = summarize(questions, grid, cache)
+    if standin:
+        rows = [{**r, "standin": True, "note": STANDIN_NOTE} for r in rows]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(rows, title))
+    (out / "results.md").write_text(markdown(rows, title, standin))
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, out / "accuracy.png", title)
+    plot(rows, out / "accuracy.png", title + (" (stand-in: random projector, accuracy meaningless)"
+                                              if standin else ""))
     return rows
 
 
@@ -483,12 +574,17 @@ def eval_cli(args: argparse.Namespace) -> int:
                 torch.set_num_threads(old)
             if computed:
                 cache, _ = answers_cache.read_lines(cache_path)
-            rows = render(questions, grid, cache, out, f"{Path(args.questions).name} - {args.model}")
+            rows = render(questions, grid, cache, out, f"{Path(args.questions).name} - {args.model}",
+                          standin=args.model == STANDIN)
     except (ValueError, TypeError, OSError, NotImplementedError) as err:
         from ..runtime import error_message
 
         print(f"aot eval: error: {error_message(err)}", file=sys.stderr)
         return 2
-    print(markdown(rows).split("\nAccuracy:")[0])
+    if args.model == STANDIN:
+        from ..efficiency import STANDIN_NOTE
+
+        print(f"aot eval: note: {STANDIN_NOTE}")
+    print(markdown(rows).split("\nReplies:")[0])
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'}; answers in {cache_path}")
     return 0
