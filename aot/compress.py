@@ -130,6 +130,7 @@ def compress(
     local_scores: Tensor | None = None,
     grid: tuple[int, int] | None = None,
     config: AOTConfig = AOTConfig(),
+    validate: bool = True,
 ) -> Compressed:
     """Compress one video x (F, N, d), or a batch (B, F, N, d), to exactly round_half_up(rho F N) tokens.
 
@@ -146,6 +147,9 @@ def compress(
     Host reads (docs/gpu-core.md): one for all input checks; one per Sinkhorn early-stop check
     (every 10 iterations, all videos at once); with clips="dynamic" one per video for the clip
     layout (it decides shapes). With tol=None and uniform clips there are none after the check.
+    validate=False skips that one read (finite scores, finite nonzero tokens; shapes, dtypes and
+    the budget are still checked, they cost no read): for torch.compile(fullgraph=True) or CUDA graph
+    capture, when the caller has checked its tokens. Bad values then give undefined output.
     """
     _check_config(config)
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid, finite=False)
@@ -155,7 +159,8 @@ def compress(
     b, f, n, _ = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     norms = torch.linalg.vector_norm(work, dim=-1)  # (B, F, N); also our cheap NaN/Inf/zero detector
-    _check_values(work, norms, scores, local_scores)
+    if validate:
+        _check_values(work, norms, scores, local_scores)
     total = budget(config.retention, f, n)
     if total == 0:
         raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
