@@ -269,8 +269,9 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     def rows(t: Tensor) -> Tensor:
         return t.reshape(v, f * m).gather(1, sel)
 
+    flat_sel = (sel + torch.arange(v, device=dev).unsqueeze(1) * (f * m)).flatten()  # rows of (V F M, d)
     return Compressed(
-        tokens=tokens.reshape(v, f * m, d).gather(1, sel.unsqueeze(-1).expand(v, total, d)).to(out_dtype),
+        tokens=tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(v, total, d).to(out_dtype),
         sizes=rows(sizes),
         frames=rows(local.expand(v * f, m)),
         positions=rows(pos),
@@ -330,8 +331,8 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     qk = w_kept.shape[-1]
 
     def take(t: Tensor, idx: Tensor, width: int) -> Tensor:  # t (V F, M, width) rows idx (V, U) -> (V, U * width)
-        t = t.reshape(videos, f * m, width)
-        return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, width)).flatten(1)
+        flat = (idx + torch.arange(videos, device=dev).unsqueeze(1) * (f * m)).flatten()
+        return t.reshape(videos * f * m, width).index_select(0, flat).view(videos, -1)
 
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
     rows = torch.cat([take(key_row.unsqueeze(-1).expand(vf, m, q), use_v, q),
