@@ -130,6 +130,8 @@ def compress(
     local_scores: Tensor | None = None,
     grid: tuple[int, int] | None = None,
     config: AOTConfig = AOTConfig(),
+    validate: bool = True,
+    with_mix: bool = True,
 ) -> Compressed:
     """Compress one video x (F, N, d), or a batch (B, F, N, d), to exactly round_half_up(rho F N) tokens.
 
@@ -146,6 +148,12 @@ def compress(
     Host reads (docs/gpu-core.md): one for all input checks; one per Sinkhorn early-stop check
     (every 10 iterations, all videos at once); with clips="dynamic" one per video for the clip
     layout (it decides shapes). With tol=None and uniform clips there are none after the check.
+    validate=False skips that one read (finite scores, finite nonzero tokens; shapes, dtypes and
+    the budget are still checked, they cost no read): for torch.compile(fullgraph=True) or CUDA graph
+    capture, when the caller has checked its tokens. Bad values then give undefined output.
+    with_mix=False returns mix=None: the mix has F M N entries for the clip anchors (every token of
+    a clip in every anchor row), so building it is a visible share of the time at large N (24% of
+    the CPU time at 32 x 729 x 1152, 10%); callers that never reduce a companion can skip it.
     """
     _check_config(config)
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid, finite=False)
@@ -155,7 +163,8 @@ def compress(
     b, f, n, _ = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     norms = torch.linalg.vector_norm(work, dim=-1)  # (B, F, N); also our cheap NaN/Inf/zero detector
-    _check_values(work, norms, scores, local_scores)
+    if validate:
+        _check_values(work, norms, scores, local_scores)
     total = budget(config.retention, f, n)
     if total == 0:
         raise ValueError(f"retention={config.retention} keeps 0 of {f * n} tokens (F={f}, N={n}); "
@@ -170,12 +179,13 @@ def compress(
         for i, lay in enumerate(layouts):
             groups.setdefault(lay, []).append(i)
         if len(groups) == 1:
-            out = _core(work, norms, scores, local_scores, grid, config, list(layouts[0]), x.dtype)
+            out = _core(work, norms, scores, local_scores, grid, config, list(layouts[0]), x.dtype, with_mix)
         else:  # dynamic clips that differ between videos: one batched run per distinct layout
             parts: list = [None] * b
             for lay, idx in groups.items():
                 sel = torch.tensor(idx, device=x.device)
-                res = _core(work[sel], norms[sel], scores[sel], local_scores[sel], grid, config, list(lay), x.dtype)
+                res = _core(work[sel], norms[sel], scores[sel], local_scores[sel], grid, config, list(lay), x.dtype,
+                            with_mix)
                 for k, i in enumerate(idx):
                     parts[i] = _unbatch(res, k)
             out = stack(parts)
@@ -205,7 +215,7 @@ def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
 
 
 def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig,
-          clips: list[tuple[int, int]], out_dtype) -> Compressed:
+          clips: list[tuple[int, int]], out_dtype, with_mix: bool = True) -> Compressed:
     """V videos (V, F, N, d) with the same clips, all at once; fields with a leading V.
 
     Every index here comes from Python ints (the clips and the budget), so nothing is read back
@@ -244,9 +254,11 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     merged_row = row_of[clip_start.unsqueeze(1).expand(v * f, m), inter.owner.clamp(min=0)]
     merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
     slot_row = torch.where(is_row, row_of, merged_row)  # (V F, M)
+    mix = None
     with torch.no_grad():
-        mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, inter.kept,
-                       n, v, n_keep, config.inter_merge != "none", counts[:f])
+        if with_mix:
+            mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, inter.kept,
+                           n, v, n_keep, config.inter_merge != "none", counts[:f])
     tokens = intra.tokens
     if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
         tokens = tokens.index_put((starts_all,), inter.anchors)
@@ -264,8 +276,9 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     def rows(t: Tensor) -> Tensor:
         return t.reshape(v, f * m).gather(1, sel)
 
+    flat_sel = (sel + torch.arange(v, device=dev).unsqueeze(1) * (f * m)).flatten()  # rows of (V F M, d)
     return Compressed(
-        tokens=tokens.reshape(v, f * m, d).gather(1, sel.unsqueeze(-1).expand(v, total, d)).to(out_dtype),
+        tokens=tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(v, total, d).to(out_dtype),
         sizes=rows(sizes),
         frames=rows(local.expand(v * f, m)),
         positions=rows(pos),
@@ -309,9 +322,7 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
         w_anchor, cols = g, (anchors.unsqueeze(1) + base).expand(vf, m, m)
         w_kept, cols_kept = torch.ones(vf, m, 1, dtype=g.dtype, device=dev), anchors.unsqueeze(-1) + base
     else:
-        w_anchor = torch.bmm(g, intra_w)  # (V F, M, N)
-        cols = (torch.arange(n, device=dev).view(1, 1, n) + base).expand(vf, m, n)
-        w_kept, cols_kept = intra_w, cols
+        w_anchor, w_kept = torch.bmm(g, intra_w), intra_w  # (V F, M, N)
     clip_start = torch.tensor([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], device=dev)
     key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
     # slots that feed a clip anchor (keyframes; later frames too when merged), ascending: the same in
@@ -325,13 +336,20 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     qk = w_kept.shape[-1]
 
     def take(t: Tensor, idx: Tensor, width: int) -> Tensor:  # t (V F, M, width) rows idx (V, U) -> (V, U * width)
-        t = t.reshape(videos, f * m, width)
-        return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, width)).flatten(1)
+        flat = (idx + torch.arange(videos, device=dev).unsqueeze(1) * (f * m)).flatten()
+        return t.reshape(videos * f * m, width).index_select(0, flat).view(videos, -1)
 
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
-    rows = torch.cat([take(key_row.unsqueeze(-1).expand(vf, m, q), use_v, q),
-                      take(row_of.unsqueeze(-1).expand(vf, m, qk), kidx, qk)], 1)
-    cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
+    # rows (and dense columns) are one value per slot broadcast over its q entries: cat writes the
+    # broadcast once, no (V F M, q) int64 copies are made
+    rows = torch.cat([take(key_row.unsqueeze(-1), use_v, 1).unsqueeze(-1).expand(-1, -1, q).flatten(1),
+                      take(row_of.unsqueeze(-1), kidx, 1).unsqueeze(-1).expand(-1, -1, qk).flatten(1)], 1)
+    if intra_w is None:
+        cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
+    else:  # slot s of frame t (within its video) reads columns t * N + 0..N-1
+        span = torch.arange(n, device=dev)
+        cols = torch.cat([((use_v // m) * n).unsqueeze(-1).add(span).flatten(1),
+                          ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
     weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
     return Mix(rows, cols, weights)
 

@@ -118,6 +118,8 @@ class _Layout:
         self.n_later = len(later)  # per video
         self.later_row = {f: i for i, f in enumerate(self.later_list)}  # a later frame's row among them
         self.device = device
+        # every clip the same length: frames are a (V C, L) grid, so frames at one position are a strided view
+        self.regular = len(set(self.lengths)) == 1 and self.lengths[0] * len(clips) == frames
 
     def step(self, step: int):
         """Clips (all videos) that have position ``step``, their frames and rows among later frames."""
@@ -125,6 +127,20 @@ class _Layout:
         frames = [self.starts_list[a] + step for a in active]
         t = lambda idx: torch.tensor(idx, dtype=torch.long, device=self.device)  # noqa: E731
         return len(active), t(active), t(frames), t([self.later_row[f] for f in frames])
+
+
+def _pair_costs(tokens: Tensor, norms: Tensor, lay: _Layout, back: int, rows: Tensor, cols: Tensor) -> Tensor:
+    """1 - cos between every later frame (rows) and its reference frame (cols: the keyframe for
+    back=0, the previous frame for back=1): (V (F - C), M, M) in later-frame order. On a regular
+    layout one product per clip position on strided views (nothing gathered, L - 1 products
+    whatever F and V); otherwise one product on gathered copies."""
+    if not lay.regular:
+        return cosine_cost(tokens[rows], tokens[cols], norms[rows], norms[cols])
+    length, (f, m, d) = lay.lengths[0], tokens.shape
+    grid, ngrid = tokens.view(-1, length, m, d), norms.view(-1, length, m)
+    ref = lambda p: 0 if back == 0 else p - 1  # noqa: E731
+    costs = [cosine_cost(grid[:, p], grid[:, ref(p)], ngrid[:, p], ngrid[:, ref(p)]) for p in range(1, length)]
+    return torch.stack(costs, 1).view(-1, m, m)
 
 
 def aggregate_inter(
@@ -185,7 +201,7 @@ def aggregate_inter(
     q = torch.ones(f, m, dtype=torch.float32, device=dev)
     kept = torch.zeros(f, m, dtype=torch.bool, device=dev)
     owner = torch.full((f, m), -1, dtype=torch.long, device=dev)
-    anchors = tokens[lay.starts].clone()  # (V C, M, d)
+    anchors = tokens.index_select(0, lay.starts)  # (V C, M, d), a copy
     anchor_sizes = sizes[lay.starts].clone()
     coef = torch.zeros(f, m, m, dtype=tokens.dtype, device=dev)
     decay = torch.ones(f, m, dtype=tokens.dtype, device=dev)
@@ -195,14 +211,14 @@ def aggregate_inter(
     # selection pass: q of every later token against its clip's keyframe anchors
     norms = tokens.norm(dim=-1)  # (F, M)
     later, key_of = lay.later, lay.key_of
-    key_cost = cosine_cost(tokens[later], tokens[key_of], norms[later], norms[key_of])  # (V (F - C), M, M)
+    key_cost = _pair_costs(tokens, norms, lay, 0, later, key_of)  # (V (F - C), M, M)
     p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
     valid_later = valid[later]
     col_ok = valid_later.unsqueeze(-2)
     key_cos = (1.0 - key_cost.detach()).masked_fill(~col_ok, -2.0).amax(-1)  # (V (F - C), M) best cosine to the keyframe
     ref_cost = key_cost
     if keep_ref == "previous":  # each later frame against the frame before it (same clip)
-        ref_cost = cosine_cost(tokens[later], tokens[lay.prev], norms[later], norms[lay.prev])
+        ref_cost = _pair_costs(tokens, norms, lay, 1, later, lay.prev)
     uses_tau = guard and n_keep > 0  # then every merge plan is restricted and p is never used
     if keep_by == "plan":
         sel = _row_weights(ref_cost, valid_later, "ot", reg, n_iters, tol, videos=videos)
@@ -233,7 +249,7 @@ def aggregate_inter(
     for step in range(1, max(lay.lengths) if merge != "none" else 1):
         n_act, act_t, frames_t, rows_t = lay.step(step)
         nv = n_act // videos  # active clips per video (the same in every video)
-        s = tokens[frames_t]  # (A, M, d)
+        s = tokens.view(-1, lay.lengths[0], m, d)[:, step] if lay.regular else tokens[frames_t]  # (A, M, d), a view if regular
         a = anchors if n_act == anchors.shape[0] else anchors[act_t]
         valid_f = valid[frames_t]
         merged = ~kept[frames_t] & valid_f  # (A, M)

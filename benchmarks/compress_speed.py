@@ -16,6 +16,8 @@ measurement, to see what a loaded machine does to the times (README "Threads").
     python benchmarks/compress_speed.py [--reps 7] [--shapes 32x196x3584,...] [--device cpu]
                                         [--threads N] [--busy K] [--no-memory] [--tol 0.01|none]
                                         [--set FIELD=VALUE ...]   # any other AOTConfig field
+                                        [--before]   # also the pre-issue-17 core, side by side
+                                        [--no-mix]   # compress(with_mix=False)
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="Sinkhorn early stop of compress ('none': always 100 iterations; default: AOTConfig's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="another AOTConfig field, e.g. --set keep_ref=keyframe (repeatable)")
+    ap.add_argument("--no-mix", action="store_true", help="compress(with_mix=False): time without building the mix")
+    ap.add_argument("--before", action="store_true",
+                    help="also time the pre-issue-17 core (tests/aot_reference) in the same run, same inputs")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads < 1 or args.busy < 0 or args.reps < 1:
@@ -168,20 +173,36 @@ def _report(args) -> None:
     stop = (f"always {config.n_iters} Sinkhorn iterations" if args.tol is None
             else f"Sinkhorn tol {args.tol:g} (at most {config.n_iters} iterations)")
     sets = f", {', '.join(args.sets)}" if args.sets else ""
-    print(f"retention 0.1, {stop}, uniform clips{sets}, float32\n")
-    print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |")
-    print("|---|---|---|---|---|---|")
+    print(f"retention 0.1, {stop}, uniform clips{sets}, float32{', without the mix' if args.no_mix else ''}\n")
+    ref = _reference() if args.before else None
+    extra = f" before (ms, {t}) | ratio before |" if ref else ""
+    print(f"| F x N x d | tokens out | compress (ms, {t}) | dense matmul (ms, {t}) | ratio | peak extra memory / input |"
+          + extra)
+    print("|---|---|---|---|---|---|" + ("---|---|" if ref else ""))
     for f, n, d in shapes:
         x, scores = _inputs(f, n, d, dev)
-        out = aot.compress(x, scores, config=config)
-        t_c = _median_time(lambda: aot.compress(x, scores, config=config), args.reps, dev)
+        kw = {"with_mix": False} if args.no_mix else {}
+        out = aot.compress(x, scores, config=config, **kw)
+        t_c = _median_time(lambda: aot.compress(x, scores, config=config, **kw), args.reps, dev)
         w = torch.randn(d, d, device=dev)
         flat = x.view(f * n, d)
         t_m = _median_time(lambda: flat @ w, args.reps, dev)
         mem = measure_memory(f, n, d, torch.get_num_threads(), args.tol, args.sets) if dev == "cpu" and not args.no_memory else None
         mem_s = f"{mem['extra'] / mem['input']:.2f}" if mem else "n/a"
+        cells = ""
+        if ref:
+            t_r = _median_time(lambda: ref(x, scores, config=config), args.reps, dev)
+            cells = f" {t_r * 1e3:.1f} | {t_r / t_m:.3f} |"
         print(f"| {f} x {n} x {d} | {out.tokens.shape[0]} | {t_c * 1e3:.1f} | {t_m * 1e3:.1f} | "
-              f"{t_c / t_m:.3f} | {mem_s} |")
+              f"{t_c / t_m:.3f} | {mem_s} |" + cells)
+
+
+def _reference():
+    """compress of the pre-issue-17 core, kept as a test oracle in tests/aot_reference."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import aot_reference
+
+    return aot_reference.compress
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ queue. Counted on CPU with torch's profiler, the counts do not depend on the mac
 
 ``--before`` also runs the pre-issue-17 core kept as a test oracle (tests/aot_reference).
 
-    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--quick]
+    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--scores] [--quick]
 """
 
 from __future__ import annotations
@@ -108,6 +108,16 @@ def rows(args) -> list[tuple]:
             call = lambda: fn(x, s, config=config)  # noqa: E731
             c = count(call)
             out.append((f"compress {label} @10%", which, c["ops"], c["reads"], cpu_ms(call, args.reps), c["top"]))
+    if args.scores:  # the score hook's reduction on one SigLIP layer of a 32-frame video (16 heads, 729 x 72)
+        from aot.models.scores import attention_received
+
+        shape = (8, 16, 729, 72) if args.quick else (32, 16, 729, 72)
+        g = torch.Generator().manual_seed(0)
+        q, k = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        call = lambda: attention_received(q, k)  # noqa: E731
+        c = count(call)
+        out.append((f"attention_received {'x'.join(map(str, shape))}, chunk 256", "after", c["ops"], c["reads"],
+                    cpu_ms(call, args.reps), c["top"]))
     if args.methods:
         shape = (8, 36, 16) if args.quick else (32, 196, 3584)
         x, s = _inputs(shape)
@@ -120,7 +130,8 @@ def rows(args) -> list[tuple]:
             except ValueError as e:  # a budget this method cannot meet at this shape
                 print(f"{name}: skipped ({e})", file=sys.stderr)
                 continue
-            out.append((f"{name} {'x'.join(map(str, shape))}", "after", c["ops"], c["reads"], cpu_ms(call, args.reps),
+            which = "after" if name.startswith("aot") else "-"  # the peers' code is not part of this core
+            out.append((f"{name} {'x'.join(map(str, shape))}", which, c["ops"], c["reads"], cpu_ms(call, args.reps),
                         c["top"]))
     return out
 
@@ -131,6 +142,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--before", action="store_true", help="also run the pre-issue-17 core (tests/aot_reference)")
     ap.add_argument("--methods", action="store_true", help="also every registered pre-LLM method")
+    ap.add_argument("--scores", action="store_true", help="also the score hook's reduction (aot.models.scores)")
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
     ap.add_argument("--top", action="store_true", help="print the most frequent operators of each row")
     args = ap.parse_args(argv)

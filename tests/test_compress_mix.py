@@ -99,3 +99,12 @@ def test_cosine_merge_drops_a_token_that_resembles_no_anchor():
     assert out.positions.tolist() == [0, 1]
     assert out.assignment[3] == -1 and int(out.sizes.sum()) == 8
     _check(out, x)
+
+
+def test_with_mix_false_skips_only_the_mix():
+    x, s = _video(8, 36, 16, seed=5)
+    full = aot.compress(x, s, config=aot.AOTConfig(retention=0.2))
+    bare = aot.compress(x, s, config=aot.AOTConfig(retention=0.2), with_mix=False)
+    assert bare.mix is None
+    for a, b in zip(full[:6], bare[:6]):
+        assert torch.equal(a, b)

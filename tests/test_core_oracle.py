@@ -50,7 +50,8 @@ def test_every_ablation_and_option_equals_the_old_core(name):
 
 
 @pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(mass="literal", lam_intra=1.0),
-                                          dict(clip_length=3), dict(retention=0.6), dict(retention=0.02)])
+                                          dict(clip_length=3), dict(clip_length=5), dict(clips="dynamic", tau_seg=0.999),
+                                          dict(retention=0.6), dict(retention=0.02)])
 def test_batch_equals_the_old_core_per_video(kw):
     x, s, ls = _video(12, 36, 16, seed=7, batch=3)
     cfg = aot.AOTConfig(**{"retention": 0.15, **kw})
