@@ -29,7 +29,8 @@ NO_PRUNING_SWITCH = ("LlavaOnevisionForConditionalGeneration",)
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", add_help=False, help="serve a video LLM with vLLM, compressing its videos "
                        "(aot serve MODEL --method aot --retention 0.1 [vLLM flags]; aot serve --help)")
-    p.add_argument("-h", "--help", action="store_true", dest="serve_help")
+    p.add_argument("-h", "--help", action="store_true", dest="serve_help",
+                   help="show aot serve's own flags (its parser runs after this one: vLLM's flags pass through)")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
