@@ -303,7 +303,7 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-DEFAULT_COUNTS = {"train": 240, "val": 140, "test": 200}
+DEFAULT_COUNTS = {"train": 240, "val": 300, "test": 400}
 
 
 def build(cfg: Config = Config(), counts: dict[str, int] | None = None, *, cache_dir: Path = CACHE_DIR,
