@@ -149,7 +149,7 @@ def bootstrap_diff(a, b, full: dict, n_boot: int = 2000, seed: int = 0) -> tuple
     return float(d.sum()), float(boots.std()), lo, hi
 
 
-def run_variants(ens, th, ds, split, variants, retentions, rkey, cache: Path, log=print) -> dict:
+def run_variants(ens, th, ds, split, variants, retentions, rkey, cache: Path, log=print, cached_only=False) -> dict:
     """{(label, retention): correctness list (M, Q)} (cached per reader, split, aot source, config)."""
     res_dir = cache / f"results3-{_hash({'reader': rkey, 'split': split, 'n': len(ds), 'aot': _source_hash()})}"
     res_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +159,8 @@ def run_variants(ens, th, ds, split, variants, retentions, rkey, cache: Path, lo
             p = res_dir / f"{_hash({'key': v.key(), 'retention': x})}.json"
             if p.exists():
                 d = json.loads(p.read_text())
+            elif cached_only:
+                continue
             else:
                 t = time.time()
                 try:
@@ -219,6 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=D.CACHE_DIR)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cached-only", action="store_true", help="tables from cached results only (no method runs)")
     ap.add_argument("--encode", action="store_true", help="encode missing frames (else fail)")
     ap.add_argument("--n", type=int, default=None, help="items of the split (default: data.DEFAULT_COUNTS; a prefix)")
     a = ap.parse_args(argv)
@@ -248,7 +251,9 @@ def main(argv=None) -> int:
     if "random" in names:
         variants += [Variant(f"random@{s}", "random", (("seed", s),)) for s in range(1, a.random_seeds)]
     variants += [parse_variant(v) for v in a.variant]
-    res = run_variants(ens, th, ds, a.split, variants, retentions, rkey, a.cache)
+    res = run_variants(ens, th, ds, a.split, variants, retentions, rkey, a.cache, cached_only=a.cached_only)
+    if a.cached_only:  # report what is cached: drop methods with a missing retention
+        variants = [v for v in variants if all((v.label, x) in res for x in retentions)]
 
     labels = list(dict.fromkeys(v.label for v in variants))
     md = [f"# Task benchmark v3, split `{a.split}` ({len(ds)} items, video "
