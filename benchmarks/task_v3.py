@@ -209,6 +209,34 @@ def group_rows(correct, groups, full_correct) -> dict:
     return out
 
 
+def plot(table: dict, labels: list, retentions: list, path: Path, title: str) -> None:
+    """Mean relative accuracy against retention, one line per method (random@s seeds left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    cmap = plt.get_cmap("tab20")
+    for i, lab in enumerate(x for x in labels if "@" not in x):
+        pts = [(r, table[(lab, r)]["mean"]) for r in retentions if (lab, r) in table]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        style = "-" if lab in ("aot", "holitom") else ("--" if lab.startswith("aot") else ":")
+        ax.plot(xs, ys, style, marker="o", color=cmap(i % 20), lw=2.5 if lab in ("aot", "holitom") else 1.2,
+                label=lab, ms=4)
+    ax.axhline(100, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("retention")
+    ax.set_ylabel("mean relative accuracy (% of full tokens)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", default="val", help="val or test (test: report once)")
@@ -360,6 +388,8 @@ def main(argv=None) -> int:
               "random_seeds": {str(k): v for k, v in seeds.items()}, "breakdowns": breakdowns,
               "notes": {f"{k[0]}@{k[1]:g}": v["note"] for k, v in res.items() if v["note"]}}
     out.write_text(json.dumps(report, indent=1))
+    plot(table, labels, retentions, out.with_suffix(".png"),
+         f"Task v3, {a.split} ({len(ds)} items, unseen video), reader ensemble of LOVO token classifiers")
     out.with_suffix(".md").write_text(text + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')} ({time.time() - t0:.0f} s)")
     return 0
