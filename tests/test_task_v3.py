@@ -193,3 +193,47 @@ def test_paired_bootstrap_matches_plain_resampling():
         plain.append(float((za - zb).sum()))
     # the two weightings differ only by the resample's question counts: same centre and spread
     assert abs(np.mean(plain) - d) < 3 * se and 0.5 < np.std(plain) / se < 2.0
+
+
+def _tiny_sets(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C, Fr, N, d = 2, 32, 64, 16
+    specs, xs, ss, labs = [], [], [], []
+    for i in range(6):
+        frames = () if i == 0 else tuple(range(3 * i, 3 * i + (i % 3) + 1))
+        specs.append(D.Spec("val", i, i % C, "single", -1 if i == 0 else i % 8, frames, (i % 8,) * len(frames),
+                            ((0, 0, 8, 8),) * len(frames), (8 if i == 0 else i % 8, 0, 0, -1, -1), len(frames)))
+        xs.append(torch.randn(len(frames), N, d, generator=g).half())
+        ss.append(torch.rand(len(frames), N, generator=g))
+        labs.append(torch.full((len(frames), N), 8, dtype=torch.long))
+    return D.Sets(torch.randn(C, Fr, N, d, generator=g).half(), torch.rand(C, Fr, N, generator=g),
+                  torch.rand(C, Fr, N, generator=g), specs, xs, ss, ss, labs)
+
+
+def test_full_fast_path_and_compressed_path_agree_with_plain_reading():
+    from types import SimpleNamespace
+
+    ds = _tiny_sets()
+    torch.manual_seed(0)
+    models = [R.TokenClassifier(R.TokenConfig(dim=16, hidden=8)) for _ in range(2)]
+    ens = R.Ensemble(models).eval()
+    fast = R.full_probs(ens, ds)
+    N = 64
+    for i in range(len(ds)):
+        x, _, _ = ds.full(i)  # plain: the item's whole (F, N, d) video
+        plain = torch.stack([m(x.flatten(0, 1)).softmax(-1) for m in models]).mean(0)
+        torch.testing.assert_close(fast[i][0], plain)
+        assert torch.equal(fast[i][1], torch.arange(32).repeat_interleave(N))
+        assert torch.equal(fast[i][2], torch.arange(N).repeat(32))
+
+    def identity(x, s, ls, grid):  # a "method" keeping every token, in a shuffled order
+        F_, N_ = x.shape[:2]
+        perm = torch.randperm(F_ * N_, generator=torch.Generator().manual_seed(1))
+        pos = torch.arange(F_ * N_)[perm]
+        return SimpleNamespace(tokens=x.flatten(0, 1)[perm], frames=pos // N_, positions=pos)
+
+    tau = float(torch.quantile(torch.cat([p[:, :8].amax(1) for p, _, _ in fast]), 0.999))  # a few detections
+    th = (tau, tau)
+    pred = T.predict(ens, ds, th)
+    assert (pred[:, 0] < 8).any() and len({tuple(r) for r in pred[:, 1:3].tolist()}) > 1  # not degenerate
+    assert torch.equal(T.predict(ens, ds, th, identity), pred)
