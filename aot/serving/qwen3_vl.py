@@ -26,11 +26,16 @@ count is K per video whatever the method keeps where (asserted).
 * DeepStack: vLLM's tower returns [main | level 1 | level 2 ...] along channels; the method runs on the
   main channels and the levels are reduced with its mix (``aot.models.qwen3_vl.reduce_levels``, the
   same selection and merge weights), as the transformers adapter does.
-* Positions: 5 columns per row (t, h, w, is_vision_start, is_video), each sent as two base-256 digits
-  (``options.encode_columns``, exact in bfloat16): a kept token carries the uncompressed prompt's M-RoPE
-  position of its source cell and every marker/timestamp its own uncompressed position, so vLLM's
-  recompute (which also handles chunked prefill) yields the transformers adapter's positions, and the
-  text after the video continues where the uncompressed prompt would.
+* Positions: every row of the run carries 7 columns (``run_columns``: t, h, w relative to the run's
+  first row, the row's index in the run, the run length, the rows before its first pad, the run's
+  largest position), each sent as two base-256 digits (``options.encode_columns``, exact in bfloat16):
+  a kept token has the uncompressed prompt's M-RoPE position of its source cell, every marker and
+  timestamp its own uncompressed position, so the text after the video continues where the
+  uncompressed prompt would (the transformers adapter's positions). ``place_runs`` writes them into
+  the prompt's positions chunk by chunk (chunked prefill). vLLM's own recompute is not used: it finds
+  a run by the first ``<|vision_start|>`` at or after the chunk start, which with transformers 5.x's
+  processors (they expand only ``<|video_pad|>``, so the template's own ``<|vision_start|>`` precedes
+  the first timestamp) is the marker *before* the run; on the tiny checkpoint it failed with a shape error.
 """
 
 from __future__ import annotations

@@ -148,6 +148,94 @@ def test_budget_layout_and_logits(ckpt, reference):
         cases = (("a", 0.5), ("b", 0.3))
         for out, (name, retention) in zip(llm.generate([request(n, r) for n, r in cases], sp), cases):
             check(out, name, retention)
+        scores_equal_adapter(ckpt, model.aot_last["videos"][-1], "b")  # the last batch's last video
     finally:
         del llm
         gc.collect()
+
+
+def scores_equal_adapter(ckpt, mine, name):
+    """The scores the vLLM hooks computed for one video equal the transformers adapter's hooks on the same
+    weights and frames (both blocks)."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as mq
+    from transformers.video_utils import VideoMetadata
+
+    from aot.models import qwen3_vl as adapter
+
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    frames = VIDEOS[name]
+    inputs = AutoProcessor.from_pretrained(ckpt)(text=PROMPT, videos=[frames], return_tensors="pt",
+                                                 video_metadata=[VideoMetadata(**meta(frames))])
+    rec = {"local": [], "global": []}
+    layers = adapter.default_layers(hf.config.vision_config)
+    handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
+        adapter._score_hook(rec[key], 256, {}, mq.apply_rotary_pos_emb_vision), with_kwargs=True)
+        for key, layer in zip(rec, layers)]
+    with torch.no_grad():
+        hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    for hnd in handles:
+        hnd.remove()
+    t, h, w = grid(name)
+    assert mine["grid"] == (t, h, w)
+    for key, got in zip(rec, mine["scores"]):
+        theirs = adapter.llm_grid_scores(rec[key][0], inputs["video_grid_thw"], 4)[0]
+        assert got.shape == theirs.shape == (t, h * w)
+        assert torch.allclose(got, theirs, atol=1e-6), (key, (got - theirs).abs().max())
+    assert not torch.allclose(mine["scores"][0], mine["scores"][1])  # two different blocks
+
+
+def test_chunked_prefill(ckpt, reference):
+    """A token budget of 16 splits each video run across prefill steps (prefix caching off): first-token
+    log-probabilities stay the transformers adapter's."""
+    from vllm import LLM, SamplingParams
+
+    over = {"architectures": [ARCH], "aot": {"method": "aot", "retention": 0.25}}
+    llm = LLM(model=str(ckpt), hf_overrides=over, video_pruning_rate=0.5, dtype="float32", max_model_len=1024,
+              enforce_eager=True, max_num_seqs=4, limit_mm_per_prompt={"video": 1}, max_logprobs=-1, seed=0,
+              gpu_memory_utilization=0.1, enable_prefix_caching=False, enable_chunked_prefill=True,
+              max_num_batched_tokens=16)
+    try:
+        assert llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens == 16
+        vocab = llm.llm_engine.model_config.hf_config.text_config.vocab_size
+        sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1)
+        cases = (("a", 1.0), ("a", 0.25), ("b", 0.3))
+        for out, (name, retention) in zip(llm.generate([request(n, r) for n, r in cases], sp), cases):
+            ref, _ = reference(name, retention)
+            got = torch.tensor([out.outputs[0].logprobs[0][i].logprob for i in range(vocab)])
+            assert torch.allclose(got, ref, atol=2e-4), (name, retention, (got - ref).abs().max())
+    finally:
+        del llm
+        gc.collect()
+
+
+def test_place_runs_chunks_equal_a_plain_loop():
+    """place_runs over any chunking gives the positions of a plain loop over the whole prompt."""
+    from aot.serving.qwen3_vl import place_runs, run_columns
+
+    vid, img = 5, 4
+    # text(3), run A (1 timestamp, start, 3 pads, end, 1 timestamp, start, end: lead 2), text(2), image run B (4), text(3)
+    a_ids = [40, 6, vid, vid, vid, 7, 41, 6, 7]
+    ids = torch.tensor([1, 2, 3] + a_ids + [8, 9] + [img] * 4 + [10, 11, 12])
+    a_pos = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 2, 3], [2, 3, 2], [3, 2, 2], [4, 4, 4], [5, 5, 5], [6, 6, 6],
+                          [7, 7, 7]])
+    b_pos = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]])
+    runs = [(3, run_columns(a_pos, 2)), (14, run_columns(b_pos, 0))]
+    expect, p, i = torch.zeros(3, len(ids), dtype=torch.long), 0, 0  # the plain loop
+    for start, cols in runs:
+        while i < start:
+            expect[:, i] = p
+            p, i = p + 1, i + 1
+        n = cols.shape[0]
+        expect[:, i:i + n] = cols[:, :3].T + p
+        p, i = p + int(cols[:, :3].max()) + 1, i + n
+    while i < len(ids):
+        expect[:, i] = p
+        p, i = p + 1, i + 1
+    initial = torch.arange(len(ids)).expand(3, -1).clone()  # vLLM's positions before any recompute
+    for size in (len(ids), 1, 2, 5, 7):
+        pos = initial
+        for c in range(0, len(ids), size):
+            parts = [cols[max(c - s, 0): max(min(c + size - s, cols.shape[0]), 0)] for s, cols in runs]
+            pos = place_runs(ids, [x for x in parts if x.shape[0]], pos, c, (vid, img))
+        assert torch.equal(pos, expect), size
