@@ -59,12 +59,13 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration, Qwen3_5ProcessingInfo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
 opts.check_vllm_version(vllm.__version__)
 
-__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts",
+__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3_5ForConditionalGeneration", "AotQwen3Mixin", "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts",
            "run_columns", "place_runs"]
 
 ARCH = "AotQwen3VLForConditionalGeneration"
@@ -91,7 +92,8 @@ for _name in ("compute_retained_tokens_count", "vidcom2_compute_retained_tokens_
 
 
 def _options(hf_config) -> opts.ServeOptions:
-    return opts.options_of(hf_config, ARCH)
+    arch = (getattr(hf_config, "architectures", None) or [ARCH])[0]
+    return opts.options_of(hf_config, arch)
 
 
 def _retention_of(item_or_value) -> float | None:
@@ -157,17 +159,18 @@ class AotQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
         return updates
 
 
-@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3VLProcessingInfo,
-                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
-class AotQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
+class AotQwen3Mixin:
+    """What aot adds to vLLM's Qwen3-VL class and its subclasses (Qwen3.5: the same tower, no DeepStack)."""
+
     aot_serving = True  # what aot.serving.cpu_fix looks for
     supported_video_pruning_methods = ("evs", "vidcom2")  # either switch turns the machinery on; aot decides
 
     def __init__(self, *, vllm_config, prefix: str = "model"):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.aot_options = _options(self.config)
+        arch = type(self).__name__
+        self.aot_options = opts.options_of(self.config, arch)
         if not self.is_multimodal_pruning_enabled:
-            raise ValueError(f"{ARCH} needs vLLM's pruning switch on: add --video-pruning-rate "
+            raise ValueError(f"{arch} needs vLLM's pruning switch on: add --video-pruning-rate "
                              f"{1 - self.aot_options.config.retention:.4g} (any value in (0, 1); aot serve sets it)")
         n = len(self.visual.blocks)
         d_local, d_global = default_layers(self.config.vision_config)
@@ -218,10 +221,10 @@ class AotQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
 
     def _process_video_input(self, video_input):
         if video_input["type"] == "video_embeds":
-            raise ValueError(f"{ARCH} compresses from pixels (it needs the tower's attention); precomputed "
+            raise ValueError(f"{type(self).__name__} compresses from pixels (it needs the tower's attention); precomputed "
                              f"video_embeds are not supported")
         if self.use_data_parallel:
-            raise NotImplementedError(f"{ARCH}: --mm-encoder-tp-mode data is not supported; use the default")
+            raise NotImplementedError(f"{type(self).__name__}: --mm-encoder-tp-mode data is not supported; use the default")
         grid_thw = [[int(v) for v in row] for row in video_input["video_grid_thw"].tolist()]
         rec: dict[int, list] = {layer: [] for layer in set(self.aot_layers)}
         handles = [self.visual.blocks[layer].attn.attn.register_forward_pre_hook(
@@ -340,6 +343,18 @@ class AotQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                                    (self.config.video_token_id, self.config.image_token_id))
         delta = int(positions.max()) + 1 - int(ids.numel())
         return embeds, positions.to(mrope_positions.device), delta
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3VLProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3VLForConditionalGeneration(AotQwen3Mixin, Qwen3VLForConditionalGeneration):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3_5ProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3_5ForConditionalGeneration(AotQwen3Mixin, Qwen3_5ForConditionalGeneration):
+    """Qwen3.5 (dense): vLLM's class subclasses Qwen3-VL's; no DeepStack (``use_deepstack`` is False)."""
 
 
 def run_columns(pos: Tensor, lead: int) -> Tensor:

@@ -262,3 +262,45 @@ def test_bad_override_is_one_clear_error(ckpt):
         text += str(err)
         err = err.__cause__ or err.__context__
     assert "retention must be a number in (0.0, 1.0], got 1.5" in text
+
+
+def test_qwen3_5_budget_and_layout(tmp_path):
+    """Qwen3.5 (dense, Gated DeltaNet layers, no DeepStack) through AotQwen3_5ForConditionalGeneration, in
+    bfloat16 (vLLM 0.32's CPU Gated DeltaNet kernel refuses float32, so no float32 logits comparison):
+    placeholders = kept rows = aot.budget at retention 1.0 and 0.25, the run has the uncompressed run's
+    length minus the dropped pads, and 4 greedy tokens decode."""
+    from transformers import Qwen3_5ForConditionalGeneration
+    from vllm import LLM, SamplingParams
+
+    cfg = h3.config("qwen3_5", hidden=128)
+    text = cfg.text_config
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 2, 2, 64
+    text.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12],
+                            "mrope_interleaved": True, "partial_rotary_factor": 1.0}
+    text.linear_key_head_dim = text.linear_value_head_dim = 128  # vLLM 0.32 CPU kernels: 32 and 16 refused
+    torch.manual_seed(0)
+    Qwen3_5ForConditionalGeneration(cfg).eval().save_pretrained(tmp_path)
+    save_processor(tmp_path)
+    arch = "AotQwen3_5ForConditionalGeneration"
+    llm = LLM(model=str(tmp_path), hf_overrides={"architectures": [arch], "aot": {"method": "aot", "retention": 0.25}},
+              video_pruning_rate=0.5, dtype="bfloat16", max_model_len=1024, enforce_eager=True, max_num_seqs=2,
+              limit_mm_per_prompt={"video": 1}, seed=0, gpu_memory_utilization=0.1,
+              enable_prefix_caching=False, enable_chunked_prefill=False, max_num_batched_tokens=1024)
+    try:
+        model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        assert type(model).__name__ == arch and not model.use_deepstack
+        vid = cfg.video_token_id
+        t, h, w = grid("a")
+        runs = {}
+        for retention in (1.0, 0.25):
+            out = llm.generate([request("a", retention)], SamplingParams(max_tokens=4, temperature=0.0))[0]
+            want = aot.budget(retention, t, h * w)
+            assert sum(1 for i in out.prompt_token_ids if i == vid) == want
+            mine = model.aot_last["videos"][0]
+            assert mine["kept"] == sum(mine["slice_tokens"]) == want and len(mine["slice_tokens"]) == t
+            runs[retention] = mine["rows"]
+            assert len(out.outputs[0].token_ids) == 4
+        assert runs[1.0] - runs[0.25] == t * h * w - aot.budget(0.25, t, h * w)
+    finally:
+        del llm
+        gc.collect()
