@@ -1,4 +1,7 @@
-"""AOT inside vLLM's Qwen3-VL (read and run with vLLM 0.32; ``options.TESTED_VLLM``).
+"""AOT inside vLLM's Qwen3-VL and Qwen3.5 (read and run with vLLM 0.32; ``options.TESTED_VLLM``).
+
+The code is ``AotQwen3Mixin``; ``AotQwen3VLForConditionalGeneration`` and
+``AotQwen3_5ForConditionalGeneration`` put it over vLLM's classes (Qwen3.5: same tower, no DeepStack).
 
 Selected with ``--hf-overrides '{"architectures": ["AotQwen3VLForConditionalGeneration"], "aot": {...}}'``
 and turned on with ``--video-pruning-rate`` > 0 (the rate is not used; the budget comes from the aot
