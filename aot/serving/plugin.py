@@ -14,6 +14,8 @@ __all__ = ["register", "ARCHITECTURES"]
 # new architecture name -> "module:Class" (imported lazily by vLLM's ModelRegistry)
 ARCHITECTURES = {
     "AotQwen2_5_VLForConditionalGeneration": "aot.serving.qwen2_5_vl:AotQwen2_5_VLForConditionalGeneration",
+    "AotQwen3VLForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3VLForConditionalGeneration",
+    "AotQwen3_5ForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3_5ForConditionalGeneration",
     "AotLlavaOnevisionForConditionalGeneration":
         "aot.serving.llava_onevision:AotLlavaOnevisionForConditionalGeneration",
 }

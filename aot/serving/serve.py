@@ -21,6 +21,8 @@ __all__ = ["SERVED", "add_serve_parser", "serve_cli", "build_command", "architec
 
 # the checkpoint's architecture -> aot's name for it (aot.serving.plugin.ARCHITECTURES)
 SERVED = {"Qwen2_5_VLForConditionalGeneration": "AotQwen2_5_VLForConditionalGeneration",
+          "Qwen3VLForConditionalGeneration": "AotQwen3VLForConditionalGeneration",
+          "Qwen3_5ForConditionalGeneration": "AotQwen3_5ForConditionalGeneration",
           "LlavaOnevisionForConditionalGeneration": "AotLlavaOnevisionForConditionalGeneration"}
 # 1-D RoPE families: vLLM's contiguous positions are the adapter's default; no pruning machinery needed
 NO_PRUNING_SWITCH = ("LlavaOnevisionForConditionalGeneration",)
