@@ -370,7 +370,7 @@ def load(cfg: Config, specs: dict[str, list[Spec]], base_dir: Path, item_dir: Pa
     base = {}
     for i, c in enumerate(clips):
         p = base_dir / f"{c.name}.pt"
-        base[i] = torch.load(p) if p.exists() else None
+        base[i] = torch.load(p, weights_only=True) if p.exists() else None
     ref = next(b for b in base.values() if b is not None)
     grid = tuple(ref["grid"])
     Fr, N, d = ref["x"].shape
@@ -391,7 +391,7 @@ def load(cfg: Config, specs: dict[str, list[Spec]], base_dir: Path, item_dir: Pa
                 xs.append(torch.zeros(0, N, d, dtype=torch.float16)), s_.append(zeros(0, N)), ls_.append(zeros(0, N))
                 labs.append(torch.zeros(0, N, dtype=torch.long))
                 continue
-            dd = torch.load(item_dir / sp.split / f"{sp.index:05d}.pt")
+            dd = torch.load(item_dir / sp.split / f"{sp.index:05d}.pt", weights_only=True)
             if tuple(dd["spec"]["frames"]) != sp.frames or dd["spec"]["clip"] != sp.clip:
                 raise RuntimeError(f"cached item {sp.split}/{sp.index} does not match its spec; clear {item_dir}")
             xs.append(dd["x"]), s_.append(dd["s"]), ls_.append(dd["ls"])

@@ -228,7 +228,7 @@ def save(models: list[TokenClassifier], thresholds, path) -> None:
 
 
 def load(path) -> tuple[Ensemble, tuple[float, float]]:
-    d = torch.load(path)
+    d = torch.load(path, weights_only=True)
     models = []
     for st in d["states"]:
         m = TokenClassifier(TokenConfig(**d["config"]))
