@@ -176,3 +176,50 @@ def pad_token_id(model) -> int:
         if isinstance(pad, (list, tuple)) and pad:
             return int(pad[0])
     return 0
+
+
+@dataclass
+class VideoCall:
+    """The video arguments of one Qwen-family call, popped from its kwargs and checked
+    (``take_video_call``). grids: per video (t, h, w) on the LLM grid (t temporal slices)."""
+
+    pixels: Tensor
+    thw: Tensor  # (V, 3) the processor's video_grid_thw
+    types: Tensor | None  # mm_token_type_ids, None when the caller gave none
+    mm: dict  # mm_encoder_outputs without a video entry
+    input_ids: Tensor
+    grids: list[tuple[int, int, int]]
+
+
+def take_video_call(state: PatchState, inner: nn.Module, kwargs: dict, label: str) -> VideoCall:
+    """Pop the video arguments a Qwen-family rewrite replaces from ``kwargs`` (changed in place), refuse
+    what cannot be shortened (mm_encoder_outputs' video, no grid, no input_ids, position_ids, a
+    continued cache) and check every video's budget and clip length before the tower runs. ``label``
+    names the family in messages (its temporal slices are 2 frames each)."""
+    pixels = kwargs.pop("pixel_values_videos")
+    thw = kwargs.pop("video_grid_thw", None)
+    types_ = kwargs.pop("mm_token_type_ids", None)
+    mm = dict(kwargs.pop("mm_encoder_outputs", None) or {})
+    if mm.get("video") is not None:
+        raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
+    if thw is None:
+        raise ValueError("pixel_values_videos needs video_grid_thw (pass the processor's output unchanged)")
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError("a compressing model needs input_ids with the processor's video placeholders "
+                         "(inputs_embeds alone cannot be shortened)")
+    if kwargs.get("position_ids") is not None:
+        raise ValueError("do not pass position_ids with a video: aot computes them for the shortened prompt")
+    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+        raise NotImplementedError("a video in a call that continues a cache: start from the prompt")
+    merge = inner.visual.spatial_merge_size
+    grids = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in thw.tolist()]
+    clip = getattr(state.config, "clip_length", None)
+    for v, (t, h, w) in enumerate(grids):  # infeasible budgets fail before the tower runs
+        if isinstance(clip, int) and clip > t:
+            raise ValueError(f"video {v} has {t} temporal slices ({2 * t} frames; AOT's frames are {label}'s "
+                             f"slices of 2 frames), fewer than the clip length of {clip} asked for; "
+                             f"use clip_length <= {t} or a longer video")
+        state.method.check(state.config, t, h * w)
+    return VideoCall(pixels, thw, types_, mm, input_ids, grids)
+

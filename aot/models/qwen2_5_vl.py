@@ -51,7 +51,8 @@ from torch import Tensor, nn
 
 from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
-from .patching import PatchState, install, missing_members, pad_token_id, resolve_method, timer, uninstall
+from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
+                       uninstall)
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -183,32 +184,9 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     inner = model.model
     cfg = model.config
     kwargs = dict(kwargs)
-    pixels = kwargs.pop("pixel_values_videos")
-    thw = kwargs.pop("video_grid_thw", None)
     seconds = kwargs.pop("second_per_grid_ts", None)
-    types_ = kwargs.pop("mm_token_type_ids", None)
-    mm = dict(kwargs.pop("mm_encoder_outputs", None) or {})
-    if mm.get("video") is not None:
-        raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
-    if thw is None:
-        raise ValueError("pixel_values_videos needs video_grid_thw (pass the processor's output unchanged)")
-    input_ids = kwargs.get("input_ids")
-    if input_ids is None:
-        raise ValueError("a compressing model needs input_ids with the processor's video placeholders "
-                         "(inputs_embeds alone cannot be shortened)")
-    if kwargs.get("position_ids") is not None:
-        raise ValueError("do not pass position_ids with a video: aot computes them for the shortened prompt")
-    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
-        raise NotImplementedError("a video in a call that continues a cache: start from the prompt")
-    merge = inner.visual.spatial_merge_size
-    grids = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in thw.tolist()]
-    clip = getattr(state.config, "clip_length", None)
-    for v, (t, h, w) in enumerate(grids):  # infeasible budgets fail before the tower runs
-        if isinstance(clip, int) and clip > t:
-            raise ValueError(f"video {v} has {t} temporal slices ({2 * t} frames; AOT's frames are Qwen2.5-VL's "
-                             f"slices of 2 frames), fewer than the clip length of {clip} asked for; "
-                             f"use clip_length <= {t} or a longer video")
-        state.method.check(state.config, t, h * w)
+    call = take_video_call(state, inner, kwargs, "Qwen2.5-VL")
+    pixels, thw, types_, mm, input_ids, grids = call.pixels, call.thw, call.types, call.mm, call.input_ids, call.grids
     per_video = [t * h * w for t, h, w in grids]
     attention_mask = kwargs.get("attention_mask")
     times: dict[str, float] = {}
