@@ -180,7 +180,7 @@ def test_scores_match_a_dense_masked_reference(proc):
     for layer in (0, 3):
         rec = []
         tower = model.model.visual
-        h = tower.blocks[layer].attn.register_forward_pre_hook(adapter._score_hook(rec, 7, {}), with_kwargs=True)
+        h = tower.blocks[layer].attn.register_forward_pre_hook(adapter.score_hook(rec, 7, {}), with_kwargs=True)
         with torch.no_grad():
             model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"])
         h.remove()

@@ -243,7 +243,7 @@ def test_scores_match_a_dense_masked_reference(proc, family):
     rope = __import__(adapter._family(model).module, fromlist=["x"]).apply_rotary_pos_emb_vision
     for layer in (1, 3):
         rec = []
-        h = tower.blocks[layer].attn.register_forward_pre_hook(adapter._score_hook(rec, 7, {}, rope), with_kwargs=True)
+        h = tower.blocks[layer].attn.register_forward_pre_hook(adapter.score_hook(rec, 7, {}, rope), with_kwargs=True)
         with torch.no_grad():
             model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"])
         h.remove()

@@ -156,8 +156,13 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
     return out
 
 
-def _score_hook(records: list, chunk, times):
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+def score_hook(records: list, chunk, times, rope=None):
+    """A forward hook with kwargs for a Qwen vision block's attention: recomputes q and k, applies
+    ``rope(q, k, cos, sin)`` (default: Qwen2.5-VL's vision rotary) and appends the attention each
+    patch receives within its segment (``segment_received``) to ``records``. Shared by the
+    Qwen2.5-VL and Qwen3-VL adapters, whose blocks differ only in that function."""
+    if rope is None:
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision as rope
 
     def hook(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -171,7 +176,7 @@ def _score_hook(records: list, chunk, times):
             q, k, _ = module.qkv(hidden).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
             if abs(float(module.scaling) - q.shape[-1] ** -0.5) > 1e-6:
                 raise ValueError(f"{type(module).__name__} scales attention by {module.scaling}, not 1/sqrt(head_dim)")
-            q, k = apply_rotary_pos_emb_vision(q, k, *pos)
+            q, k = rope(q, k, *pos)
             records.append(segment_received(q.transpose(0, 1), k.transpose(0, 1), cu, chunk=chunk))
 
     return hook
@@ -198,9 +203,9 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     tower = inner.visual
     rec = {"local": [], "global": []}
     handles = [tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-                   _score_hook(rec["local"], state.chunk, times), with_kwargs=True),
+                   score_hook(rec["local"], state.chunk, times), with_kwargs=True),
                tower.blocks[state.global_layer].attn.register_forward_pre_hook(
-                   _score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
+                   score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)

@@ -52,7 +52,7 @@ from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
                        uninstall)
-from .qwen2_5_vl import segment_received
+from .qwen2_5_vl import score_hook
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "check_transformers", "default_layers", "ClassInfo", "CLASSES", "deepstack_at",
@@ -255,25 +255,6 @@ def reduce_levels(out, levels: list[Tensor]) -> list[Tensor]:
 
 # --- scores ----------------------------------------------------------------------------------------
 
-def _score_hook(records: list, chunk, times, rope):
-    def hook(module, args, kwargs):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cu = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
-        pos = kwargs.get("position_embeddings", args[2] if len(args) > 2 else None)
-        if hidden is None or cu is None or pos is None:
-            raise RuntimeError("aot: the vision attention was called without hidden_states, cu_seqlens and "
-                               "position_embeddings; this transformers version is not supported")
-        with timer(times, "scores", hidden.device), torch.no_grad():
-            t = hidden.shape[0]
-            q, k, _ = module.qkv(hidden).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            if abs(float(module.scaling) - q.shape[-1] ** -0.5) > 1e-6:
-                raise ValueError(f"{type(module).__name__} scales attention by {module.scaling}, not 1/sqrt(head_dim)")
-            q, k = rope(q, k, *pos)
-            records.append(segment_received(q.transpose(0, 1), k.transpose(0, 1), cu, chunk=chunk))
-
-    return hook
-
-
 def llm_grid_scores(raw: Tensor, thw: Tensor, unit: int) -> list[Tensor]:
     """Scores of a block, (T,) over the patches in the processor's order (each merge group of ``unit``
     patches contiguous) summed over the queries of their slice -> per video (t, h * w / unit) on the
@@ -315,9 +296,9 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     rec = {"local": [], "global": []}
     rope = mod.apply_rotary_pos_emb_vision
     handles = [tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-                   _score_hook(rec["local"], state.chunk, times, rope), with_kwargs=True),
+                   score_hook(rec["local"], state.chunk, times, rope), with_kwargs=True),
                tower.blocks[state.global_layer].attn.register_forward_pre_hook(
-                   _score_hook(rec["global"], state.chunk, times, rope), with_kwargs=True)]
+                   score_hook(rec["global"], state.chunk, times, rope), with_kwargs=True)]
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)

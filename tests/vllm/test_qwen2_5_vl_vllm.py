@@ -179,7 +179,7 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
     rec = {"local": [], "global": []}
     layers = adapter.default_layers(hf.config.vision_config)
     handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
-        adapter._score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
+        adapter.score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
     with torch.no_grad():
         hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
     for hnd in handles:

@@ -178,7 +178,7 @@ def scores_equal_adapter(ckpt, mine, name):
     rec = {"local": [], "global": []}
     layers = adapter.default_layers(hf.config.vision_config)
     handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
-        adapter._score_hook(rec[key], 256, {}, mq.apply_rotary_pos_emb_vision), with_kwargs=True)
+        adapter.score_hook(rec[key], 256, {}, mq.apply_rotary_pos_emb_vision), with_kwargs=True)
         for key, layer in zip(rec, layers)]
     with torch.no_grad():
         hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
