@@ -237,3 +237,28 @@ def test_full_fast_path_and_compressed_path_agree_with_plain_reading():
     pred = T.predict(ens, ds, th)
     assert (pred[:, 0] < 8).any() and len({tuple(r) for r in pred[:, 1:3].tolist()}) > 1  # not degenerate
     assert torch.equal(T.predict(ens, ds, th, identity), pred)
+
+
+def test_base_clip_of_a_half_decodes_the_frames_of_that_half():
+    """The benchmarks' half-video clips (needle/data.py decode_clip) read the frames aot.video
+    decodes at those indexes; a 'second' half clip starts in the second half. (aot.video's
+    _decode_wanted grew a 4-tuple return in issue 20 and the 2-tuple unpacking here broke every
+    encode, unnoticed: this test would have caught it.)"""
+    from needle import data as V2
+
+    from aot.video import read_frames, sample_indices
+
+    video = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "carphone_pristine.mp4"
+    if not video.exists():
+        pytest.skip("shared videos not present")
+    total = read_frames(video, 2).total_frames
+    clip = V2.BaseClip("carphone_pristine.mp4", "val", "second", False)
+    frames = V2.decode_clip(clip, num_frames=3, video_dir=video.parent)
+    assert frames.shape[0] == 3 and frames.dtype == np.uint8
+    idx = total // 2 + sample_indices(total - total // 2, 3)
+    everything = read_frames(video, total).frames  # every frame, by index
+    for k, i in enumerate(idx):
+        assert np.array_equal(frames[k], everything[int(i)])
+    mirrored = V2.decode_clip(V2.BaseClip("carphone_pristine.mp4", "val", "second", True), num_frames=3,
+                              video_dir=video.parent)
+    assert np.array_equal(mirrored, frames[:, :, ::-1])

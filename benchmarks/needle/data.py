@@ -160,7 +160,7 @@ def decode_clip(clip: BaseClip, num_frames: int = 32, video_dir: Path = VIDEO_DI
         total = full.total_frames
         lo, hi = (0, total // 2) if clip.range == "first" else (total // 2, total)
         idx = lo + sample_indices(hi - lo, num_frames)
-        kept, _ = _decode_wanted(path, idx)
+        kept = _decode_wanted(path, idx)[0]  # (kept, decoded, errors, corrupt)
         frames = np.stack([kept[int(i)] for i in idx])
     if clip.mirror:
         frames = frames[:, :, ::-1]
