@@ -151,7 +151,10 @@ def bootstrap_diff(a, b, full: dict, n_boot: int = 2000, seed: int = 0) -> tuple
 
 def run_variants(ens, th, ds, split, variants, retentions, rkey, cache: Path, log=print, cached_only=False) -> dict:
     """{(label, retention): correctness list (M, Q)} (cached per reader, split, aot source, config)."""
-    res_dir = cache / f"results3-{_hash({'reader': rkey, 'split': split, 'n': len(ds), 'aot': _source_hash()})}"
+    key = {'reader': rkey, 'split': split, 'n': len(ds), 'aot': _source_hash()}
+    if ds.specs and ds.specs[0].index != 0:  # a later draw (--items): its own results (same n, other items)
+        key["first"] = ds.specs[0].index
+    res_dir = cache / f"results3-{_hash(key)}"
     res_dir.mkdir(parents=True, exist_ok=True)
     out = {}
     for v in variants:
@@ -252,6 +255,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cached-only", action="store_true", help="tables from cached results only (no method runs)")
     ap.add_argument("--encode", action="store_true", help="encode missing frames (else fail)")
     ap.add_argument("--n", type=int, default=None, help="items of the split (default: data.DEFAULT_COUNTS; a prefix)")
+    ap.add_argument("--items", default=None, metavar="START:STOP",
+                    help="items START..STOP-1 of the split instead of a prefix (issue 22's fresh test draw: test "
+                         "items 400:800, never read before; 0:400 were the first test run's)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.split not in ("val", "test"):
@@ -259,7 +265,14 @@ def main(argv=None) -> int:
     retentions = [float(x) for x in a.retentions.split(",") if x.strip()]
     t0 = time.time()
     cfg = D.Config()
-    counts = {"train": D.DEFAULT_COUNTS["train"], a.split: a.n or D.DEFAULT_COUNTS[a.split]}
+    n = a.n or D.DEFAULT_COUNTS[a.split]
+    if a.items is not None:
+        try:
+            n = tuple(int(v) for v in a.items.split(":"))
+            D.item_range(n)
+        except ValueError:
+            raise SystemExit(f"--items must be START:STOP with 0 <= START < STOP, got {a.items!r}")
+    counts = {"train": D.DEFAULT_COUNTS["train"], a.split: n}
     sets = D.build(cfg, counts, encode=a.encode, progress=False)
     print(f"data loaded in {time.time() - t0:.0f} s: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
     tcfg = R.TokenConfig(dim=sets["train"].base_x.shape[-1], num_classes=len(cfg.classes))
@@ -284,7 +297,8 @@ def main(argv=None) -> int:
         variants = [v for v in variants if all((v.label, x) in res for x in retentions)]
 
     labels = list(dict.fromkeys(v.label for v in variants))
-    md = [f"# Task benchmark v3, split `{a.split}` ({len(ds)} items, video "
+    span = f", items {ds.specs[0].index}-{ds.specs[-1].index}" if a.items else ""
+    md = [f"# Task benchmark v3, split `{a.split}`{span} ({len(ds)} items, video "
           f"{sorted({ds.video_of(i) for i in range(len(ds))})})", "",
           f"Reader: ensemble of {len(info['videos'])} leave-one-video-out token classifiers (train videos "
           f"{info['videos']}), tau={th[0]:.2f}, tau_count={th[1]:.2f}; out-of-fold accuracy on the train videos "
@@ -379,9 +393,9 @@ def main(argv=None) -> int:
             md += [f"| {lab} | " + " | ".join(f"{r[k]['acc']:.1f}" for k in keys) + " |" for lab, r in rows.items()]
     text = "\n".join(md)
     print(text)
-    out = a.out or RESULTS / f"task_v3_{a.split}.json"
+    out = a.out or RESULTS / f"task_v3_{a.split}{'_' + a.items.replace(':', '_') if a.items else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"split": a.split, "n": len(ds), "threads": a.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    report = {"split": a.split, "items": a.items or f"0:{len(ds)}", "n": len(ds), "threads": a.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "data_config": asdict(cfg), "reader_config": asdict(tcfg), "reader": info, "thresholds": list(th),
               "full_accuracy": full, "retentions": retentions,
               "relative": {f"{k[0]}@{k[1]:g}": v for k, v in table.items()}, "paired_vs_reference": paired,

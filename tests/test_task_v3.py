@@ -262,3 +262,15 @@ def test_base_clip_of_a_half_decodes_the_frames_of_that_half():
     mirrored = V2.decode_clip(V2.BaseClip("carphone_pristine.mp4", "val", "second", True), num_frames=3,
                               video_dir=video.parent)
     assert np.array_equal(mirrored, frames[:, :, ::-1])
+
+
+def test_a_later_draw_is_the_tail_of_a_longer_prefix():
+    """--items START:STOP (issue 22's fresh test draw) gives exactly the items a longer prefix would
+    have at those indexes, and none of the earlier prefix's items."""
+    cfg = D.Config()
+    later = D.item_specs(cfg, {"test": (400, 406)})["test"]
+    prefix = D.item_specs(cfg, {"test": 406})["test"]
+    assert [s.index for s in later] == list(range(400, 406))
+    assert later == prefix[400:]
+    with pytest.raises(ValueError, match="0 <= start < stop"):
+        D.item_range((6, 6))

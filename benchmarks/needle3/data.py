@@ -226,7 +226,18 @@ def cell_labels(spec: Spec, size, grid, background: int) -> Tensor:
     return out
 
 
-def item_specs(cfg: Config, counts: dict[str, int]) -> dict[str, list[Spec]]:
+def item_range(n) -> range:
+    """Item indexes of a count: ``n`` (items 0..n-1) or ``(start, stop)`` (a later draw: items are
+    drawn per index, so indexes >= an earlier count are items no earlier run has seen)."""
+    if isinstance(n, int):
+        return range(n)
+    start, stop = (int(v) for v in n)
+    if not 0 <= start < stop:
+        raise ValueError(f"item range must be (start, stop) with 0 <= start < stop, got {n!r}")
+    return range(start, stop)
+
+
+def item_specs(cfg: Config, counts: dict[str, int | tuple[int, int]]) -> dict[str, list[Spec]]:
     clips = base_clips()
     vs = V2.video_sizes()
     sizes = {i: vs[c.video] for i, c in enumerate(clips)}
@@ -234,7 +245,7 @@ def item_specs(cfg: Config, counts: dict[str, int]) -> dict[str, list[Spec]]:
     out = {}
     for split, n in counts.items():
         ids = [i for i, c in enumerate(clips) if c.split == split]
-        out[split] = [sample_item(cfg, split, i, ids, sizes, aspects) for i in range(n)]
+        out[split] = [sample_item(cfg, split, i, ids, sizes, aspects) for i in item_range(n)]
     return out
 
 
@@ -400,11 +411,15 @@ def load(cfg: Config, specs: dict[str, list[Spec]], base_dir: Path, item_dir: Pa
     return out
 
 
-if __name__ == "__main__":  # python benchmarks/needle3/data.py [K N] : encode shard K of N
+if __name__ == "__main__":  # python benchmarks/needle3/data.py [K N [SPLIT=COUNT or SPLIT=START:STOP ...]]
     import time
 
     torch.set_num_threads(1)
     sh = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (0, 1)
+    counts = dict(DEFAULT_COUNTS)
+    for a in sys.argv[3:]:  # e.g. val=600 test=400:800 (the fresh test draw of issue 22)
+        split, _, n = a.partition("=")
+        counts[split] = tuple(int(v) for v in n.split(":")) if ":" in n else int(n)
     t = time.time()
-    r = build(Config(), shard=sh)
+    r = build(Config(), counts, shard=sh)
     print("done" if r is not None else "shard done, others pending", f"{time.time() - t:.0f} s", flush=True)
