@@ -36,6 +36,8 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "pa
     "mass": "'unit' (each anchor receives one unit of context) or 'literal' (Eq. 10 as written; paper)",
     "clips": "'uniform' or 'dynamic' (FastVID segmentation)",
     "clip_length": "frames per clip ('none': F // 8, kept within [2, 1 / (anchor_share * retention)])",
+    "anchor_density": "share of a keyframe's tokens made anchors; sets the clip length "
+                      "round(anchor_density / (anchor_share * retention)) ('none': the clip_length rule)",
     "tau_seg": "dynamic clips: also cut where adjacent-frame cosine < tau_seg",
     "anchor_share": "share of the budget spent on clip anchors (paper: not stated)",
     "anchor_select": "ablation: 'attention' or 'random' anchors",
@@ -69,7 +71,7 @@ def _parse_value(name: str, raw: str):
             return (int(r), int(c))
         except ValueError:
             raise argparse.ArgumentTypeError(f"--windows must look like 3x3, got {raw!r}") from None
-    kind = int if name in ("n_iters", "clip_length", "seed") else float if isinstance(default, float) or name == "tol" else str
+    kind = int if name in ("n_iters", "clip_length", "seed") else float if isinstance(default, float) or name in ("tol", "anchor_density") else str
     try:
         return kind(raw)
     except ValueError:

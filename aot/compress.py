@@ -11,7 +11,7 @@ from torch import Tensor
 from .anchors import select_anchors_varied
 from .config import AOTConfig, budget
 from .intra import aggregate_intra, tracks_grad
-from .temporal import aggregate_inter, default_clip_length, dynamic_clips, uniform_clips
+from .temporal import aggregate_inter, clip_length_of, dynamic_clips, uniform_clips
 
 __all__ = ["Compressed", "Mix", "apply_mix", "compress", "plan_budget", "make_clips", "stack"]
 
@@ -117,7 +117,7 @@ def plan_budget(total: int, frames: int, tokens: int, n_clips: int, anchor_share
 def make_clips(x: Tensor, config: AOTConfig) -> list[tuple[int, int]]:
     """(first frame, length) of every clip of x (F, N, d) under config's clip rule."""
     f = x.shape[0]
-    length = config.clip_length or default_clip_length(f, config.retention, config.anchor_share)
+    length = clip_length_of(config, f)
     if config.clips == "uniform":
         return uniform_clips(f, length)
     return dynamic_clips(x.mean(dim=1), length, config.tau_seg)  # mean token per frame
@@ -173,8 +173,7 @@ def compress(
         out = stack([_identity(x[i]) for i in range(b)])
     else:
         layouts = [tuple(make_clips(work[i], config)) for i in range(b)] if config.clips == "dynamic" else \
-            [tuple(uniform_clips(f, config.clip_length or default_clip_length(f, config.retention,
-                                                                              config.anchor_share)))] * b
+            [tuple(uniform_clips(f, clip_length_of(config, f)))] * b
         groups: dict[tuple, list[int]] = {}
         for i, lay in enumerate(layouts):
             groups.setdefault(lay, []).append(i)

@@ -32,6 +32,11 @@ class AOTConfig:
     mass: Literal["unit", "literal"] = "unit"  # Eq. 10 mass: "unit" rescales the plan so each anchor gets one unit (DESIGN 2.3)
     clips: Literal["uniform", "dynamic"] = "uniform"  # frame clips: fixed length or FastVID's dynamic segmentation
     clip_length: int | None = None  # frames per clip; None: F // 8 (4 for 32 frames, 8 for 64), within [2, 1 / (anchor_share * retention)] (README)
+    # share of a keyframe's N tokens that become its clip's anchors; when set (and clip_length is
+    # None) it fixes the clip length: L = round(anchor_density / (anchor_share * retention)) in
+    # [2, F] (aot.temporal.clip_length_of). 0.64 gives the paper's stated 126 anchors a keyframe at
+    # 10% for 32 x 196 (Sec. 7); None: the F // 8 rule (docs/implementation.md "Clips")
+    anchor_density: float | None = None
     tau_seg: float = 0.9  # dynamic clips: also cut wherever adjacent-frame cosine < tau_seg (FastVID)
     anchor_share: float = 0.7  # share of the budget spent on clip anchors, the rest kept dynamic tokens (task benchmark)
     # ablation switches (the paper's Tables 4, 5, 8); the defaults are the method itself
@@ -71,6 +76,11 @@ class AOTConfig:
             raise ValueError(f"clips must be 'uniform' or 'dynamic', got {self.clips!r}")
         if self.clip_length is not None and (not isinstance(self.clip_length, int) or self.clip_length < 1):
             raise ValueError(f"clip_length must be None or an int >= 1, got {self.clip_length!r}")
+        if self.anchor_density is not None:
+            _check_range("anchor_density", self.anchor_density, 0.0, 1.0, low_open=True)
+            if self.clip_length is not None:
+                raise ValueError(f"set clip_length ({self.clip_length}) or anchor_density ({self.anchor_density}), "
+                                 "not both: each fixes the clip length")
         _check_range("tau_seg", self.tau_seg, -1.0, 1.0)
         _check_range("anchor_share", self.anchor_share, 0.0, 1.0)
         if self.anchor_select not in ("attention", "random"):

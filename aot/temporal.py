@@ -35,6 +35,19 @@ def default_clip_length(frames: int, retention: float | None = None, anchor_shar
     return min(frames, max(2, length))
 
 
+def clip_length_of(config, frames: int) -> int:
+    """Frames per clip under an AOTConfig: ``clip_length`` if set; else, with ``anchor_density``
+    set, ``round_half_up(anchor_density / (anchor_share * retention))`` within [2, F] (a keyframe's
+    anchors are about anchor_density * N of its N tokens); else ``default_clip_length``."""
+    if config.clip_length:
+        return config.clip_length
+    density = getattr(config, "anchor_density", None)
+    if density is not None and config.anchor_share > 0:
+        length = math.floor(density / (config.anchor_share * config.retention) + 0.5)
+        return min(frames, max(2, length))
+    return default_clip_length(frames, config.retention, config.anchor_share)
+
+
 def uniform_clips(frames: int, length: int) -> list[Clip]:
     """Consecutive clips of ``length`` frames; the last one may be shorter."""
     return [(s, min(length, frames - s)) for s in range(0, frames, length)]

@@ -191,3 +191,36 @@ def test_unmatched_anchor_guard_keeps_an_object_seen_only_on_the_keyframe():
     assert cos(plain.anchors[0, 5]) < 0.6  # balanced OT: the needle anchor absorbed background each frame
     assert cos(guarded.anchors[0, 5]) > 0.999 and guarded.anchor_sizes[0, 5] == 1
     assert int(guarded.anchor_sizes.sum() + ones[guarded.kept].sum()) == 24
+
+
+def test_anchor_density_sets_the_clip_length():
+    """anchor_density d: L = round_half_up(d / (anchor_share * retention)) in [2, F], so a keyframe
+    gets about d * N anchors; 0.64 at 32 x 196, 10% gives the paper's Sec. 7 figure of 126."""
+    import pytest
+    import torch
+
+    from aot import compress
+    from aot.config import AOTConfig
+    from aot.temporal import clip_length_of
+
+    c = AOTConfig(retention=0.1, anchor_density=0.64)
+    assert clip_length_of(c, 32) == 9  # 0.64 / 0.07 = 9.14
+    assert clip_length_of(AOTConfig(retention=0.15, anchor_density=0.64), 32) == 6  # 6.10
+    assert clip_length_of(AOTConfig(retention=0.25, anchor_density=0.64), 32) == 4  # 3.66
+    assert clip_length_of(AOTConfig(retention=0.25, anchor_density=0.5), 32) == 3  # 2.857
+    assert clip_length_of(AOTConfig(retention=0.1, anchor_density=0.35), 32) == 5  # 0.35 / 0.07 = 5.0 exactly
+    assert clip_length_of(AOTConfig(retention=0.9, anchor_density=0.1), 32) == 2  # floor of 2
+    assert clip_length_of(AOTConfig(retention=0.01, anchor_density=1.0), 32) == 32  # at most F
+    assert clip_length_of(AOTConfig(retention=0.1), 32) == 4  # unset: the F // 8 rule
+    assert clip_length_of(AOTConfig(retention=0.1, clip_length=6), 32) == 6
+    # compress runs those clips: the same output as clip_length=9 set by hand, exact budget
+    torch.manual_seed(0)
+    x, s = torch.randn(32, 196, 16), torch.rand(32, 196)
+    out = compress(x, s, grid=(14, 14), config=c)
+    ref = compress(x, s, grid=(14, 14), config=AOTConfig(retention=0.1, clip_length=9))
+    assert out.tokens.shape[0] == 627 and torch.equal(out.tokens, ref.tokens)
+    assert torch.equal(out.positions, ref.positions)
+    for bad, msg in ((dict(anchor_density=0.0), "anchor_density"), (dict(anchor_density=1.5), "anchor_density"),
+                     (dict(anchor_density=0.5, clip_length=4), "not both")):
+        with pytest.raises(ValueError, match=msg):
+            AOTConfig(**bad)

@@ -12,7 +12,7 @@ import math
 
 from ..compress import compress, plan_budget
 from ..config import AOTConfig, budget
-from ..temporal import default_clip_length
+from ..temporal import clip_length_of
 from .registry import Method, register
 
 # Every knob at the value the paper states (Sec. 4.1, 6.1, 6.2, 7, Algorithm 1), or, where it
@@ -29,6 +29,7 @@ PAPER = dict(
     clips="uniform",  # Sec. 3.3: uniform clips in the main results (dynamic: Sec. 8)
     anchor_share=0.5,  # not stated: Sec. 7's anchor counts (126/144/196/205 per frame at 10-25%) exceed N
     #                    at 25% and fit no clip layout; DESIGN 2.5's "about one half" (ours: 0.7)
+    anchor_density=None,  # clip length by the F // 8 rule, as aot-paper has always run (the paper states none)
     anchor_select="attention",
     intra_merge="ot",
     inter_merge="ot",
@@ -63,7 +64,7 @@ def check_clips(config: AOTConfig, frames: int, tokens_per_frame: int) -> None:
     Uniform clips give ceil(F / length) clips; dynamic clips at least as many (more when the
     video has cuts), so for them this is the necessary condition only.
     """
-    length = config.clip_length or default_clip_length(frames, config.retention, config.anchor_share)
+    length = clip_length_of(config, frames)
     n_clips = math.ceil(frames / length)
     plan_budget(budget(config.retention, frames, tokens_per_frame), frames, tokens_per_frame, n_clips,
                 config.anchor_share)
