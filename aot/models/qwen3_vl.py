@@ -130,12 +130,13 @@ def check_transformers(family: str = "Qwen3VLForConditionalGeneration") -> None:
 
 
 def default_layers(vision_config) -> tuple[int, int]:
-    """(local, global) score blocks. Every block of this tower attends over its whole temporal slice
-    (no windows), so Qwen2.5-VL's rule (first and last full-attention block) has no counterpart; the
-    rule (docs/models.md, not measured on real frames: no Qwen3-VL weights here): local = the first
-    DeepStack tap (``deepstack_visual_indexes[0]``, the shallowest block whose features the language
-    model itself reads; 8 of 27 for Qwen3-VL-8B), or block depth // 3 - 1 without taps (Qwen3.5: 8 of
-    27); global = the last block (26 of 27), whose output the merger hands the LLM."""
+    """(local, global) score blocks: local = the first DeepStack tap (``deepstack_visual_indexes[0]``,
+    the shallowest block whose features the language model itself reads; 8 of 27 for Qwen3-VL-8B/32B,
+    5 of 24 for 2B/4B), or block depth // 3 - 1 without taps (Qwen3.5: 8 of 27); global = the last
+    block (26 of 27), whose output the merger hands the LLM. Kept by the measurement on real frames in
+    ``benchmarks/qwen3_score_blocks.py`` (random towers of the real geometry: no block degenerate;
+    trained DINOv2 ViT-S/14: its last block not sink-dominated, the local block's relative depth not
+    a repeat of it); why in docs/models.md "Score blocks"."""
     depth = int(vision_config.depth)
     taps = sorted(int(i) for i in (getattr(vision_config, "deepstack_visual_indexes", None) or []))
     local = taps[0] if taps else max(depth // 3 - 1, 0)
