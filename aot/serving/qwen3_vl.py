@@ -1,7 +1,8 @@
 """AOT inside vLLM's Qwen3-VL and Qwen3.5 (read and run with vLLM 0.32; ``options.TESTED_VLLM``).
 
-The code is ``AotQwen3Mixin``; ``AotQwen3VLForConditionalGeneration`` and
-``AotQwen3_5ForConditionalGeneration`` put it over vLLM's classes (Qwen3.5: same tower, no DeepStack).
+The code is ``AotQwen3Mixin``; ``AotQwen3VLForConditionalGeneration``, ``AotQwen3VLMoeForConditionalGeneration``,
+``AotQwen3_5ForConditionalGeneration`` and ``AotQwen3_5MoeForConditionalGeneration`` put it over vLLM's
+classes (all four subclass vLLM's Qwen3-VL class; Qwen3.5: same tower, no DeepStack).
 
 Selected with ``--hf-overrides '{"architectures": ["AotQwen3VLForConditionalGeneration"], "aot": {...}}'``
 and turned on with ``--video-pruning-rate`` > 0 (the rate is not used; the budget comes from the aot
@@ -62,14 +63,21 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
-from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration, Qwen3_5ProcessingInfo
+from vllm.model_executor.models.qwen3_5 import (
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeProcessingInfo,
+    Qwen3_5ProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeProcessingInfo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
 opts.check_vllm_version(vllm.__version__)
 
-__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3_5ForConditionalGeneration", "AotQwen3Mixin", "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts",
-           "run_columns", "place_runs"]
+__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3VLMoeForConditionalGeneration",
+           "AotQwen3_5ForConditionalGeneration", "AotQwen3_5MoeForConditionalGeneration", "AotQwen3Mixin",
+           "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts", "run_columns", "place_runs"]
 
 ARCH = "AotQwen3VLForConditionalGeneration"
 COLS = 7  # t, h, w, row in run, run length, lead, run max (run_columns)
@@ -246,6 +254,18 @@ class AotQwen3VLForConditionalGeneration(AotQwen3Mixin, Qwen3VLForConditionalGen
                                         dummy_inputs=Qwen3VLDummyInputsBuilder)
 class AotQwen3_5ForConditionalGeneration(AotQwen3Mixin, Qwen3_5ForConditionalGeneration):
     """Qwen3.5 (dense): vLLM's class subclasses Qwen3-VL's; no DeepStack (``use_deepstack`` is False)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3VLMoeProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3VLMoeForConditionalGeneration(AotQwen3Mixin, Qwen3VLMoeForConditionalGeneration):
+    """Qwen3-VL-MoE: vLLM's class subclasses Qwen3-VL's (same tower and DeepStack, MoE text model)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3_5MoeProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3_5MoeForConditionalGeneration(AotQwen3Mixin, Qwen3_5MoeForConditionalGeneration):
+    """Qwen3.5-MoE: vLLM's class subclasses its Qwen3.5 class (no DeepStack, MoE text model)."""
 
 
 def run_columns(pos: Tensor, lead: int) -> Tensor:
