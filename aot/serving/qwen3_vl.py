@@ -210,16 +210,61 @@ class AotQwen3Mixin(AotQwenMixin):
         # the uncompressed run's M-RoPE positions (relative to its first timestamp token), gathered
         full = self._video_ids([(h // merge) * (w // merge)] * t, timestamps)
         full_ids = torch.tensor(full)
-        feature = _v.MultiModalFeatureSpec(
-            data=_v.MultiModalKwargsItem({"video_grid_thw": _v.MultiModalFieldElem(
-                data=torch.tensor([t, h, w]), field=MultiModalFieldConfig.batched("video").field)}),
-            modality="video", identifier="aot", mm_position=_v.PlaceholderRange(offset=0, length=len(full)))
-        pos_full = Qwen3VLForConditionalGeneration._get_mrope_input_positions(full, [feature], self.config)[0].T
+        pos_full = self._full_run_positions(full, thw)
         full_video = full_ids == self.config.video_token_id
         cols = torch.zeros(len(ids), COLS, dtype=torch.long)
         cols[is_video.cpu(), :3] = pos_full[full_video][positions.long().cpu()]
         cols[~is_video.cpu(), :3] = pos_full[~full_video]
         return with_columns(rows, run_columns(cols[:, :3], int(is_video.nonzero()[0, 0])))
+
+    def _full_run_positions(self, full: list[int], thw) -> Tensor:
+        """(L, 3) M-RoPE positions of an uncompressed video run's ids (every slice's h * w pads), relative to
+        its first row: vLLM's own Qwen3-VL rule, which is transformers'."""
+        feature = _v.MultiModalFeatureSpec(
+            data=_v.MultiModalKwargsItem({"video_grid_thw": _v.MultiModalFieldElem(
+                data=torch.tensor(list(thw)), field=MultiModalFieldConfig.batched("video").field)}),
+            modality="video", identifier="aot", mm_position=_v.PlaceholderRange(offset=0, length=len(full)))
+        return Qwen3VLForConditionalGeneration._get_mrope_input_positions(full, [feature], self.config)[0].T
+
+    def _run_top(self, run: list[int], feature) -> int:
+        """The largest position of a media item's run relative to its first row, from the prompt alone: an
+        image, max(h, w) - 1 of its LLM grid; a video, that of its uncompressed run (each slice block's pads,
+        however many the prompt holds, become h * w: the top depends on the grid and timestamps only)."""
+        merge = self.config.vision_config.spatial_merge_size
+        if feature.modality == "image":
+            _, h, w = (int(v) for v in feature.data["image_grid_thw"].data.tolist())
+            return max(h // merge, w // merge) - 1
+        t, h, w = (int(v) for v in feature.data["video_grid_thw"].data.tolist())
+        video, start = self.config.video_token_id, self.config.vision_start_token_id
+        full: list[int] = []
+        for token in run:
+            if token != video:
+                full.append(token)
+                if token == start:
+                    full.extend([video] * ((h // merge) * (w // merge)))
+        return int(self._full_run_positions(full, (t, h, w)).max())
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """The prompt's M-RoPE positions before the encoder runs: text at its final positions (after a media
+        run, one past the uncompressed run's largest position: what ``place_runs`` writes too), each run's
+        rows provisional (``place_runs`` writes them when the run is computed). The text must be right here
+        already: a prefix-cache hit that ends after a run schedules no row of it, so ``place_runs`` never
+        sees that run (vLLM's own rule, on the lumped run, put the text elsewhere: the repeat of a request
+        decoded other tokens)."""
+        cols, cursor, pos = [], 0, 0
+        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            off, length = f.mm_position.offset, f.mm_position.length
+            n = off - cursor
+            cols.append(np.broadcast_to(np.arange(n), (3, n)) + pos)
+            pos += n
+            top = self._run_top(list(input_tokens[off: off + length]), f)
+            cols.append(np.broadcast_to(np.minimum(np.arange(length), top), (3, length)) + pos)
+            pos += top + 1
+            cursor = off + length
+        n = len(input_tokens) - cursor
+        cols.append(np.broadcast_to(np.arange(n), (3, n)) + pos)
+        positions = np.concatenate(cols, axis=1).reshape(3, -1)
+        return torch.from_numpy(positions), int(positions.max() + 1 - len(input_tokens))
 
     def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
         """Images with pruning on: their full grid's positions in the same columns as the videos'."""

@@ -12,6 +12,7 @@ import gc
 import pytest
 import torch
 
+import prefix_cache
 import tiny
 
 import aot
@@ -27,7 +28,8 @@ def meta(frames):
                 frames_indices=list(range(n)))
 
 
-VIDEOS = {"a": tiny.video(8, seed=0), "b": tiny.video(6, seed=1, height=48, width=32)}
+VIDEOS = {"a": tiny.video(8, seed=0), "b": tiny.video(6, seed=1, height=48, width=32),
+          "c": tiny.video(8, seed=2)}  # "c": the size and length of "a", other pixels
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,8 @@ def grid(name):
 
 @pytest.fixture(scope="module")
 def engine(ckpt):
-    llm = make_engine(ckpt, enable_prefix_caching=True, enable_chunked_prefill=False, max_num_batched_tokens=1024)
+    llm = make_engine(ckpt, enable_prefix_caching=True, enable_chunked_prefill=False, max_num_batched_tokens=1024,
+                      block_size=prefix_cache.BLOCK)
     yield llm
     del llm
     gc.collect()
@@ -189,6 +192,14 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
         assert mine.shape == theirs.shape == (grid("b")[0], grid("b")[1] * grid("b")[2])
         assert torch.allclose(mine, theirs, atol=1e-6), (mine - theirs).abs().max()
     assert not torch.allclose(got[0], got[1])  # two different blocks
+
+
+def test_prefix_cache(engine, ckpt):
+    """The same request twice hits the prefix cache and decodes the same; a different video of the same
+    size (same prompt token ids) does not hit it."""
+    from transformers import AutoConfig
+
+    prefix_cache.check_prefix_cache(engine, request, AutoConfig.from_pretrained(ckpt).video_token_id)
 
 
 def test_chunked_prefill_without_prefix_cache(engine, reference, ckpt):

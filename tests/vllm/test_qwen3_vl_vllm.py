@@ -1,6 +1,8 @@
 """AOT in vLLM's Qwen3-VL against the transformers adapter (aot.models.qwen3_vl), on the same tiny random
 checkpoint (tests/hf_tiny_qwen3.py's tokenizer, processor and tower with DeepStack taps at blocks 1 and 2;
-a text model with head size 64 for vLLM's CPU paged attention). One engine start.
+a text model with head size 64 for vLLM's CPU paged attention; tests/vllm/tiny_qwen3.py). Engine starts:
+the main engine (module fixture: prefix caching on, small blocks), a chunked-prefill one, one refused
+start, and one Qwen3.5 engine in bfloat16.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import gc
 import pytest
 import torch
 
+import prefix_cache
 import tiny_qwen3 as t3
 from tiny_qwen3 import PROMPT, VIDEOS, grid, meta, request
 
@@ -28,59 +31,66 @@ def reference(ckpt):
     return t3.reference(ckpt, "qwen3_vl")
 
 
-def test_budget_layout_and_logits(ckpt, reference):
-    """placeholders = kept rows = aot.budget per video; the rows follow the transformers adapter's per-slice
-    layout; first-token log-probabilities (float32) equal the adapter's at retention 1.0 and 25%, also for
-    two requests with different videos and retentions in one batch."""
-    from vllm import LLM, SamplingParams
+@pytest.fixture(scope="module")
+def engine(ckpt):
+    """The main engine: prefix caching on (small blocks, prefix_cache.BLOCK), no chunking of the prompt."""
+    from vllm import LLM
 
     over = {"architectures": [ARCH], "aot": {"method": "aot", "retention": 0.25}}
     llm = LLM(model=str(ckpt), hf_overrides=over, video_pruning_rate=0.5, dtype="float32", max_model_len=1024,
               enforce_eager=True, max_num_seqs=4, limit_mm_per_prompt={"video": 2}, max_logprobs=-1, seed=0,
               gpu_memory_utilization=0.1, enable_prefix_caching=True, enable_chunked_prefill=False,
-              max_num_batched_tokens=1024)
-    try:
-        cfg = llm.llm_engine.model_config.hf_config
-        vocab, vid = cfg.text_config.vocab_size, cfg.video_token_id
-        model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        assert type(model).__name__ == ARCH and model.is_multimodal_pruning_enabled
-        sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1)
+              max_num_batched_tokens=1024, block_size=prefix_cache.BLOCK)
+    yield llm
+    del llm
+    gc.collect()
 
-        def check(out, name, retention):
-            want = sum(aot.budget(retention, t, h * w) for t, h, w in map(grid, name.split("+")))
-            assert sum(1 for i in out.prompt_token_ids if i == vid) == want
-            ref, last = reference(name, retention)
-            assert last["tokens_out"] == want
-            lp = out.outputs[0].logprobs[0]
-            got = torch.tensor([lp[i].logprob for i in range(vocab)])
-            assert torch.allclose(got, ref, atol=2e-4), (name, retention, (got - ref).abs().max())
-            return last
 
-        for retention in (1.0, 0.25):
-            out = llm.generate([request("a", retention)], sp)[0]
-            last = check(out, "a", retention)
-            mine = model.aot_last["videos"][0]
-            assert mine["kept"] == aot.budget(retention, *grid("a")[:1], grid("a")[1] * grid("a")[2])
-            assert mine["slice_tokens"] == last["slice_tokens"][0]  # the adapter's per-slice layout
-            if retention == 0.25:  # the server's default gives the same; a repeat hits the prefix cache
-                sp8 = SamplingParams(max_tokens=8, temperature=0.0)
-                first = llm.generate([request("a")], sp8)[0]
-                again = llm.generate([request("a")], sp8)[0]
-                asked = llm.generate([request("a", 0.25)], sp8)[0]
-                assert list(first.outputs[0].token_ids) == list(again.outputs[0].token_ids) \
-                    == list(asked.outputs[0].token_ids)
-            if retention == 1.0:
-                plain, _ = reference("a", None)
-                got = torch.tensor([out.outputs[0].logprobs[0][i].logprob for i in range(vocab)])
-                assert torch.allclose(got, plain, atol=2e-4)
+def test_budget_layout_and_logits(engine, ckpt, reference):
+    """placeholders = kept rows = aot.budget per video; the rows follow the transformers adapter's per-slice
+    layout; first-token log-probabilities (float32) equal the adapter's at retention 1.0 and 25%, also for
+    two requests with different videos and retentions in one batch."""
+    from vllm import SamplingParams
 
-        cases = (("a", 0.5), ("b+a", 0.4), ("b", 0.3))
-        for out, (name, retention) in zip(llm.generate([request(n, r) for n, r in cases], sp), cases):
-            check(out, name, retention)
-        scores_equal_adapter(ckpt, model.aot_last["videos"][-1], "b")  # the last batch's last video
-    finally:
-        del llm
-        gc.collect()
+    llm = engine
+    cfg = llm.llm_engine.model_config.hf_config
+    vocab, vid = cfg.text_config.vocab_size, cfg.video_token_id
+    model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+    assert type(model).__name__ == ARCH and model.is_multimodal_pruning_enabled
+    sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1)
+
+    def check(out, name, retention):
+        want = sum(aot.budget(retention, t, h * w) for t, h, w in map(grid, name.split("+")))
+        assert sum(1 for i in out.prompt_token_ids if i == vid) == want
+        ref, last = reference(name, retention)
+        assert last["tokens_out"] == want
+        lp = out.outputs[0].logprobs[0]
+        got = torch.tensor([lp[i].logprob for i in range(vocab)])
+        assert torch.allclose(got, ref, atol=2e-4), (name, retention, (got - ref).abs().max())
+        return last
+
+    for retention in (1.0, 0.25):
+        out = llm.generate([request("a", retention)], sp)[0]
+        last = check(out, "a", retention)
+        mine = model.aot_last["videos"][0]
+        assert mine["kept"] == aot.budget(retention, *grid("a")[:1], grid("a")[1] * grid("a")[2])
+        assert mine["slice_tokens"] == last["slice_tokens"][0]  # the adapter's per-slice layout
+        if retention == 0.25:  # the server's default gives the same; a repeat hits the prefix cache
+            sp8 = SamplingParams(max_tokens=8, temperature=0.0)
+            first = llm.generate([request("a")], sp8)[0]
+            again = llm.generate([request("a")], sp8)[0]
+            asked = llm.generate([request("a", 0.25)], sp8)[0]
+            assert list(first.outputs[0].token_ids) == list(again.outputs[0].token_ids) \
+                == list(asked.outputs[0].token_ids)
+        if retention == 1.0:
+            plain, _ = reference("a", None)
+            got = torch.tensor([out.outputs[0].logprobs[0][i].logprob for i in range(vocab)])
+            assert torch.allclose(got, plain, atol=2e-4)
+
+    cases = (("a", 0.5), ("b+a", 0.4), ("b", 0.3))
+    for out, (name, retention) in zip(llm.generate([request(n, r) for n, r in cases], sp), cases):
+        check(out, name, retention)
+    scores_equal_adapter(ckpt, model.aot_last["videos"][-1], "b")  # the last batch's last video
 
 
 def scores_equal_adapter(ckpt, mine, name):
@@ -112,6 +122,12 @@ def scores_equal_adapter(ckpt, mine, name):
         assert got.shape == theirs.shape == (t, h * w)
         assert torch.allclose(got, theirs, atol=1e-6), (key, (got - theirs).abs().max())
     assert not torch.allclose(mine["scores"][0], mine["scores"][1])  # two different blocks
+
+
+def test_prefix_cache(engine, ckpt):
+    """The same request twice hits the prefix cache and decodes the same; a different video of the same
+    size (same prompt token ids) does not hit it."""
+    prefix_cache.check_prefix_cache(engine, request, engine.llm_engine.model_config.hf_config.video_token_id)
 
 
 def test_chunked_prefill(ckpt, reference):

@@ -24,7 +24,8 @@ FPS = 2.0
 PROMPT = "<s><|vision_start|><|video_pad|><|vision_end|> what is in the video ?</s><s>"
 PROMPT2 = ("<s><|vision_start|><|video_pad|><|vision_end|> and <|vision_start|><|video_pad|><|vision_end|> "
            "what is in the video ?</s><s>")
-VIDEOS = {"a": h3.frames(8, seed=0), "b": h3.frames(6, seed=1, height=48, width=32)}
+VIDEOS = {"a": h3.frames(8, seed=0), "b": h3.frames(6, seed=1, height=48, width=32),
+          "c": h3.frames(8, seed=2)}  # "c": the size and length of "a", other pixels
 ARCHS = {"qwen3_vl": "AotQwen3VLForConditionalGeneration", "qwen3_vl_moe": "AotQwen3VLMoeForConditionalGeneration",
          "qwen3_5": "AotQwen3_5ForConditionalGeneration", "qwen3_5_moe": "AotQwen3_5MoeForConditionalGeneration"}
 
