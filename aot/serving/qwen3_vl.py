@@ -36,7 +36,9 @@ count is K per video whatever the method keeps where (asserted).
   a kept token has the uncompressed prompt's M-RoPE position of its source cell, every marker and
   timestamp its own uncompressed position, so the text after the video continues where the
   uncompressed prompt would (the transformers adapter's positions). ``place_runs`` writes them into
-  the prompt's positions chunk by chunk (chunked prefill). vLLM's own recompute is not used: it finds
+  the prompt's positions chunk by chunk (chunked prefill); ``get_mrope_input_positions`` gives the text
+  after each run its final position before the encoder runs (a prefix-cache hit that ends after a run
+  schedules none of its rows, so ``place_runs`` never sees it). vLLM's own recompute is not used: it finds
   a run by the first ``<|vision_start|>`` at or after the chunk start, which with transformers 5.x's
   processors (they expand only ``<|video_pad|>``, so the template's own ``<|vision_start|>`` precedes
   the first timestamp) is the marker *before* the run; on the tiny checkpoint it failed with a shape error.

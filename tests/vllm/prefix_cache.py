@@ -33,3 +33,24 @@ def check_prefix_cache(llm, request, video_token_id: int) -> None:
     first_video = first.prompt_token_ids.index(video_token_id)
     assert first_video < BLOCK  # so "a"'s first block already depends on the video
     assert other.prompt_token_ids == first.prompt_token_ids and other.num_cached_tokens == 0, other.num_cached_tokens
+
+
+def check_hit_inside_run(llm, request, vision_end_id: int) -> None:
+    """``request(prompt)``: video "a" with another question after it. After the usual prompt has run, the
+    other question shares the blocks up to the video's end, so its cache hit ends inside the video's run:
+    the rest of the run is placed from ``num_computed_tokens`` > 0 (rows past the run's first). Its greedy
+    tokens and first-token log-probabilities equal those of the same request with the cache emptied."""
+    from vllm import SamplingParams
+
+    sp = SamplingParams(max_tokens=8, temperature=0.0, logprobs=4)
+    usual = "<s><|vision_start|><|video_pad|><|vision_end|> what is in the video ?</s><s>"
+    other = "<s><|vision_start|><|video_pad|><|vision_end|> describe the video ?</s><s>"
+    llm.generate([request(usual)], sp)
+    (hit,) = llm.generate([request(other)], sp)
+    assert llm.reset_prefix_cache()
+    (cold,) = llm.generate([request(other)], sp)
+    run_end = len(hit.prompt_token_ids) - 1 - hit.prompt_token_ids[::-1].index(vision_end_id)  # the template's
+    assert cold.num_cached_tokens == 0 and 0 < hit.num_cached_tokens < run_end - 1, (hit.num_cached_tokens, run_end)
+    assert list(hit.outputs[0].token_ids) == list(cold.outputs[0].token_ids)
+    token = cold.outputs[0].token_ids[0]
+    assert abs(hit.outputs[0].logprobs[0][token].logprob - cold.outputs[0].logprobs[0][token].logprob) < 2e-4

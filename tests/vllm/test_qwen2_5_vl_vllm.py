@@ -85,10 +85,10 @@ def prompt_for(n_videos: int) -> str:
     return "<s><|vision_start|><|video_pad|><|vision_end|> and <|vision_start|><|video_pad|><|vision_end|> what is in the video ?</s><s>"
 
 
-def request(name, retention=None):
+def request(name, retention=None, prompt: str | None = None):
     names = name.split("+")
     videos = [(VIDEOS[n], meta(VIDEOS[n])) for n in names]
-    r = {"prompt": prompt_for(len(names)), "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
+    r = {"prompt": prompt or prompt_for(len(names)), "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
     if retention is not None:
         r["mm_processor_kwargs"] = {opts.REQUEST_KWARG: retention}
     return r
@@ -196,10 +196,14 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
 
 def test_prefix_cache(engine, ckpt):
     """The same request twice hits the prefix cache and decodes the same; a different video of the same
-    size (same prompt token ids) does not hit it."""
+    size (same prompt token ids) does not hit it; a hit that ends inside the video's run decodes as the
+    same request without a cache."""
     from transformers import AutoConfig
 
-    prefix_cache.check_prefix_cache(engine, request, AutoConfig.from_pretrained(ckpt).video_token_id)
+    cfg = AutoConfig.from_pretrained(ckpt)
+    prefix_cache.check_prefix_cache(engine, request, cfg.video_token_id)
+    # retention 1.0: 64 pads from index 2, so the shared 32-token blocks end inside them
+    prefix_cache.check_hit_inside_run(engine, lambda prompt: request("a", 1.0, prompt), cfg.vision_end_token_id)
 
 
 def test_chunked_prefill_without_prefix_cache(engine, reference, ckpt):

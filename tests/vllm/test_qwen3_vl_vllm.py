@@ -126,8 +126,11 @@ def scores_equal_adapter(ckpt, mine, name):
 
 def test_prefix_cache(engine, ckpt):
     """The same request twice hits the prefix cache and decodes the same; a different video of the same
-    size (same prompt token ids) does not hit it."""
-    prefix_cache.check_prefix_cache(engine, request, engine.llm_engine.model_config.hf_config.video_token_id)
+    size (same prompt token ids) does not hit it; a hit that ends inside the video's run decodes as the
+    same request without a cache."""
+    cfg = engine.llm_engine.model_config.hf_config
+    prefix_cache.check_prefix_cache(engine, request, cfg.video_token_id)
+    prefix_cache.check_hit_inside_run(engine, lambda prompt: request("a", 0.25, prompt), cfg.vision_end_token_id)
 
 
 def test_chunked_prefill(ckpt, reference):

@@ -174,9 +174,9 @@ class _Recording:
         return c
 
 
-def request(name, retention=None):
+def request(name, retention=None, prompt: str | None = None):
     videos = [(VIDEOS[n], meta(VIDEOS[n])) for n in name.split("+")]
-    r = {"prompt": PROMPT if len(videos) == 1 else PROMPT2,
+    r = {"prompt": prompt or (PROMPT if len(videos) == 1 else PROMPT2),
          "multi_modal_data": {"video": videos[0] if len(videos) == 1 else videos}}
     if retention is not None:
         r["mm_processor_kwargs"] = {opts.REQUEST_KWARG: retention}
