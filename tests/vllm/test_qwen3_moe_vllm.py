@@ -11,8 +11,6 @@ import torch
 
 import tiny_qwen3 as t3
 
-import aot
-
 
 @pytest.fixture(scope="module")
 def vl_moe(tmp_path_factory):
