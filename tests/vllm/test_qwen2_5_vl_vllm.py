@@ -12,6 +12,7 @@ import gc
 import pytest
 import torch
 
+import prefix_cache
 import tiny
 
 import aot
@@ -27,7 +28,8 @@ def meta(frames):
                 frames_indices=list(range(n)))
 
 
-VIDEOS = {"a": tiny.video(8, seed=0), "b": tiny.video(6, seed=1, height=48, width=32)}
+VIDEOS = {"a": tiny.video(8, seed=0), "b": tiny.video(6, seed=1, height=48, width=32),
+          "c": tiny.video(8, seed=2)}  # "c": the size and length of "a", other pixels
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +85,10 @@ def prompt_for(n_videos: int) -> str:
     return "<s><|vision_start|><|video_pad|><|vision_end|> and <|vision_start|><|video_pad|><|vision_end|> what is in the video ?</s><s>"
 
 
-def request(name, retention=None):
+def request(name, retention=None, prompt: str | None = None):
     names = name.split("+")
     videos = [(VIDEOS[n], meta(VIDEOS[n])) for n in names]
-    r = {"prompt": prompt_for(len(names)), "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
+    r = {"prompt": prompt or prompt_for(len(names)), "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
     if retention is not None:
         r["mm_processor_kwargs"] = {opts.REQUEST_KWARG: retention}
     return r
@@ -109,7 +111,8 @@ def grid(name):
 
 @pytest.fixture(scope="module")
 def engine(ckpt):
-    llm = make_engine(ckpt, enable_prefix_caching=True, enable_chunked_prefill=False, max_num_batched_tokens=1024)
+    llm = make_engine(ckpt, enable_prefix_caching=True, enable_chunked_prefill=False, max_num_batched_tokens=1024,
+                      block_size=prefix_cache.BLOCK)
     yield llm
     del llm
     gc.collect()
@@ -189,6 +192,18 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
         assert mine.shape == theirs.shape == (grid("b")[0], grid("b")[1] * grid("b")[2])
         assert torch.allclose(mine, theirs, atol=1e-6), (mine - theirs).abs().max()
     assert not torch.allclose(got[0], got[1])  # two different blocks
+
+
+def test_prefix_cache(engine, ckpt):
+    """The same request twice hits the prefix cache and decodes the same; a different video of the same
+    size (same prompt token ids) does not hit it; a hit that ends inside the video's run decodes as the
+    same request without a cache."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(ckpt)
+    prefix_cache.check_prefix_cache(engine, request, cfg.video_token_id)
+    # retention 1.0: 64 pads from index 2, so the shared 32-token blocks end inside them
+    prefix_cache.check_hit_inside_run(engine, lambda prompt: request("a", 1.0, prompt), cfg.vision_end_token_id)
 
 
 def test_chunked_prefill_without_prefix_cache(engine, reference, ckpt):

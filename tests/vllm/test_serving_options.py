@@ -120,3 +120,30 @@ def test_position_columns_survive_half_precision(dtype):
     assert not torch.equal(cols.to(torch.bfloat16).long(), cols)  # what plain bfloat16 columns would lose
     with pytest.raises(ValueError, match="must lie in"):
         opts.encode_columns(torch.tensor([[65536]]), dtype)
+
+
+def test_every_served_architecture_is_registered_and_subclasses_vllms_class(tmp_path, capsys):
+    """aot serve accepts each checkpoint architecture of SERVED (config.json alone) and writes aot's name
+    into the overrides; the plugin registers that name, and its class subclasses vLLM's own class for the
+    checkpoint's architecture (MoE classes included)."""
+    import importlib
+    import json
+
+    from vllm import ModelRegistry
+
+    from aot.cli import main
+    from aot.serving import plugin
+    from aot.serving.serve import SERVED
+
+    assert {"Qwen3VLMoeForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"} <= set(SERVED)
+    plugin.register()
+    for stock, ours in SERVED.items():
+        (tmp_path / "config.json").write_text(json.dumps({"architectures": [stock]}))
+        assert main(["serve", str(tmp_path), "--retention", "0.3", "--dry-run"]) == 0
+        command = capsys.readouterr().out.strip().splitlines()[-1]
+        over = json.loads(command.split("--hf-overrides ")[1].split("' ")[0].strip("'"))
+        assert over["architectures"] == [ours] and over["aot"]["retention"] == 0.3
+        module, name = plugin.ARCHITECTURES[ours].split(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert cls.__name__ == ours and ours in ModelRegistry.get_supported_archs()
+        assert issubclass(cls, ModelRegistry._try_load_model_cls(stock)), (ours, stock)
