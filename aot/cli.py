@@ -29,17 +29,18 @@ _FIELD_HELP = {  # one line per field, taken from the comments in config.py; "pa
     "n_iters": "Sinkhorn iterations at most",
     "tol": "stop Sinkhorn once the column-marginal L1 error is below this, checked every 10 iterations "
            "(paper's delta 0.01, on the change of v); 'none': always run n_iters",
-    "global_share": "fraction of a frame's anchors chosen globally",
+    "global_share": "fraction of a keyframe's anchors chosen by the global score, the rest in windows (paper: 0.5)",
     "windows": "local-anchor windows, ROWSxCOLS",
     "lam_intra": "Eq. 11 weight of the context folded into each anchor (paper: 1.0)",
     "lam_inter": "Eq. 16 weight of merged later-frame tokens",
     "mass": "'unit' (each anchor receives one unit of context) or 'literal' (Eq. 10 as written; paper)",
     "clips": "'uniform' or 'dynamic' (FastVID segmentation)",
-    "clip_length": "frames per clip ('none': F // 8, kept within [2, 1 / (anchor_share * retention)])",
+    "clip_length": "frames per clip ('none': from anchor_density, or with anchor_density none F // 8 "
+                   "kept within [2, 1 / (anchor_share * retention)])",
     "anchor_density": "share of a keyframe's tokens made anchors; sets the clip length "
                       "round(anchor_density / (anchor_share * retention)) ('none': the clip_length rule)",
     "tau_seg": "dynamic clips: also cut where adjacent-frame cosine < tau_seg",
-    "anchor_share": "share of the budget spent on clip anchors (paper: not stated)",
+    "anchor_share": "share of the budget spent on clip anchors, the rest kept changed tokens (paper: not stated)",
     "anchor_select": "ablation: 'attention' or 'random' anchors",
     "intra_merge": "ablation: fold a frame's other tokens by 'ot', 'cosine' weights, or 'none' (drop)",
     "inter_merge": "ablation: merge later frames by 'ot', 'cosine' weights, or 'none' (drop)",

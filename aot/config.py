@@ -25,20 +25,28 @@ class AOTConfig:
     # early stop once the column-marginal L1 error is below tol, checked every 10 iterations (the
     # paper's delta = 0.01; the paper tests the change of v instead, README); None: always n_iters
     tol: float | None = 0.01
-    global_share: float = 0.5  # fraction of a frame's anchors chosen globally (paper: |global| = |local|)
+    # fraction of a keyframe's anchors chosen by the global score, the rest by the local score in
+    # windows (paper: |global| = |local|, 0.5, our default until issue 22's round 2 chose 1.0 on
+    # validation: docs/benchmarks/task-v3.md)
+    global_share: float = 1.0
     windows: tuple[int, int] = (3, 3)  # local-anchor windows over the (h, w) grid, rows x cols
     lam_intra: float = 0.1  # Eq. 11 weight of the context folded into each anchor (paper: 1.0; 0.1 measured better, README)
     lam_inter: float = 1.0  # Eq. 16 weight of the merged tokens of later frames (paper: 1.0)
     mass: Literal["unit", "literal"] = "unit"  # Eq. 10 mass: "unit" rescales the plan so each anchor gets one unit (DESIGN 2.3)
     clips: Literal["uniform", "dynamic"] = "uniform"  # frame clips: fixed length or FastVID's dynamic segmentation
-    clip_length: int | None = None  # frames per clip; None: F // 8 (4 for 32 frames, 8 for 64), within [2, 1 / (anchor_share * retention)] (README)
-    # share of a keyframe's N tokens that become its clip's anchors; when set (and clip_length is
-    # None) it fixes the clip length: L = round(anchor_density / (anchor_share * retention)) in
-    # [2, F] (aot.temporal.clip_length_of). 0.64 gives the paper's stated 126 anchors a keyframe at
-    # 10% for 32 x 196 (Sec. 7); None: the F // 8 rule (docs/implementation.md "Clips")
-    anchor_density: float | None = None
+    # frames per clip; None: from anchor_density (13 / 9 / 5 for 10 / 15 / 25%), or with
+    # anchor_density None F // 8 (4 for 32 frames, 8 for 64) within [2, 1 / (anchor_share * retention)]
+    clip_length: int | None = None
+    # share of a keyframe's N tokens that become its clip's anchors; unless clip_length is set it
+    # fixes the clip length: L = round(anchor_density / (anchor_share * retention)) in [2, F]
+    # (aot.temporal.clip_length_of). 0.64 is the paper's 126 anchors a frame of 196 at 10% (Sec. 7),
+    # chosen with global_share 1.0 and anchor_share 0.5 on validation (issue 22 round 2); None: the
+    # F // 8 rule, the default before (docs/implementation.md "Clips")
+    anchor_density: float | None = 0.64
     tau_seg: float = 0.9  # dynamic clips: also cut wherever adjacent-frame cosine < tau_seg (FastVID)
-    anchor_share: float = 0.7  # share of the budget spent on clip anchors, the rest kept dynamic tokens (task benchmark)
+    # share of the budget spent on clip anchors, the rest kept dynamic tokens (0.7 until issue 22's
+    # round 2 chose 0.5 on validation; DESIGN 2.5's "about one half")
+    anchor_share: float = 0.5
     # ablation switches (the paper's Tables 4, 5, 8); the defaults are the method itself
     anchor_select: Literal["attention", "random"] = "attention"  # "random": uniformly random anchors (seeded)
     intra_merge: Literal["ot", "cosine", "none"] = "ot"  # fold a frame's other tokens by OT plan, cosine weights, or drop them
@@ -78,9 +86,6 @@ class AOTConfig:
             raise ValueError(f"clip_length must be None or an int >= 1, got {self.clip_length!r}")
         if self.anchor_density is not None:
             _check_range("anchor_density", self.anchor_density, 0.0, 1.0, low_open=True)
-            if self.clip_length is not None:
-                raise ValueError(f"set clip_length ({self.clip_length}) or anchor_density ({self.anchor_density}), "
-                                 "not both: each fixes the clip length")
         _check_range("tau_seg", self.tau_seg, -1.0, 1.0)
         _check_range("anchor_share", self.anchor_share, 0.0, 1.0)
         if self.anchor_select not in ("attention", "random"):

@@ -37,6 +37,9 @@ def _same(out, ref):
 
 CONFIGS = [dict(clips=c, keep_ref=k, unmatched_anchors=u)
            for c, k, u in itertools.product(["uniform", "dynamic"], ["keyframe", "previous"], ["absorb", "skip"])]
+# the defaults before issue 22's round 2: half the anchors local (windows), F // 8 clips, anchor share 0.7
+OLD_DEFAULTS = dict(global_share=0.5, anchor_share=0.7, anchor_density=None)
+CONFIGS += [OLD_DEFAULTS, dict(OLD_DEFAULTS, clips="dynamic", keep_ref="previous")]
 
 
 @pytest.mark.parametrize("name", AOT_NAMES)
@@ -75,6 +78,6 @@ def test_dtypes_equal_the_old_core(dtype):
 
 def test_paper_shape_equals_the_old_core():
     x, s, ls = _video(32, 196, 64, seed=11)
-    for kw in (dict(), dict(keep_ref="previous", unmatched_anchors="absorb"), dict(tol=None)):
+    for kw in (dict(), dict(keep_ref="previous", unmatched_anchors="absorb"), dict(tol=None), OLD_DEFAULTS):
         cfg = aot.AOTConfig(**kw)
         _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg))

@@ -76,15 +76,15 @@ def test_asking_more_frames_than_the_video_has(tmp_path, fake_vit, capsys):
     assert fake_vit["frames"] == 20  # each frame encoded once, not 100 repeated frames
     result = json.loads(js.read_text())
     assert result["frames"] == 20 and result["frames_requested"] == 100
-    for row in result["rows"]:  # 20 frames -> 10 clips of 2: the anchor share 0.7 is honoured
+    for row in result["rows"]:  # 20 frames -> clips of 13 / 5 (10% / 25%): the anchor share 0.5 is honoured
         assert row["tokens_in"] == 20 * 196
-        assert abs(row["anchors"] / row["tokens_out"] - 0.7) < 0.02
+        assert abs(row["anchors"] / row["tokens_out"] - 0.5) < 0.02
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "dycoke"], "use retention >= 0.25"),
     (["--method", "dycoke", "--retention", "0.3,0.2"], "DyCoke keeps the first frame of every group of 4 whole"),
-    (["--image-size", "14"], "below one token per clip"),
+    (["--image-size", "14", "--clip-length", "2"], "below one token per clip"),  # 16 clips, 3 tokens
     (["--retention", "0.1,1.5"], "retention must be a number in (0.0, 1.0], got 1.5"),
     (["--json", "{tmp}/missing/r.json"], "the folder"),
     (["--png", "{tmp}/missing/a.png"], "does not exist"),

@@ -150,13 +150,14 @@ def test_run_small_budget_that_fits_is_not_refused(checkpoint, tmp_path, capsys,
     assert res["video_tokens_in"] == 2 * per_frame and res["video_tokens_out"] == want
 
 
-@pytest.mark.parametrize("frames, retention, msg", [(2, 0.01, "keeps 0 of 32 tokens"),
-                                                    (4, 0.02, "below one token per clip (2 clips)")])
+@pytest.mark.parametrize("frames, retention, extra, msg", [
+    (2, 0.01, [], "keeps 0 of 32 tokens"),
+    (4, 0.02, ["--set", "clip_length=2"], "below one token per clip (2 clips)")])
 def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, capsys, monkeypatch, frames,
-                                                                 retention, msg):
+                                                                 retention, extra, msg):
     """2 frames at 1% keep round(0.32) = 0 of 32 tokens; 4 frames at 2% keep round(1.28) = 1, fewer
-    than AOT's 2 clips (default clip length: 4 // 8 raised to 2): one error line, before the weights
-    load (so before decoding and the vision tower)."""
+    than 2 clips of 2 frames (set: the default anchor_density makes one 4-frame clip there): one
+    error line, before the weights load (so before decoding and the vision tower)."""
     import transformers
 
     import aot.video
@@ -167,7 +168,7 @@ def test_run_refuses_an_infeasible_budget_before_loading_weights(checkpoint, cap
     monkeypatch.setattr(transformers.LlavaOnevisionForConditionalGeneration, "from_pretrained", forbidden)
     monkeypatch.setattr(aot.video, "read_frames", forbidden)
     rc = main(["run", "--model", str(checkpoint), "--video", str(sample_video()), "--question", "hi",
-               "--frames", str(frames), "--retention", str(retention), "--layers", "1,-2"])
+               "--frames", str(frames), "--retention", str(retention), "--layers", "1,-2", *extra])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("aot run: error: "), err

@@ -195,7 +195,8 @@ def test_unmatched_anchor_guard_keeps_an_object_seen_only_on_the_keyframe():
 
 def test_anchor_density_sets_the_clip_length():
     """anchor_density d: L = round_half_up(d / (anchor_share * retention)) in [2, F], so a keyframe
-    gets about d * N anchors; 0.64 at 32 x 196, 10% gives the paper's Sec. 7 figure of 126."""
+    gets about d * N anchors; 0.64 at 32 x 196, 10%, anchor_share 0.7 gives 9-frame clips and
+    0.7 * 0.1 * 9 * 196 = 123 anchors a keyframe, near the paper's Sec. 7 figure of 126."""
     import pytest
     import torch
 
@@ -203,24 +204,28 @@ def test_anchor_density_sets_the_clip_length():
     from aot.config import AOTConfig
     from aot.temporal import clip_length_of
 
-    c = AOTConfig(retention=0.1, anchor_density=0.64)
-    assert clip_length_of(c, 32) == 9  # 0.64 / 0.07 = 9.14
-    assert clip_length_of(AOTConfig(retention=0.15, anchor_density=0.64), 32) == 6  # 6.10
-    assert clip_length_of(AOTConfig(retention=0.25, anchor_density=0.64), 32) == 4  # 3.66
-    assert clip_length_of(AOTConfig(retention=0.25, anchor_density=0.5), 32) == 3  # 2.857
-    assert clip_length_of(AOTConfig(retention=0.1, anchor_density=0.35), 32) == 5  # 0.35 / 0.07 = 5.0 exactly
-    assert clip_length_of(AOTConfig(retention=0.9, anchor_density=0.1), 32) == 2  # floor of 2
-    assert clip_length_of(AOTConfig(retention=0.01, anchor_density=1.0), 32) == 32  # at most F
-    assert clip_length_of(AOTConfig(retention=0.1), 32) == 4  # unset: the F // 8 rule
-    assert clip_length_of(AOTConfig(retention=0.1, clip_length=6), 32) == 6
-    # compress runs those clips: the same output as clip_length=9 set by hand, exact budget
+    def L(frames=32, **kw):
+        return clip_length_of(AOTConfig(**kw), frames)
+
+    assert L(retention=0.1, anchor_share=0.7) == 9  # 0.64 / 0.07 = 9.14
+    assert L(retention=0.15, anchor_share=0.7) == 6  # 6.10
+    assert L(retention=0.25, anchor_share=0.7) == 4  # 3.66
+    assert L(retention=0.25, anchor_share=0.7, anchor_density=0.5) == 3  # 2.857
+    assert L(retention=0.1, anchor_share=0.7, anchor_density=0.35) == 5  # 0.35 / 0.07 = 5.0 exactly
+    # the defaults (anchor_density 0.64, anchor_share 0.5): 12.8, 8.53, 5.12
+    assert (L(retention=0.1), L(retention=0.15), L(retention=0.25)) == (13, 9, 5)
+    assert L(retention=0.9, anchor_density=0.1) == 2  # floor of 2
+    assert L(retention=0.01, anchor_density=1.0) == 32  # at most F
+    assert L(frames=1, retention=0.5) == 1
+    assert L(retention=0.1, anchor_density=None) == 4  # unset: the F // 8 rule
+    assert L(retention=0.1, clip_length=6) == 6  # an explicit clip_length wins over the density
+    # compress runs those clips: the same output as clip_length=13 set by hand, exact budget
     torch.manual_seed(0)
     x, s = torch.randn(32, 196, 16), torch.rand(32, 196)
-    out = compress(x, s, grid=(14, 14), config=c)
-    ref = compress(x, s, grid=(14, 14), config=AOTConfig(retention=0.1, clip_length=9))
+    out = compress(x, s, grid=(14, 14), config=AOTConfig(retention=0.1))
+    ref = compress(x, s, grid=(14, 14), config=AOTConfig(retention=0.1, clip_length=13, anchor_density=None))
     assert out.tokens.shape[0] == 627 and torch.equal(out.tokens, ref.tokens)
     assert torch.equal(out.positions, ref.positions)
-    for bad, msg in ((dict(anchor_density=0.0), "anchor_density"), (dict(anchor_density=1.5), "anchor_density"),
-                     (dict(anchor_density=0.5, clip_length=4), "not both")):
-        with pytest.raises(ValueError, match=msg):
-            AOTConfig(**bad)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="anchor_density"):
+            AOTConfig(anchor_density=bad)

@@ -43,7 +43,10 @@ _ABLATIONS = {
     "aot-plan-keep": (dict(keep_by="plan"),
                       "AOT keeping the tokens with the lowest q = max_j p_ij of the plan (the paper's literal rule)"),
     "aot-random-anchors": (dict(anchor_select="random"), "AOT with uniformly random anchors (paper Table 8)"),
-    "aot-no-local": (dict(global_share=1.0), "AOT without local (windowed) anchors: all anchors global (Table 5)"),
+    "aot-no-local": (dict(global_share=1.0), "AOT without local (windowed) anchors: all anchors global (Table 5; "
+                     "aot's default since issue 22, so the same as aot)"),
+    "aot-local-global": (dict(global_share=0.5), "AOT with half its anchors chosen locally in windows, half globally "
+                         "(the paper's Sec. 3.2 split; aot's default before issue 22)"),
     "aot-no-global": (dict(global_share=0.0), "AOT without global anchors: all anchors local (Table 5)"),
     "aot-no-ot": (dict(intra_merge="none", inter_merge="none", keep_by="cosine"),
                   "anchors and kept tokens only, the rest dropped: no aggregation (Table 4 'no merging', Table 5 'w/o OT')"),
@@ -70,7 +73,8 @@ def check_clips(config: AOTConfig, frames: int, tokens_per_frame: int) -> None:
                 config.anchor_share)
 
 
-register(Method("aot", _aot, AOTConfig, "AOT: local-global anchors, intra- and inter-frame OT aggregation (this library)",
+register(Method("aot", _aot, AOTConfig, "AOT: attention anchors on dense keyframes, intra- and inter-frame OT aggregation "
+                 "(this library's defaults)",
                 checker=check_clips))
 register(Method("aot-paper", _aot, AOTConfig,
                 "AOT with every knob at the paper's stated value (lam_intra 1, literal mass, plan-q keep, anchor share 0.5)",

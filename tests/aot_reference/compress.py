@@ -11,7 +11,9 @@ from torch import Tensor
 from .anchors import select_anchors_varied
 from aot.config import AOTConfig, budget
 from .intra import aggregate_intra, tracks_grad
-from .temporal import aggregate_inter, default_clip_length, dynamic_clips, uniform_clips
+from aot.temporal import clip_length_of
+
+from .temporal import aggregate_inter, dynamic_clips, uniform_clips
 
 __all__ = ["Compressed", "Mix", "apply_mix", "compress", "plan_budget", "make_clips", "stack"]
 
@@ -117,7 +119,7 @@ def plan_budget(total: int, frames: int, tokens: int, n_clips: int, anchor_share
 def make_clips(x: Tensor, config: AOTConfig) -> list[tuple[int, int]]:
     """(first frame, length) of every clip of x (F, N, d) under config's clip rule."""
     f = x.shape[0]
-    length = config.clip_length or default_clip_length(f, config.retention, config.anchor_share)
+    length = clip_length_of(config, f)  # the clip-length rule is config logic, shared (issue 22 added anchor_density)
     if config.clips == "uniform":
         return uniform_clips(f, length)
     return dynamic_clips(x.mean(dim=1), length, config.tau_seg)  # mean token per frame
