@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ot import sinkhorn_, static_bound
+from .ot import plain_bound, sinkhorn_, static_bound
 
 __all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
 
@@ -113,7 +113,7 @@ def aggregate_intra(
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
         shape = (videos, f // videos, m, n)
         plan = sinkhorn_(cost.view(shape), reg, n_iters, row_mass.view(shape[:3]), col_mass.view(*shape[:2], n), tol,
-                         groups=1, bound=static_bound(reg, m, n)).view(f, m, n).to(x.dtype)
+                         groups=1, bound=static_bound(reg, m, n), plain=plain_bound(reg, m, n)).view(f, m, n).to(x.dtype)
         del cost
     keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
     plan = plan * keep if grad else plan.mul_(keep)

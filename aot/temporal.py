@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .intra import cosine_cost, normalise, tracks_grad
-from .ot import sinkhorn_, static_bound
+from .ot import plain_bound, sinkhorn_, static_bound
 
 __all__ = ["uniform_clips", "dynamic_clips", "InterResult", "aggregate_inter"]
 
@@ -92,7 +92,7 @@ def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: i
         shape = (videos, b // videos, m, n)
         work = cost if tracks_grad(cost) else cost.clone()  # the solver overwrites a cost without graph
         plan = sinkhorn_(work.view(shape), reg, n_iters, w.view(shape[:3]), wc.view(*shape[:2], n), tol, groups=1,
-                         bound=static_bound(reg, m, n)).view(b, m, n)
+                         bound=static_bound(reg, m, n), plain=plain_bound(reg, m, n)).view(b, m, n)
     else:
         plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
     # a row with no mass (padding; with cosine weights and restricted cols, a token no allowed anchor

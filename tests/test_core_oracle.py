@@ -1,9 +1,12 @@
 """The vectorised core (issue 17) against the per-video, per-clip core it replaced, kept as an oracle
 in tests/aot_reference (commit 76f3d27 plus the cosine-drop fix of the mix commit).
 
-The arithmetic of every output is the same operation on the same numbers (batching videos and
-clips changes which problems share an operator call, not what each problem computes), so the
-fields must be equal bit for bit, for one video and for each video of a batch.
+Batching videos and clips changes which problems share an operator call, not what each problem
+computes. One thing computes differently on purpose (issue 17, fewer operators): AOT's Sinkhorn runs
+the plain scaling route (4 operators an iteration instead of 6: no cost shift, no renormalisation of
+u), the same plan up to float rounding. So every discrete field (sizes, frames, positions,
+assignment, dynamic) must be equal and the tokens within 2e-6 relative (see _same), for one video and for
+each video of a batch. Before that change they were equal bit for bit (commit c1b5374).
 """
 
 import itertools
@@ -29,10 +32,33 @@ def _video(f, n, d, seed, batch=None, dtype=torch.float32):
     return x.to(dtype), torch.rand(*lead, f, n, generator=g), torch.rand(*lead, f, n, generator=g)
 
 
+DISCRETE = ("sizes", "frames", "positions", "assignment", "dynamic")
+DIFFS = []  # (max |difference| of tokens, dtype) of every comparison, for the report at the end
+
+
 def _same(out, ref):
+    """Every discrete field equal; tokens within 2e-6 relative (absolute below magnitude 1; 1e-12 for
+    float64). Why 2e-6 and not 1e-6: the float32 pipeline itself is that far from its float64 run on
+    this set (largest relative error of the old core 1.26e-6, of the new one 1.57e-6, dynamic clips
+    with 4-6 chained Eq. 16 steps: a cost perturbation e moves the next plan by e / reg), so two
+    roundings of the same computation differ by up to 1.34e-6 (measured). The arithmetic differs
+    from the old core in one place: AOT's Sinkhorn runs the plain scaling route (no shift, no
+    renormalisation of u, u0 = a; aot.ot.plain_bound), the same plan up to float rounding. A bfloat16 /
+    float16 output may then round to the neighbouring value: one unit in its last place at most."""
     for name, a, b in zip(aot.Compressed._fields, out[:6], ref[:6]):
         assert a.dtype == b.dtype and a.shape == b.shape, name
-        assert torch.equal(a, b), f"{name} differs: max {(a.double() - b.double()).abs().max()}"
+        if name in DISCRETE:
+            assert torch.equal(a, b), f"{name} differs: max {(a.double() - b.double()).abs().max()}"
+            continue
+        diff = (a.double() - b.double()).abs()
+        rel = diff / b.double().abs().clamp(min=1.0)  # relative to the value, absolute below 1
+        DIFFS.append((float(rel.max()), a.dtype))
+        if a.dtype in (torch.float32, torch.float64):
+            assert rel.max() <= (2e-6 if a.dtype == torch.float32 else 1e-12), f"{name} differs by {rel.max()} (rel.)"
+        else:  # one ulp of the output dtype at the value's magnitude
+            ulp = torch.finfo(a.dtype).eps * torch.maximum(a.double().abs(), b.double().abs()).clamp(
+                min=torch.finfo(a.dtype).tiny)
+            assert (diff <= ulp).all(), f"{name} differs by more than one {a.dtype} ulp: max {diff.max()}"
 
 
 CONFIGS = [dict(clips=c, keep_ref=k, unmatched_anchors=u)
@@ -78,3 +104,12 @@ def test_paper_shape_equals_the_old_core():
     for kw in (dict(), dict(keep_ref="previous", unmatched_anchors="absorb"), dict(tol=None)):
         cfg = aot.AOTConfig(**kw)
         _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg))
+
+
+def test_zz_report_largest_difference():
+    """Not a check: prints the largest token difference seen above (pytest -s), for docs/gpu-core.md."""
+    if DIFFS:
+        worst = {}
+        for d, dt in DIFFS:
+            worst[dt] = max(worst.get(dt, 0.0), d)
+        print({str(k): v for k, v in worst.items()})
