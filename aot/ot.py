@@ -85,7 +85,8 @@ def plain_bound(reg: float, m: int, n: int, cost_range: float = 2.0) -> float:
 
 
 def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, *, groups: int = 0,
-              bound: float | None = None, plain: float | None = None) -> Tensor:
+              bound: float | None = None, plain: float | None = None, blocks: int = 0,
+              rows: bool = False) -> Tensor:
     """``sinkhorn`` on checked inputs that may overwrite ``cost`` (float32/64, finite) to save memory.
 
     a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage, except
@@ -97,11 +98,24 @@ def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol,
     plain: a caller-known ``plain_bound`` (cost in [0, 2], marginals uniform over a subset of each
     problem); when it is <= the limit the plain scaling route runs (4 operators an iteration instead
     of 6; the same plan up to float rounding, not bit for bit the renormalised route's).
+    blocks (with groups=0): cost (P, m, n) holds ``blocks`` stop groups of P / blocks problems one after
+    the other (the videos of a batch), without a view to a leading group dim.
+    rows: return the plan with each row divided by its sum instead (rows of zero mass: zero on the
+    renormalised and log routes, not on the plain route, where the caller masks them).
     """
     m, n = cost.shape[-2:]
     grad = _tracks_grad(cost, a, b)
     if plain is not None and plain <= _PLAIN_EXP[cost.dtype]:
-        return _sinkhorn_plain(cost, reg, n_iters, a, b, tol, grad, groups)
+        return _sinkhorn_plain(cost, reg, n_iters, a, b, tol, grad, groups, max(blocks, 1), rows)
+    if blocks:
+        p = cost.shape[0]
+        cost, a, b = (t.view(blocks, p // blocks, *t.shape[1:]) for t in (cost, a, b))
+        out = sinkhorn_(cost, reg, n_iters, a, b, tol, groups=1, bound=bound, rows=rows)
+        return out.view(p, m, n)
+    if rows:
+        plan = sinkhorn_(cost, reg, n_iters, a, b, tol, groups=groups, bound=bound)
+        den = plan.sum(-1, keepdim=True)
+        return plan / torch.where(den > 0, den, torch.ones_like(den))
     cmin = cost.amin(dim=(-2, -1), keepdim=True)
     if bound is None or bound > _SAFE_EXP[cost.dtype]:
         scaling = _routes(cost, cmin, reg, a, b, groups)  # host reads: the data decide the route
@@ -187,21 +201,24 @@ def _tol_threshold(tol: float, dtype) -> float:
 
 
 def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, grad: bool = False,
-                    groups: int = 0) -> Tensor:
+                    groups: int = 0, blocks: int = 1, rows: bool = False) -> Tensor:
     """Matrix scaling without shift or renormalisation (plain_bound says why nothing under- or
     overflows): u = a / K v, v = b / K^T u, four operators an iteration. ``u @ K`` of an iteration
-    serves both the early-stop check and the next iteration's v. cost (..., m, n) in [0, 2]."""
+    serves both the early-stop check and the next iteration's v. cost (..., m, n) in [0, 2].
+    Stop groups: the first ``groups`` dims, or ``blocks`` equal runs of dim 0 (see sinkhorn_).
+    rows=True returns the row-normalised plan K v / (K v) (u cancels; rows with a = 0 are not zero)."""
     kernel = cost.div(-reg).exp() if grad else cost.div_(-reg).exp_()  # (..., m, n) in [exp(-2 / reg), 1]
     kernel_t = kernel.transpose(-1, -2).contiguous()  # (..., n, m): row vector @ matrix is fast on CPU
     bb, aa = b.unsqueeze(-2), a.unsqueeze(-2)  # (..., 1, n), (..., 1, m)
     u, ku = aa, aa @ kernel  # u0 = a: masked rows stay 0
-    lead = cost.shape[:groups]
-    single = groups == 0 or math.prod(lead) == 1  # one stop group: no state to freeze
+    lead = cost.shape[:groups] if groups else (blocks,)
+    single = math.prod(lead) == 1  # one stop group: no state to freeze
     thr = None if tol is None else _tol_threshold(tol, cost.dtype)
     frozen = saved = None
     for it in range(n_iters):
         v = bb / ku  # (..., 1, n)
-        u = aa / (v @ kernel_t)  # (..., 1, m)
+        kv = v @ kernel_t  # (..., 1, m)
+        u = aa / kv
         check = thr is not None and (it + 1) % _CHECK_EVERY == 0 and it + 1 < n_iters
         if it + 1 < n_iters:
             ku = u @ kernel
@@ -213,18 +230,25 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
                 if bool(err.amax() < thr):  # the one host read of a check
                     break
                 continue
-            conv = (err.reshape(*lead, -1).amax(-1) < thr).view(*lead, *([1] * (u.dim() - groups)))
+            conv = err.reshape(*lead, -1).amax(-1) < thr  # (G...,): every problem of the group below tol
+            conv = conv.view(*lead, *([1] * (u.dim() - groups))) if groups else \
+                conv.view(blocks, 1).expand(blocks, u.shape[0] // blocks).reshape(-1, *([1] * (u.dim() - 1)))
             if frozen is None:
-                frozen, saved = conv, (u, v)
+                frozen, saved = conv, (kv, v)
             else:
                 new = conv & ~frozen
-                saved = tuple(torch.where(new, s, old) for s, old in zip((u, v), saved))
+                saved = tuple(torch.where(new, s, old) for s, old in zip((kv, v), saved))
                 frozen = frozen | conv
             if bool(frozen.all()):
                 break
     if frozen is not None:  # groups that stopped earlier than the last iteration run take their state back
-        u, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (u, v)))
+        kv, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (kv, v)))
+        u = aa / kv
     del kernel_t
+    if rows:
+        if grad:
+            return kernel * v / kv.transpose(-1, -2)
+        return kernel.mul_(v).div_(kv.transpose(-1, -2))  # in the kernel's storage
     if grad:
         return kernel * u.transpose(-1, -2) * v
     return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
