@@ -229,7 +229,8 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     if config.anchor_select == "random":  # ablation: uniformly random anchors, reproducible by seed, same per video
         gen = torch.Generator().manual_seed(config.seed)
         scores = local_scores = torch.rand(f, n, generator=gen).to(dev).expand(v, f, n)
-    anchors, valid = select_anchors_varied(scores.reshape(v * f, n).float(), local_scores.reshape(v * f, n).float(),
+    f32 = lambda t: t.reshape(v * f, n) if t.dtype == torch.float32 else t.reshape(v * f, n).float()  # noqa: E731
+    anchors, valid = select_anchors_varied(f32(scores), f32(local_scores),
                                            grid, counts,
                                            global_share=1.0 if config.anchor_select == "random" else config.global_share,
                                            windows=config.windows)
@@ -276,9 +277,9 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     def rows(t: Tensor) -> Tensor:
         return t.reshape(v, f * m).gather(1, sel)
 
-    flat_sel = (sel + torch.arange(v, device=dev).unsqueeze(1) * (f * m)).flatten()  # rows of (V F M, d)
+    flat_sel = sel.view(-1) if v == 1 else (sel + torch.arange(v, device=dev).unsqueeze(1) * (f * m)).flatten()
     return Compressed(
-        tokens=tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(v, total, d).to(out_dtype),
+        tokens=_cast(tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(v, total, d), out_dtype),
         sizes=rows(sizes),
         frames=rows(local.expand(v * f, m)),
         positions=rows(pos),
@@ -335,8 +336,10 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     kidx = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :n_keep]  # (V, K) ascending
     qk = w_kept.shape[-1]
 
+    voff = None if videos == 1 else torch.arange(videos, device=dev).unsqueeze(1) * (f * m)  # (V, 1)
+
     def take(t: Tensor, idx: Tensor, width: int) -> Tensor:  # t (V F, M, width) rows idx (V, U) -> (V, U * width)
-        flat = (idx + torch.arange(videos, device=dev).unsqueeze(1) * (f * m)).flatten()
+        flat = idx.reshape(-1) if voff is None else (idx + voff).flatten()
         return t.reshape(videos * f * m, width).index_select(0, flat).view(videos, -1)
 
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
@@ -352,6 +355,10 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
                           ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
     weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
     return Mix(rows, cols, weights)
+
+
+def _cast(t: Tensor, dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _identity(x: Tensor) -> Compressed:

@@ -96,12 +96,13 @@ def aggregate_intra(
     own_idx = torch.where(valid, anchors, anchors[:, :1])  # padding redirected to slot 0's token
     own_slot = torch.where(valid, slot, 0)
     is_anchor.scatter_(1, own_idx, True)
-    full = counts == n  # frames where every token is an anchor: nothing to fold in
-    if merge == "none" or (m == n and bool(full.all())):  # m < n: no frame is full, known without a read
+    full = counts == n if m == n else None  # frames where every token is an anchor (m < n: none, no read)
+    if merge == "none" or (m == n and bool(full.all())):
         owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
         return IntraResult(a.clone(), valid.long(), owner, None)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
-    col_mass = torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor).to(x.dtype)
+    col_mass = (~is_anchor if full is None else torch.where(full.unsqueeze(1), torch.ones_like(is_anchor),
+                                                             ~is_anchor)).to(x.dtype)
     col_mass = col_mass / col_mass.sum(1, keepdim=True)
     row_mass = valid.to(x.dtype) / counts.unsqueeze(1)
     cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
@@ -111,12 +112,12 @@ def aggregate_intra(
         plan = normalise(weights, 1) * col_mass.unsqueeze(1)  # a token no anchor resembles: zero column
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
-        shape = (videos, f // videos, m, n)
-        plan = sinkhorn_(cost.view(shape), reg, n_iters, row_mass.view(shape[:3]), col_mass.view(*shape[:2], n), tol,
-                         groups=1, bound=static_bound(reg, m, n), plain=plain_bound(reg, m, n)).view(f, m, n).to(x.dtype)
+        plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol, blocks=videos, bound=static_bound(reg, m, n),
+                         plain=plain_bound(reg, m, n))
         del cost
-    keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
-    plan = plan * keep if grad else plan.mul_(keep)
+    if full is not None:  # only a full frame has mass on anchor columns (m < n: anchor columns have none)
+        keep = (~is_anchor).unsqueeze(1)
+        plan = plan * keep if grad else plan.mul_(keep)
     if mass == "unit":
         scale = counts.to(x.dtype).view(f, 1, 1)
         plan = plan * scale if grad else plan.mul_(scale)
@@ -133,10 +134,14 @@ def aggregate_intra(
     # (F, N); padding rows have zero plan (cosine: zero weight) and never win
     owner = plan.argmax(dim=1)
     # a token that gives no anchor any weight (cosine merge: it resembles none) is dropped, not owned
-    owner = torch.where(plan.detach().amax(dim=1) > 0, owner, -1)
+    if merge != "ot":  # (OT: every column of mass has a positive entry in every valid row)
+        owner = torch.where(plan.detach().amax(dim=1) > 0, owner, -1)
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
-    sizes.scatter_add_(1, owner.clamp(min=0), (owner >= 0).long())
+    if merge == "ot":  # every token owned: one count each
+        sizes.scatter_add_(1, owner, torch.ones_like(owner))
+    else:
+        sizes.scatter_add_(1, owner.clamp(min=0), (owner >= 0).long())
     with torch.no_grad():  # the map of Eq. 11: lam T~ / denom on the others, 1 / denom on the anchor itself
         inv = denom.detach().reciprocal()  # (F, M, 1)
         weights = plan.detach() * (inv * lam) if grad else plan.mul_(inv * lam)
