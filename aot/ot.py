@@ -208,7 +208,7 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
     Stop groups: the first ``groups`` dims, or ``blocks`` equal runs of dim 0 (see sinkhorn_).
     rows=True returns the row-normalised plan K v / (K v) (u cancels; rows with a = 0 are not zero)."""
     kernel = cost.div(-reg).exp() if grad else cost.div_(-reg).exp_()  # (..., m, n) in [exp(-2 / reg), 1]
-    kernel_t = kernel.transpose(-1, -2).contiguous()  # (..., n, m): row vector @ matrix is fast on CPU
+    kernel_t = kernel.transpose(-1, -2)  # (..., n, m), a view: on CPU as fast as a contiguous copy here
     bb, aa = b.unsqueeze(-2), a.unsqueeze(-2)  # (..., 1, n), (..., 1, m)
     u, ku = aa, aa @ kernel  # u0 = a: masked rows stay 0
     lead = cost.shape[:groups] if groups else (blocks,)
