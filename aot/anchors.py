@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .indices import const
+
 __all__ = ["window_quotas", "window_slices", "select_anchors", "select_anchors_varied"]
 
 
@@ -84,9 +86,9 @@ def _select(scores: Tensor, local_scores: Tensor, grid: tuple[int, int], counts:
         caps = [len(c) for c in cells]
         quota = {k: window_quotas(k, caps) for k in set(k_locals)}
         q_max = max(max(q) for q in quota.values())
-        table = torch.tensor([c + [n] * (width - len(c)) for c in cells], device=dev)  # (W, C)
+        table = const([c + [n] * (width - len(c)) for c in cells], dev)  # (W, C)
         # (F, W, q_max): True where rank r of window w is one of frame f's local anchors
-        take = torch.tensor([[[r < qw for r in range(q_max)] for qw in quota[k]] for k in k_locals], device=dev)
+        take = const([[[r < qw for r in range(q_max)] for qw in quota[k]] for k in k_locals], dev, torch.bool)
         padded = torch.nn.functional.pad(local_scores, (0, 1), value=float("-inf"))  # (F, N + 1)
         top = padded[:, table].sort(dim=-1, descending=True, stable=True).indices[..., :q_max]  # (F, W, q_max)
         picks = table.expand(f, -1, -1).gather(2, top).masked_fill_(~take, n)
@@ -95,7 +97,7 @@ def _select(scores: Tensor, local_scores: Tensor, grid: tuple[int, int], counts:
         masked = torch.nn.functional.pad(scores, (0, 1), value=float("-inf")).masked_fill_(chosen, float("-inf"))
         top = masked.sort(dim=1, descending=True, stable=True).indices[:, :max(k_global)]  # (F, k_max)
         if min(k_global) < max(k_global):
-            take = torch.tensor([[r < k for r in range(max(k_global))] for k in k_global], device=dev)
+            take = const([[r < k for r in range(max(k_global))] for k in k_global], dev, torch.bool)
             top = top.masked_fill_(~take, n)
         chosen.scatter_(1, top, True)
     # row f holds exactly counts[f] True entries among the first N: a stable sort puts them first,
@@ -121,9 +123,9 @@ def select_anchors_varied(
         counts = counts.tolist()
     dev = scores.device
     m_max = max(counts)
-    valid = torch.tensor([[j < c for j in range(m_max)] for c in counts], device=dev)  # (F, M_max)
+    valid = const([[j < c for j in range(m_max)] for c in counts], dev, torch.bool)  # (F, M_max)
     idx = _select(scores, local_scores, grid, counts, kwargs.get("global_share", 0.5), kwargs.get("windows", (3, 3)))
     if min(counts) == m_max:  # every frame the same count: no padding
         return idx, valid
-    last = torch.tensor([[c - 1] for c in counts], device=dev)  # (F, 1)
+    last = const([[c - 1] for c in counts], dev)  # (F, 1)
     return torch.where(valid, idx, idx.gather(1, last)), valid

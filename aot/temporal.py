@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .indices import const
 from .intra import cosine_cost, normalise, tracks_grad
 from .ot import plain_bound, sinkhorn_, static_bound
 
@@ -112,7 +113,7 @@ class _Layout:
         later = [s + i for s, n in clips for i in range(1, n)]  # ascending: clips are consecutive
         key_of = [s for s, n in clips for _ in range(1, n)]
         off = lambda idx: [v * frames + i for v in range(videos) for i in idx]  # noqa: E731
-        t = lambda idx: torch.tensor(idx, dtype=torch.long, device=device)  # noqa: E731
+        t = lambda idx: const(idx, device)  # noqa: E731
         self.starts_list = off([s for s, _ in clips])
         self.later_list = off(later)
         self.key_of_list = off(key_of)
@@ -128,7 +129,7 @@ class _Layout:
         """Clips (all videos) that have position ``step``, their frames and rows among later frames."""
         active = [v * self.n_clips + i for v in range(self.videos) for i, n in enumerate(self.lengths) if n > step]
         frames = [self.starts_list[a] + step for a in active]
-        t = lambda idx: torch.tensor(idx, dtype=torch.long, device=self.device)  # noqa: E731
+        t = lambda idx: const(idx, self.device)  # noqa: E731
         return len(active), t(active), t(frames), t([self.later_row[f] for f in frames])
 
 
@@ -138,7 +139,7 @@ def _pair_costs(tokens: Tensor, norms: Tensor, lay: _Layout, back: int) -> Tenso
     broadcast product over the (V C, L) grid of frames (nothing gathered by index; the same product
     per pair as cosine_cost); otherwise one product on gathered copies."""
     if not lay.regular:
-        t = lambda idx: torch.tensor(idx, dtype=torch.long, device=tokens.device)  # noqa: E731
+        t = lambda idx: const(idx, tokens.device)  # noqa: E731
         cols = t(lay.key_of_list) if back == 0 else lay.later - 1  # a later frame's predecessor: same clip
         return cosine_cost(tokens[lay.later], tokens[cols], norms[lay.later], norms[cols])
     length, (f, m, d) = lay.lengths[0], tokens.shape
@@ -302,7 +303,7 @@ def aggregate_inter(
         else:
             pa = _row_weights(cost, vf, merge, reg, n_iters, tol, cols, videos=videos, mass=w_at[step], own=True,
                               mask_rows=False)
-        w = pa.to(s.dtype) * mg_at[step]  # (A, M_tok, M_anc): merged tokens only
+        w = (pa if pa.dtype == s.dtype else pa.to(s.dtype)) * mg_at[step]  # (A, M_tok, M_anc): merged tokens only
         wt = w.transpose(1, 2)  # (A, M_anc, M_tok)
         recv = wt.sum(-1, keepdim=True)  # (A, M_anc, 1)
         denom = recv * lam + 1.0 if lam != 1.0 else recv + 1.0
@@ -336,7 +337,7 @@ def aggregate_inter(
         owner = torch.full((f, m), -1, dtype=torch.long, device=dev).index_put_((rows,), torch.cat(owns))
     owner = owner.masked_fill_(~merged, -1)
     # sizes: every merged token's size to its owner, all steps at once (integers: any order is exact)
-    base = torch.tensor([[c * (m + 1)] for c in lay.clip_of], device=dev)  # (F, 1) first slot of its clip
+    base = const([[c * (m + 1)] for c in lay.clip_of], dev)  # (F, 1) first slot of its clip
     slot = (owner.remainder(m + 1) + base).view(-1)  # owner -1 goes to the clip's extra slot m
     acc = torch.zeros(anchors.shape[0] * (m + 1), dtype=sizes.dtype, device=dev).scatter_add_(0, slot, sizes.view(-1))
     anchor_sizes = start_sizes + acc.view(-1, m + 1)[:, :m]
