@@ -253,18 +253,18 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     starts = [s for s, _ in clips]
     starts_all = const([i * f + s for i in range(v) for s in starts], dev)
     clip_start = const([i * f + s for i in range(v) for s, c in clips for _ in range(c)], dev)  # (V F,)
-    first = torch.zeros(v * f, dtype=torch.bool, device=dev)
-    first[starts_all] = True
-    is_row = (first.unsqueeze(1) | inter.kept) & valid  # (V F, M)
+    first = const([[t in starts] for _ in range(v) for t in range(f)], dev, torch.bool)  # (V F, 1)
+    is_row = (first | inter.kept) & valid  # (V F, M)
     row_of = (torch.cumsum(is_row.view(v, f * m), 1) - 1).view(v * f, m)  # row within its video where is_row
-    merged_row = row_of[clip_start.unsqueeze(1).expand(v * f, m), inter.owner.clamp(min=0)]
+    key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
+    merged_row = key_row.gather(1, inter.owner.clamp(min=0))
     merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
     slot_row = torch.where(is_row, row_of, merged_row)  # (V F, M)
     mix = None
     with torch.no_grad():
         if with_mix:
             mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, inter.kept,
-                           n, v, n_keep, config.inter_merge != "none", counts[:f])
+                           n, v, n_keep, config.inter_merge != "none", counts[:f], key_row)
     tokens = intra.tokens
     if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
         tokens = tokens.index_put((starts_all,), inter.anchors)
@@ -274,8 +274,11 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     sizes[starts_all] = inter.anchor_sizes
     local = const([[t] for _ in range(v) for t in range(f)], dev)  # (V F, 1) frame within its video
     pos = anchors + local * n  # (V F, M) flat positions within the video
-    assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (V F, N)
-    assignment = torch.where(intra.owner >= 0, assignment, -1).view(*lead, f * n)
+    if config.intra_merge == "ot":  # every token has an owner
+        assignment = slot_row.gather(1, intra.owner).view(*lead, f * n)  # (V F, N)
+    else:
+        assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (V F, N)
+        assignment = torch.where(intra.owner >= 0, assignment, -1).view(*lead, f * n)
     # the R rows of each video in ascending (frame, slot) order: a stable sort, no count read back
     sel = torch.argsort((~is_row).view(v, f * m).to(torch.uint8), dim=1, stable=True)[:, :total]  # (V, R)
 
@@ -299,7 +302,7 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
 
 def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tensor, decay: Tensor,
              clips: list[tuple[int, int]], row_of: Tensor, kept: Tensor, n: int, videos: int, n_keep: int,
-             merged: bool, counts: list[int]) -> Mix:
+             merged: bool, counts: list[int], key_row: Tensor | None = None) -> Mix:
     """The Mix of V videos with the same clips, (V, E) fields, from the two stages' linear maps (no graph).
 
     intra_w: (V F, M, N) tokens[f] = intra_w[f] @ x[f] (None: tokens[f, j] = x[f, anchors[f, j]]);
@@ -315,14 +318,18 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     f = vf // videos
     dev = anchors.device
     width = max(c for _, c in clips)
-    tab = const([[i * f + s + p if p < c else vf for p in range(width)] for i in range(videos) for s, c in clips],
-                dev)  # (V C, L) frames of each clip, padded with a dummy frame
-    dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (V C, L, M)
-    incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
-    after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
-    suffix = torch.empty(vf + 1, m, dtype=decay.dtype, device=dev)
-    suffix[tab.flatten()] = after.flatten(0, 1)
-    suffix = suffix[:vf]  # (V F, M)
+    if all(c == width for _, c in clips):  # every clip the same length: the frames are a (V C, L) grid
+        incl = decay.view(-1, width, m).flip(1).cumprod(1).flip(1)  # product over the clip's frames from p on
+        suffix = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1).view(vf, m)  # ... after p
+    else:
+        tab = const([[i * f + s + p if p < c else vf for p in range(width)] for i in range(videos) for s, c in clips],
+                    dev)  # (V C, L) frames of each clip, padded with a dummy frame
+        dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (V C, L, M)
+        incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
+        after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
+        suffix = torch.empty(vf + 1, m, dtype=decay.dtype, device=dev)
+        suffix[tab.flatten()] = after.flatten(0, 1)
+        suffix = suffix[:vf]  # (V F, M)
     starts = const([i * f + s for i in range(videos) for s, _ in clips], dev)
     g = suffix.unsqueeze(-1) * coef  # (V F, M_anc, M_tok)
     g[starts] += torch.diag_embed(suffix[starts])
@@ -332,13 +339,14 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
         w_kept, cols_kept = torch.ones(vf, m, 1, dtype=g.dtype, device=dev), anchors.unsqueeze(-1) + base
     else:
         w_anchor, w_kept = torch.bmm(g, intra_w), intra_w  # (V F, M, N)
-    clip_start = const([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], dev)
-    key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
+    if key_row is None:
+        clip_start = const([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], dev)
+        key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
     # slots that feed a clip anchor (keyframes; later frames too when merged), ascending: the same in
     # every video (the counts follow the clips), listed from Python
     key_frames = {s for s, _ in clips}
-    use_idx = const([t * m + j for t in range(f) if merged or t in key_frames for j in range(counts[t])],
-                    dev)  # (U,)
+    used = [(t, j) for t in range(f) if merged or t in key_frames for j in range(counts[t])]
+    use_idx = const([t * m + j for t, j in used], dev)  # (U,)
     q = w_anchor.shape[-1]
     keep = (kept & valid).view(videos, f * m)
     kidx = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :n_keep]  # (V, K) ascending
@@ -353,14 +361,14 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
     # rows (and dense columns) are one value per slot broadcast over its q entries: cat writes the
     # broadcast once, no (V F M, q) int64 copies are made
-    rows = torch.cat([take(key_row.unsqueeze(-1), use_v, 1).unsqueeze(-1).expand(-1, -1, q).flatten(1),
-                      take(row_of.unsqueeze(-1), kidx, 1).unsqueeze(-1).expand(-1, -1, qk).flatten(1)], 1)
+    rows = torch.cat([key_row.view(videos, f * m)[:, use_idx].unsqueeze(-1).expand(-1, -1, q).flatten(1),
+                      row_of.view(videos, f * m).gather(1, kidx).unsqueeze(-1).expand(-1, -1, qk).flatten(1)], 1)
     if intra_w is None:
         cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
     else:  # slot s of frame t (within its video) reads columns t * N + 0..N-1
-        span = torch.arange(n, device=dev)
-        cols = torch.cat([((use_v // m) * n).unsqueeze(-1).add(span).flatten(1),
-                          ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
+        span = const(list(range(n)), dev)
+        use_cols = (const([[t * n] for t, _ in used], dev) + span).view(1, -1).expand(videos, -1)  # (V, U N)
+        cols = torch.cat([use_cols, ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
     weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
     return Mix(rows, cols, weights)
 

@@ -110,10 +110,12 @@ def aggregate_intra(
         owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
         return IntraResult(a.clone(), valid.long(), owner, None)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
-    col_mass = (~is_anchor if full is None else torch.where(full.unsqueeze(1), torch.ones_like(is_anchor),
-                                                             ~is_anchor)).to(x.dtype)
-    col_mass = col_mass / col_mass.sum(1, keepdim=True)
-    row_mass = x.new_full((f, m), 1.0 / m) if uniform else valid.to(x.dtype) / counts.unsqueeze(1)
+    others = ~is_anchor if full is None else torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor)
+    # uniform over each frame's other tokens (bool / int64 divides in float32: the same values)
+    col_mass = others / others.sum(1, keepdim=True) if x.dtype == torch.float32 else \
+        others.to(x.dtype) / others.sum(1, keepdim=True)
+    # (F, 1, M) row-shaped for the solver when uniform
+    row_mass = x.new_full((f, 1, m), 1.0 / m) if uniform else valid.to(x.dtype) / counts.unsqueeze(1)
     cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
     if merge == "cosine":
         weights = 1.0 - cost

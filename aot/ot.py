@@ -89,7 +89,7 @@ def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol,
               rows: bool = False) -> Tensor:
     """``sinkhorn`` on checked inputs that may overwrite ``cost`` (float32/64, finite) to save memory.
 
-    a, b: full marginals (..., m), (..., n). The returned plan may share cost's storage, except
+    a, b: full marginals (..., m), (..., n) (or (..., 1, m), (..., 1, n)). The returned plan may share cost's storage, except
     when an input requires grad: then nothing is overwritten and the plan is differentiable.
     groups: the first ``groups`` dims index independent stop groups (e.g. videos of a batch): each
     group stops at the first check where all of its problems meet tol, exactly as it would alone
@@ -107,6 +107,8 @@ def sinkhorn_(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol,
     grad = _tracks_grad(cost, a, b)
     if plain is not None and plain <= _PLAIN_EXP[cost.dtype]:
         return _sinkhorn_plain(cost, reg, n_iters, a, b, tol, grad, groups, max(blocks, 1), rows)
+    a = a.squeeze(-2) if a.dim() == cost.dim() else a  # row-shaped (..., 1, m) marginals of the plain route
+    b = b.squeeze(-2) if b.dim() == cost.dim() else b
     if blocks:
         p = cost.shape[0]
         cost, a, b = (t.view(blocks, p // blocks, *t.shape[1:]) for t in (cost, a, b))
@@ -209,7 +211,9 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
     rows=True returns the row-normalised plan K v / (K v) (u cancels; rows with a = 0 are not zero)."""
     kernel = cost.div(-reg).exp() if grad else cost.div_(-reg).exp_()  # (..., m, n) in [exp(-2 / reg), 1]
     kernel_t = kernel.transpose(-1, -2)  # (..., n, m), a view: on CPU as fast as a contiguous copy here
-    bb, aa = b.unsqueeze(-2), a.unsqueeze(-2)  # (..., 1, n), (..., 1, m)
+    # (..., 1, n), (..., 1, m); callers may pass them in that shape already
+    bb = b if b.dim() == cost.dim() else b.unsqueeze(-2)
+    aa = a if a.dim() == cost.dim() else a.unsqueeze(-2)
     u, ku = aa, aa @ kernel  # u0 = a: masked rows stay 0
     lead = cost.shape[:groups] if groups else (blocks,)
     single = math.prod(lead) == 1  # one stop group: no state to freeze

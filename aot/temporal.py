@@ -89,18 +89,26 @@ def _row_weights(cost: Tensor, valid: Tensor, merge: str, reg: float, n_iters: i
     overwritten (else it is left as it is). mask_rows=False: padding rows may come back nonzero
     (for callers that mask them anyway: one operator less).
     """
-    w = valid.to(cost.dtype) / valid.sum(-1, keepdim=True) if mass is None else mass
-    wc = w if cols is None else cols.to(cost.dtype) / cols.sum(-1, keepdim=True)
+    w = _uniform(valid, cost.dtype) if mass is None else mass
+    wc = w if cols is None else _uniform(cols, cost.dtype)
     if merge == "ot":
         b, m, n = cost.shape
         work = cost if own or tracks_grad(cost) else cost.clone()  # the solver overwrites a cost without graph
         p = sinkhorn_(work, reg, n_iters, w, wc, tol, blocks=videos, bound=static_bound(reg, m, n),
                       plain=plain_bound(reg, m, n), rows=True)
         return p * valid.unsqueeze(-1) if mask_rows else p
+    w, wc = (t.squeeze(-2) if t.dim() == 3 else t for t in (w, wc))  # (B, M) (callers may pass (B, 1, M))
     plan = (1.0 - cost).clamp(min=0.0) * (w.unsqueeze(-1) > 0) * (wc.unsqueeze(-2) > 0)
     # a row with no mass (padding; with cosine weights and restricted cols, a token no allowed anchor
     # resembles) stays zero
     return normalise(plan, -1)
+
+
+def _uniform(mask: Tensor, dtype) -> Tensor:
+    """mask / its count along the last dim (the uniform marginal over the True entries), in dtype.
+    bool / int64 divides in float32 directly (the same value as mask.float() / count)."""
+    den = mask.sum(-1, keepdim=True)
+    return mask / den if dtype == torch.float32 else mask.to(dtype) / den
 
 
 class _Layout:
@@ -256,7 +264,7 @@ def aggregate_inter(
         kept[later] = kept_later
         if guard:  # per video: the highest max-cosine-to-the-keyframe of a kept token, (V, 1, 1)
             tau = key_cos.masked_fill(~kept_later, float("-inf")).view(videos, -1).amax(1)
-            tau = tau.to(tokens.dtype).view(videos, 1).expand(videos, f // videos).reshape(f, 1)  # per frame
+            tau = tau.to(tokens.dtype).view(videos, 1, 1).expand(videos, f // videos, 1).reshape(f, 1, 1)  # per frame
     if n_steps == 1:  # merge="none": later tokens not kept are dropped
         kw = dict(dtype=tokens.dtype, device=dev)
         return InterResult(anchors, start_sizes, kept, torch.full((f, m), -1, dtype=torch.long, device=dev), q,
@@ -266,7 +274,7 @@ def aggregate_inter(
     # per-frame input of a step is split by position once (a view per position on a regular layout,
     # one gather per position otherwise); the outputs are stacked once after the loop.
     merged = ~kept & valid  # (F, M): later tokens not kept (first frames too: their owner stays -1)
-    mass = valid.to(tokens.dtype) / valid.sum(-1, keepdim=True)  # (F, M) uniform row marginal
+    mass = _uniform(valid.unsqueeze(1), tokens.dtype)  # (F, 1, M) uniform row marginal, row-shaped for the solver
     if lay.regular:
         length, n_clips = lay.lengths[0], anchors.shape[0]
 
@@ -279,14 +287,14 @@ def aggregate_inter(
         def split(t: Tensor) -> list:
             return [None] + [t[st[2]] for st in steps[1:]]
     s_at, n_at, mg_at, v_at, w_at = (split(t) for t in (tokens, norms.unsqueeze(-1), merged.to(tokens.dtype).unsqueeze(-1),
-                                                           valid, mass))
+                                                           valid.unsqueeze(1), mass))
     if tau is not None:
         tau_at, unm_at = split(tau), split((~merged).unsqueeze(-1))
     first = key_cost.view(-1, length - 1, m, m)[:, 0] if lay.regular else key_cost[steps[1][3]]
     coefs, decays, owns = [], [], []
     for step in range(1, n_steps):
         n_act, act_t, frames_t = steps[step][:3]
-        s, vf = s_at[step], v_at[step]  # (A, M, d), (A, M)
+        s, vf = s_at[step], v_at[step]  # (A, M, d), (A, 1, M)
         a = anchors if n_act == anchors.shape[0] else anchors[act_t]
         if step == 1:  # the anchors are still the keyframes; key_cost is not needed after this
             cost = first
@@ -295,7 +303,7 @@ def aggregate_inter(
             cost = cost.clamp(0.0, 2.0) if grad else cost.clamp_(0.0, 2.0)
         cols = None
         if tau is not None:  # anchors without a counterpart among this frame's merged tokens receive nothing
-            cmin = (cost.detach() if grad else cost).masked_fill(unm_at[step], 3.0).amin(1)  # (A, M_anc)
+            cmin = (cost.detach() if grad else cost).masked_fill(unm_at[step], 3.0).amin(1, keepdim=True)  # (A, 1, M_anc)
             cols = ((1.0 - cmin) > tau_at[step]) & vf
             cols = torch.where(cols.any(-1, keepdim=True), cols, vf)
         if step == 1 and cols is None:  # anchors are still the keyframes: reuse the selection pass plans
