@@ -160,7 +160,9 @@ def compress(
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid, finite=False)
     single = x.dim() == 3
     if single:
-        x, scores, local_scores = x.unsqueeze(0), scores.unsqueeze(0), local_scores.unsqueeze(0)
+        same = local_scores is scores  # the default: one tensor, checked and viewed once
+        x, scores = x.unsqueeze(0), scores.unsqueeze(0)
+        local_scores = scores if same else local_scores.unsqueeze(0)
     b, f, n, _ = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     norms = torch.linalg.vector_norm(work, dim=-1)  # (B, F, N); also our cheap NaN/Inf/zero detector

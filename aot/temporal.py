@@ -244,7 +244,7 @@ def aggregate_inter(
         if ref_cost is key_cost:
             p = sel
     elif ref_cost is key_cost:  # "changed" as far from every keyframe anchor: q = max cosine
-        q_later = key_cos.to(q.dtype)
+        q_later = key_cos if key_cos.dtype == q.dtype else key_cos.to(q.dtype)
     else:
         rc = ref_cost.detach() if grad else ref_cost
         q_later = (1.0 - rc.masked_fill(no_col, 3.0).amin(-1)).to(q.dtype)
