@@ -143,20 +143,23 @@ class _Layout:
 
 def _pair_costs(tokens: Tensor, norms: Tensor, lay: _Layout, back: int) -> Tensor:
     """1 - cos between every later frame (rows) and its reference frame (the keyframe for back=0,
-    the previous frame for back=1): (V (F - C), M, M) in later-frame order. On a regular layout one
-    broadcast product over the (V C, L) grid of frames (nothing gathered by index; the same product
-    per pair as cosine_cost); otherwise one product on gathered copies."""
+    the previous frame for back=1): (V (F - C), M, M) in later-frame order. On a regular layout
+    nothing is gathered or copied: for back=0 one product per clip of its later frames (a view)
+    against its keyframe, for back=1 one product per clip position on strided views; otherwise one
+    product on gathered copies. cosine_cost's arithmetic (the Gram matrix over the norms' product)."""
     if not lay.regular:
         t = lambda idx: const(idx, tokens.device)  # noqa: E731
         cols = t(lay.key_of_list) if back == 0 else lay.later - 1  # a later frame's predecessor: same clip
         return cosine_cost(tokens[lay.later], tokens[cols], norms[lay.later], norms[cols])
     length, (f, m, d) = lay.lengths[0], tokens.shape
-    grid, ngrid = tokens.view(-1, length, m, d), norms.view(-1, length, m, 1)
-    ref = slice(0, 1) if back == 0 else slice(0, length - 1)
-    gram = grid[:, 1:] @ grid[:, ref].transpose(-1, -2)  # (V C, L - 1, M, M)
-    cost = 1.0 - gram / (ngrid[:, 1:] * ngrid[:, ref].transpose(-1, -2))
-    cost = cost.clamp(0.0, 2.0) if tracks_grad(cost) else cost.clamp_(0.0, 2.0)
-    return cost.view(-1, m, m)
+    grid, ngrid = tokens.view(-1, length, m, d), norms.view(-1, length, m)
+    if back == 0:  # (V C, (L - 1) M, d) @ (V C, d, M): a view of each clip's later frames, no copy
+        gram = torch.bmm(grid[:, 1:].reshape(-1, (length - 1) * m, d), grid[:, 0].transpose(1, 2))
+        cost = 1.0 - gram / (ngrid[:, 1:].reshape(-1, (length - 1) * m, 1) * ngrid[:, :1])
+        cost = cost.clamp(0.0, 2.0) if tracks_grad(cost) else cost.clamp_(0.0, 2.0)
+        return cost.view(-1, m, m)
+    costs = [cosine_cost(grid[:, p], grid[:, p - 1], ngrid[:, p], ngrid[:, p - 1]) for p in range(1, length)]
+    return torch.stack(costs, 1).view(-1, m, m)
 
 
 def aggregate_inter(
