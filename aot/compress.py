@@ -237,7 +237,8 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
         gen = torch.Generator().manual_seed(config.seed)
         scores = local_scores = torch.rand(f, n, generator=gen).to(dev).expand(v, f, n)
     f32 = lambda t: t.reshape(v * f, n) if t.dtype == torch.float32 else t.reshape(v * f, n).float()  # noqa: E731
-    anchors, valid = select_anchors_varied(f32(scores), f32(local_scores),
+    flat_scores = f32(scores)
+    anchors, valid = select_anchors_varied(flat_scores, flat_scores if local_scores is scores else f32(local_scores),
                                            grid, counts,
                                            global_share=1.0 if config.anchor_select == "random" else config.global_share,
                                            windows=config.windows)
@@ -260,7 +261,9 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     row_of = (torch.cumsum(is_row.view(v, f * m), 1) - 1).view(v * f, m)  # row within its video where is_row
     key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
     merged_row = key_row.gather(1, inter.owner.clamp(min=0))
-    merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
+    if config.inter_merge != "ot":  # -1: dropped (merge "none"; "cosine": a token that resembles no anchor)
+        merged_row = torch.where(inter.owner >= 0, merged_row, -1)
+    # (OT: every merged slot has an owner; the other slots are rows, or padding no token points at)
     slot_row = torch.where(is_row, row_of, merged_row)  # (V F, M)
     mix = None
     with torch.no_grad():
@@ -363,14 +366,14 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
     # rows (and dense columns) are one value per slot broadcast over its q entries: cat writes the
     # broadcast once, no (V F M, q) int64 copies are made
-    rows = torch.cat([key_row.view(videos, f * m)[:, use_idx].unsqueeze(-1).expand(-1, -1, q).flatten(1),
-                      row_of.view(videos, f * m).gather(1, kidx).unsqueeze(-1).expand(-1, -1, qk).flatten(1)], 1)
+    slot_rows = (key_row.view(videos, f * m)[:, use_idx], row_of.view(videos, f * m).gather(1, kidx))  # (V, U), (V, K)
     if intra_w is None:
+        rows = torch.cat([r.unsqueeze(-1).expand(-1, -1, w).flatten(1) for r, w in zip(slot_rows, (q, qk))], 1)
         cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
-    else:  # slot s of frame t (within its video) reads columns t * N + 0..N-1
-        span = const(list(range(n)), dev)
-        use_cols = (const([[t * n] for t, _ in used], dev) + span).view(1, -1).expand(videos, -1)  # (V, U N)
-        cols = torch.cat([use_cols, ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
+    else:  # q == qk == N: slot s of frame t (within its video) reads columns t * N + 0..N-1; one buffer each
+        rows = torch.cat(slot_rows, 1).unsqueeze(-1).expand(-1, -1, n).flatten(1)
+        first_col = torch.cat([const([t * n for t, _ in used], dev).expand(videos, -1), (kidx // m) * n], 1)
+        cols = (first_col.unsqueeze(-1) + const(list(range(n)), dev)).flatten(1)  # (V, (U + K) N)
     weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
     return Mix(rows, cols, weights)
 

@@ -267,7 +267,7 @@ def aggregate_inter(
         kept[later] = kept_later
         if guard:  # per video: the highest max-cosine-to-the-keyframe of a kept token, (V, 1, 1)
             tau = key_cos.masked_fill(~kept_later, float("-inf")).view(videos, -1).amax(1)
-            tau = tau.to(tokens.dtype).view(videos, 1, 1).expand(videos, f // videos, 1).reshape(f, 1, 1)  # per frame
+            tau = tau.view(videos, 1, 1).expand(videos, f // videos, 1).reshape(f, 1, 1)  # per frame, tokens' dtype
     if n_steps == 1:  # merge="none": later tokens not kept are dropped
         kw = dict(dtype=tokens.dtype, device=dev)
         return InterResult(anchors, start_sizes, kept, torch.full((f, m), -1, dtype=torch.long, device=dev), q,
