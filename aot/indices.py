@@ -10,6 +10,7 @@ Under ``torch.compile`` a fresh tensor is built (dynamo makes it a constant of t
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -19,6 +20,7 @@ __all__ = ["const"]
 
 _CACHE: OrderedDict = OrderedDict()
 _MAX = 256  # distinct tensors kept (least recently used dropped first)
+_LOCK = threading.Lock()  # serving may compress from several threads
 
 
 def _freeze(data):
@@ -30,14 +32,17 @@ def const(data, device, dtype=torch.long) -> Tensor:
     if torch.compiler.is_compiling():
         return torch.tensor(data, dtype=dtype, device=device)
     key = (dtype, str(torch.device(device)), _freeze(data))
-    t = _CACHE.get(key)
-    if t is None:
-        # a plain tensor even when the first call runs under inference_mode (later calls may record grad)
-        with torch.inference_mode(False), torch.no_grad():
-            t = torch.tensor(data, dtype=dtype, device=device)
-        _CACHE[key] = t
+    with _LOCK:
+        t = _CACHE.get(key)
+        if t is not None:
+            _CACHE.move_to_end(key)
+            return t
+    # a plain tensor even when the first call runs under inference_mode (later calls may record grad)
+    with torch.inference_mode(False), torch.no_grad():
+        t = torch.tensor(data, dtype=dtype, device=device)
+    with _LOCK:
+        t = _CACHE.setdefault(key, t)  # another thread may have built it meanwhile: keep one
+        _CACHE.move_to_end(key)
         if len(_CACHE) > _MAX:
             _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
     return t
