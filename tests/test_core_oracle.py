@@ -75,7 +75,8 @@ def test_every_ablation_and_option_equals_the_old_core(name):
         _same(method(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=eff))
 
 
-@pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(mass="literal", lam_intra=1.0),
+@pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(reg=0.05), dict(reg=0.05, keep_by="plan"),
+                                          dict(mass="literal", lam_intra=1.0),
                                           dict(clip_length=3), dict(clip_length=5), dict(clips="dynamic", tau_seg=0.999),
                                           dict(retention=0.6), dict(retention=0.02)])
 def test_batch_equals_the_old_core_per_video(kw):
