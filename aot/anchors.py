@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .indices import const
+
 __all__ = ["window_quotas", "window_slices", "select_anchors", "select_anchors_varied"]
 
 
@@ -54,28 +56,53 @@ def select_anchors(
     scores, local_scores: (F, N) importance on the (h, w) grid, N = h * w (deep- and shallow-layer
     attention received). Local anchors: top-k of local_scores inside each window, quotas from
     ``window_quotas``; global anchors: top-k of scores over the frame among the tokens not already
-    chosen locally. ``round_half_up(global_share * m)`` anchors are global.
-    Returns (F, m) int64.
+    chosen locally. ``round_half_up(global_share * m)`` anchors are global. Among equal scores the
+    lower token index wins. Returns (F, m) int64.
+    """
+    return _select(scores, local_scores, grid, [m] * scores.shape[0], global_share, windows)
+
+
+def _select(scores: Tensor, local_scores: Tensor, grid: tuple[int, int], counts: list[int], global_share: float,
+            windows: tuple[int, int]) -> Tensor:
+    """Anchors of every frame at once, frame f with counts[f] of them: (F, max counts) int64, row f
+    its counts[f] anchors ascending, then padding (the first tokens not chosen; see select_anchors_varied).
+
+    All windows of all frames in one top-k: the windows' tokens are a padded (W, C) index table
+    (pads point at an extra -inf column N), each window takes its top max-quota tokens and keeps the
+    first quota[f, w] of them (the same set as a top-quota of its own). Likewise the global anchors.
+    A few operators whatever the number of windows or distinct counts; the tables come from Python.
+    Ties: a stable descending sort, so among equal scores the lower token index wins (top-k's choice
+    among ties is implementation-defined and depends on k and the row's layout).
     """
     f, n = scores.shape
     h, w = grid
-    k_global = int(global_share * m + 0.5)
-    k_local = m - k_global
-    chosen = torch.zeros(f, n, dtype=torch.bool, device=scores.device)
-    if k_local:
-        flat = torch.arange(n, device=scores.device).view(h, w)
-        cells = [flat[rs, cs].reshape(-1) for rs, cs in window_slices(h, w, windows)]
-        quotas = window_quotas(k_local, [c.numel() for c in cells])
-        for cell, q in zip(cells, quotas):
-            if q:
-                top = local_scores[:, cell].topk(q, dim=1).indices  # (F, q)
-                chosen.scatter_(1, cell[top], True)
-    if k_global:
-        masked = scores.masked_fill(chosen, float("-inf"))
-        chosen.scatter_(1, masked.topk(k_global, dim=1).indices, True)
-    # every row holds exactly m True entries: a stable sort puts them first, in ascending order
-    # (what nonzero would list, without reading the count back to the host)
-    return torch.argsort((~chosen).to(torch.uint8), dim=1, stable=True)[:, :m]
+    dev = scores.device
+    k_global = [int(global_share * m + 0.5) for m in counts]
+    chosen = torch.zeros(f, n + 1, dtype=torch.bool, device=dev)  # column N: where the unused picks go
+    k_locals = [m - k for m, k in zip(counts, k_global)]
+    if max(k_locals):
+        cells = [[r * w + c for r in range(h)[rs] for c in range(w)[cs]] for rs, cs in window_slices(h, w, windows)]
+        width = max(len(c) for c in cells)
+        caps = [len(c) for c in cells]
+        quota = {k: window_quotas(k, caps) for k in set(k_locals)}
+        q_max = max(max(q) for q in quota.values())
+        table = const([c + [n] * (width - len(c)) for c in cells], dev)  # (W, C)
+        # (F, W, q_max): True where rank r of window w is one of frame f's local anchors
+        take = const([[[r < qw for r in range(q_max)] for qw in quota[k]] for k in k_locals], dev, torch.bool)
+        padded = torch.nn.functional.pad(local_scores, (0, 1), value=float("-inf"))  # (F, N + 1)
+        top = padded[:, table].sort(dim=-1, descending=True, stable=True).indices[..., :q_max]  # (F, W, q_max)
+        picks = table.expand(f, -1, -1).gather(2, top).masked_fill_(~take, n)
+        chosen.scatter_(1, picks.view(f, -1), True)
+    if max(k_global):
+        masked = torch.nn.functional.pad(scores, (0, 1), value=float("-inf")).masked_fill_(chosen, float("-inf"))
+        top = masked.sort(dim=1, descending=True, stable=True).indices[:, :max(k_global)]  # (F, k_max)
+        if min(k_global) < max(k_global):
+            take = const([[r < k for r in range(max(k_global))] for k in k_global], dev, torch.bool)
+            top = top.masked_fill_(~take, n)
+        chosen.scatter_(1, top, True)
+    # row f holds exactly counts[f] True entries among the first N: a stable sort puts them first,
+    # in ascending order (what nonzero would list, without reading the count back to the host)
+    return torch.argsort((~chosen[:, :n]).to(torch.uint8), dim=1, stable=True)[:, :max(counts)]
 
 
 def select_anchors_varied(
@@ -94,16 +121,11 @@ def select_anchors_varied(
     """
     if isinstance(counts, Tensor):
         counts = counts.tolist()
-    f = scores.shape[0]
     dev = scores.device
     m_max = max(counts)
-    valid = torch.arange(m_max, device=dev).unsqueeze(0) < torch.tensor(counts, device=dev).unsqueeze(1)
-    distinct = sorted(set(counts))
-    if len(distinct) == 1:  # every frame the same count: no padding, no row gathers
-        return select_anchors(scores, local_scores, grid, m_max, **kwargs), valid
-    out = torch.empty(f, m_max, dtype=torch.long, device=dev)
-    for m in distinct:
-        rows = torch.tensor([i for i, c in enumerate(counts) if c == m], device=dev)
-        idx = select_anchors(scores[rows], local_scores[rows], grid, m, **kwargs)  # (F_m, m)
-        out[rows] = torch.cat([idx, idx[:, -1:].expand(-1, m_max - m)], dim=1)
-    return out, valid
+    valid = const([[j < c for j in range(m_max)] for c in counts], dev, torch.bool)  # (F, M_max)
+    idx = _select(scores, local_scores, grid, counts, kwargs.get("global_share", 0.5), kwargs.get("windows", (3, 3)))
+    if min(counts) == m_max:  # every frame the same count: no padding
+        return idx, valid
+    last = const([[c - 1] for c in counts], dev)  # (F, 1)
+    return torch.where(valid, idx, idx.gather(1, last)), valid

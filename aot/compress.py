@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .anchors import select_anchors_varied
 from .config import AOTConfig, budget
+from .indices import const
 from .intra import aggregate_intra, tracks_grad
 from .temporal import aggregate_inter, clip_length_of, dynamic_clips, uniform_clips
 
@@ -159,7 +160,9 @@ def compress(
     x, scores, local_scores, grid = _check_inputs(x, scores, local_scores, grid, finite=False)
     single = x.dim() == 3
     if single:
-        x, scores, local_scores = x.unsqueeze(0), scores.unsqueeze(0), local_scores.unsqueeze(0)
+        same = local_scores is scores  # the default: one tensor, checked and viewed once
+        x, scores = x.unsqueeze(0), scores.unsqueeze(0)
+        local_scores = scores if same else local_scores.unsqueeze(0)
     b, f, n, _ = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     norms = torch.linalg.vector_norm(work, dim=-1)  # (B, F, N); also our cheap NaN/Inf/zero detector
@@ -178,7 +181,9 @@ def compress(
         for i, lay in enumerate(layouts):
             groups.setdefault(lay, []).append(i)
         if len(groups) == 1:
-            out = _core(work, norms, scores, local_scores, grid, config, list(layouts[0]), x.dtype, with_mix)
+            out = _core(work, norms, scores, local_scores, grid, config, list(layouts[0]), x.dtype, with_mix, single)
+            if single:
+                return out
         else:  # dynamic clips that differ between videos: one batched run per distinct layout
             parts: list = [None] * b
             for lay, idx in groups.items():
@@ -214,13 +219,15 @@ def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
 
 
 def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig,
-          clips: list[tuple[int, int]], out_dtype, with_mix: bool = True) -> Compressed:
-    """V videos (V, F, N, d) with the same clips, all at once; fields with a leading V.
+          clips: list[tuple[int, int]], out_dtype, with_mix: bool = True, single: bool = False) -> Compressed:
+    """V videos (V, F, N, d) with the same clips, all at once; fields with a leading V (single: V = 1
+    and the fields without it).
 
     Every index here comes from Python ints (the clips and the budget), so nothing is read back
     from the device except by the Sinkhorn early stop (one read per check for all videos).
     """
     v, f, n, d = work.shape
+    lead = () if single else (v,)
     dev = work.device
     total = budget(config.retention, f, n)
     per_clip, n_keep = plan_budget(total, f, n, len(clips), config.anchor_share)
@@ -228,14 +235,16 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     if config.anchor_select == "random":  # ablation: uniformly random anchors, reproducible by seed, same per video
         gen = torch.Generator().manual_seed(config.seed)
         scores = local_scores = torch.rand(f, n, generator=gen).to(dev).expand(v, f, n)
-    anchors, valid = select_anchors_varied(scores.reshape(v * f, n).float(), local_scores.reshape(v * f, n).float(),
+    f32 = lambda t: t.reshape(v * f, n) if t.dtype == torch.float32 else t.reshape(v * f, n).float()  # noqa: E731
+    flat_scores = f32(scores)
+    anchors, valid = select_anchors_varied(flat_scores, flat_scores if local_scores is scores else f32(local_scores),
                                            grid, counts,
                                            global_share=1.0 if config.anchor_select == "random" else config.global_share,
                                            windows=config.windows)
     m = anchors.shape[1]  # (V F, M) padded where a frame has fewer anchors
     intra = aggregate_intra(work.reshape(v * f, n, d), norms.reshape(v * f, n), anchors, valid, reg=config.reg,
                             n_iters=config.n_iters, tol=config.tol, lam=config.lam_intra, mass=config.mass,
-                            merge=config.intra_merge, videos=v)
+                            merge=config.intra_merge, videos=v, counts=counts)
     inter = aggregate_inter(intra.tokens, intra.sizes, clips, n_keep, valid, reg=config.reg,
                             n_iters=config.n_iters, tol=config.tol, lam=config.lam_inter, merge=config.inter_merge,
                             keep_by=config.keep_by, keep_ref=config.keep_ref,
@@ -244,20 +253,22 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
     # every (frame, anchor slot) either is an output row (clip first frames, kept tokens) or is
     # merged into its clip's anchor; rows in row-major order are sorted by (frame, position)
     starts = [s for s, _ in clips]
-    starts_all = torch.tensor([i * f + s for i in range(v) for s in starts], device=dev)
-    clip_start = torch.tensor([i * f + s for i in range(v) for s, c in clips for _ in range(c)], device=dev)  # (V F,)
-    first = torch.zeros(v * f, dtype=torch.bool, device=dev)
-    first[starts_all] = True
-    is_row = (first.unsqueeze(1) | inter.kept) & valid  # (V F, M)
+    starts_all = const([i * f + s for i in range(v) for s in starts], dev)
+    clip_start = const([i * f + s for i in range(v) for s, c in clips for _ in range(c)], dev)  # (V F,)
+    first = const([[t in starts] for _ in range(v) for t in range(f)], dev, torch.bool)  # (V F, 1)
+    is_row = (first | inter.kept) & valid  # (V F, M)
     row_of = (torch.cumsum(is_row.view(v, f * m), 1) - 1).view(v * f, m)  # row within its video where is_row
-    merged_row = row_of[clip_start.unsqueeze(1).expand(v * f, m), inter.owner.clamp(min=0)]
-    merged_row = torch.where(inter.owner >= 0, merged_row, -1)  # -1: dropped (merge="none" ablations)
+    key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
+    merged_row = key_row.gather(1, inter.owner.clamp(min=0))
+    if config.inter_merge != "ot":  # -1: dropped (merge "none"; "cosine": a token that resembles no anchor)
+        merged_row = torch.where(inter.owner >= 0, merged_row, -1)
+    # (OT: every merged slot has an owner; the other slots are rows, or padding no token points at)
     slot_row = torch.where(is_row, row_of, merged_row)  # (V F, M)
     mix = None
     with torch.no_grad():
         if with_mix:
             mix = clip_mix(intra.weights, anchors, valid, inter.coef, inter.decay, clips, row_of, inter.kept,
-                           n, v, n_keep, config.inter_merge != "none", counts[:f])
+                           n, v, n_keep, config.inter_merge != "none", counts[:f], key_row)
     tokens = intra.tokens
     if tracks_grad(tokens):  # intra.tokens is saved by the inter pass's products: keep it intact
         tokens = tokens.index_put((starts_all,), inter.anchors)
@@ -265,19 +276,25 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
         tokens[starts_all] = inter.anchors  # intra.tokens is ours: overwrite the keyframes in place
     sizes = intra.sizes
     sizes[starts_all] = inter.anchor_sizes
-    local = torch.arange(f, device=dev).repeat(v).unsqueeze(1)  # (V F, 1) frame within its video
+    local = const([[t] for _ in range(v) for t in range(f)], dev)  # (V F, 1) frame within its video
     pos = anchors + local * n  # (V F, M) flat positions within the video
-    assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (V F, N)
-    assignment = torch.where(intra.owner >= 0, assignment, -1).view(v, f * n)
+    if config.intra_merge == "ot":  # every token has an owner
+        assignment = slot_row.gather(1, intra.owner).view(*lead, f * n)  # (V F, N)
+    else:
+        assignment = slot_row.gather(1, intra.owner.clamp(min=0))  # (V F, N)
+        assignment = torch.where(intra.owner >= 0, assignment, -1).view(*lead, f * n)
     # the R rows of each video in ascending (frame, slot) order: a stable sort, no count read back
     sel = torch.argsort((~is_row).view(v, f * m).to(torch.uint8), dim=1, stable=True)[:, :total]  # (V, R)
 
-    def rows(t: Tensor) -> Tensor:
-        return t.reshape(v, f * m).gather(1, sel)
+    flat_sel = sel.view(-1) if v == 1 else (sel + const([[i * f * m] for i in range(v)], dev)).flatten()
 
-    flat_sel = (sel + torch.arange(v, device=dev).unsqueeze(1) * (f * m)).flatten()  # rows of (V F M, d)
+    def rows(t: Tensor) -> Tensor:
+        return t.reshape(-1).gather(0, flat_sel) if single else t.reshape(v, f * m).gather(1, sel)
+
+    if single and mix is not None:
+        mix = Mix(*(t[0] for t in mix))
     return Compressed(
-        tokens=tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(v, total, d).to(out_dtype),
+        tokens=_cast(tokens.reshape(v * f * m, d).index_select(0, flat_sel).view(*lead, total, d), out_dtype),
         sizes=rows(sizes),
         frames=rows(local.expand(v * f, m)),
         positions=rows(pos),
@@ -289,7 +306,7 @@ def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, gri
 
 def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tensor, decay: Tensor,
              clips: list[tuple[int, int]], row_of: Tensor, kept: Tensor, n: int, videos: int, n_keep: int,
-             merged: bool, counts: list[int]) -> Mix:
+             merged: bool, counts: list[int], key_row: Tensor | None = None) -> Mix:
     """The Mix of V videos with the same clips, (V, E) fields, from the two stages' linear maps (no graph).
 
     intra_w: (V F, M, N) tokens[f] = intra_w[f] @ x[f] (None: tokens[f, j] = x[f, anchors[f, j]]);
@@ -305,52 +322,63 @@ def clip_mix(intra_w: Tensor | None, anchors: Tensor, valid: Tensor, coef: Tenso
     f = vf // videos
     dev = anchors.device
     width = max(c for _, c in clips)
-    tab = torch.tensor([[i * f + s + p if p < c else vf for p in range(width)] for i in range(videos) for s, c in clips],
-                       device=dev)  # (V C, L) frames of each clip, padded with a dummy frame
-    dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (V C, L, M)
-    incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
-    after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
-    suffix = torch.empty(vf + 1, m, dtype=decay.dtype, device=dev)
-    suffix[tab.flatten()] = after.flatten(0, 1)
-    suffix = suffix[:vf]  # (V F, M)
-    starts = torch.tensor([i * f + s for i in range(videos) for s, _ in clips], device=dev)
+    if all(c == width for _, c in clips):  # every clip the same length: the frames are a (V C, L) grid
+        incl = decay.view(-1, width, m).flip(1).cumprod(1).flip(1)  # product over the clip's frames from p on
+        suffix = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1).view(vf, m)  # ... after p
+    else:
+        tab = const([[i * f + s + p if p < c else vf for p in range(width)] for i in range(videos) for s, c in clips],
+                    dev)  # (V C, L) frames of each clip, padded with a dummy frame
+        dec = torch.cat([decay, decay.new_ones(1, m)])[tab]  # (V C, L, M)
+        incl = dec.flip(1).cumprod(1).flip(1)  # product over the clip's frames from position p on
+        after = torch.cat([incl[:, 1:], incl.new_ones(incl.shape[0], 1, m)], 1)  # ... after position p
+        suffix = torch.empty(vf + 1, m, dtype=decay.dtype, device=dev)
+        suffix[tab.flatten()] = after.flatten(0, 1)
+        suffix = suffix[:vf]  # (V F, M)
+    starts = const([i * f + s for i in range(videos) for s, _ in clips], dev)
     g = suffix.unsqueeze(-1) * coef  # (V F, M_anc, M_tok)
     g[starts] += torch.diag_embed(suffix[starts])
-    base = (torch.arange(f, device=dev) * n).repeat(videos).view(vf, 1, 1)  # first column of each frame
+    base = const([[[t * n]] for _ in range(videos) for t in range(f)], dev)  # (V F, 1, 1) first column of each frame
     if intra_w is None:  # the intra stage left the anchors as they are: columns are the anchors
         w_anchor, cols = g, (anchors.unsqueeze(1) + base).expand(vf, m, m)
         w_kept, cols_kept = torch.ones(vf, m, 1, dtype=g.dtype, device=dev), anchors.unsqueeze(-1) + base
     else:
         w_anchor, w_kept = torch.bmm(g, intra_w), intra_w  # (V F, M, N)
-    clip_start = torch.tensor([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], device=dev)
-    key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
+    if key_row is None:
+        clip_start = const([i * f + s for i in range(videos) for s, c in clips for _ in range(c)], dev)
+        key_row = row_of[clip_start]  # (V F, M): the row of each clip-anchor slot of frame f's clip
     # slots that feed a clip anchor (keyframes; later frames too when merged), ascending: the same in
     # every video (the counts follow the clips), listed from Python
     key_frames = {s for s, _ in clips}
-    use_idx = torch.tensor([t * m + j for t in range(f) if merged or t in key_frames for j in range(counts[t])],
-                           device=dev)  # (U,)
+    used = [(t, j) for t in range(f) if merged or t in key_frames for j in range(counts[t])]
+    use_idx = const([t * m + j for t, j in used], dev)  # (U,)
     q = w_anchor.shape[-1]
     keep = (kept & valid).view(videos, f * m)
     kidx = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :n_keep]  # (V, K) ascending
     qk = w_kept.shape[-1]
 
+    voff = None if videos == 1 else const([[i * f * m] for i in range(videos)], dev)  # (V, 1)
+
     def take(t: Tensor, idx: Tensor, width: int) -> Tensor:  # t (V F, M, width) rows idx (V, U) -> (V, U * width)
-        flat = (idx + torch.arange(videos, device=dev).unsqueeze(1) * (f * m)).flatten()
+        flat = idx.reshape(-1) if voff is None else (idx + voff).flatten()
         return t.reshape(videos * f * m, width).index_select(0, flat).view(videos, -1)
 
     use_v = use_idx.unsqueeze(0).expand(videos, -1)
     # rows (and dense columns) are one value per slot broadcast over its q entries: cat writes the
     # broadcast once, no (V F M, q) int64 copies are made
-    rows = torch.cat([take(key_row.unsqueeze(-1), use_v, 1).unsqueeze(-1).expand(-1, -1, q).flatten(1),
-                      take(row_of.unsqueeze(-1), kidx, 1).unsqueeze(-1).expand(-1, -1, qk).flatten(1)], 1)
+    slot_rows = (key_row.view(videos, f * m)[:, use_idx], row_of.view(videos, f * m).gather(1, kidx))  # (V, U), (V, K)
     if intra_w is None:
+        rows = torch.cat([r.unsqueeze(-1).expand(-1, -1, w).flatten(1) for r, w in zip(slot_rows, (q, qk))], 1)
         cols = torch.cat([take(cols, use_v, q), take(cols_kept, kidx, qk)], 1)
-    else:  # slot s of frame t (within its video) reads columns t * N + 0..N-1
-        span = torch.arange(n, device=dev)
-        cols = torch.cat([((use_v // m) * n).unsqueeze(-1).add(span).flatten(1),
-                          ((kidx // m) * n).unsqueeze(-1).add(span).flatten(1)], 1)
+    else:  # q == qk == N: slot s of frame t (within its video) reads columns t * N + 0..N-1; one buffer each
+        rows = torch.cat(slot_rows, 1).unsqueeze(-1).expand(-1, -1, n).flatten(1)
+        first_col = torch.cat([const([t * n for t, _ in used], dev).expand(videos, -1), (kidx // m) * n], 1)
+        cols = (first_col.unsqueeze(-1) + const(list(range(n)), dev)).flatten(1)  # (V, (U + K) N)
     weights = torch.cat([take(w_anchor, use_v, q), take(w_kept, kidx, qk)], 1)
     return Mix(rows, cols, weights)
+
+
+def _cast(t: Tensor, dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _identity(x: Tensor) -> Compressed:
@@ -412,9 +440,10 @@ def _check_norms(x: Tensor, norms: Tensor) -> None:
 def _check_values(x: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor) -> None:
     """Finite scores, finite nonzero token norms: one host read for all of them (the messages of
     _check_inputs and _check_norms, in their order, only when something is wrong)."""
-    ok = torch.stack([torch.isfinite(scores).all(), torch.isfinite(local_scores).all(),
-                      (torch.isfinite(norms) & (norms != 0)).all()])
-    if bool(ok.all()):
+    ok = torch.isfinite(scores).all()
+    if local_scores is not scores:
+        ok = ok & torch.isfinite(local_scores).all()
+    if bool(ok & torch.isfinite(norms.log()).all()):  # log: -inf at 0, inf at inf, NaN at NaN
         return
     for name, s in (("scores", scores), ("local_scores", local_scores)):
         if not torch.isfinite(s).all():

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ot import sinkhorn_, static_bound
+from .indices import const
+from .ot import plain_bound, sinkhorn_, static_bound
 
 __all__ = ["IntraResult", "aggregate_intra", "cosine_cost"]
 
@@ -58,6 +59,7 @@ def aggregate_intra(
     mass: str = "unit",
     merge: str = "ot",
     videos: int = 1,
+    counts: list[int] | None = None,
 ) -> IntraResult:
     """Eq. 9-11 for every frame at once.
 
@@ -75,6 +77,8 @@ def aggregate_intra(
     tokens (owner -1) and returns the anchors unchanged.
     Differentiable w.r.t. x (and norms) when they require grad: then the same arithmetic runs out of
     place; otherwise the big temporaries are reused in place.
+    counts: anchors per frame as Python ints, when the caller knows them (all equal to M: the
+    padding logic is skipped, fewer operators, the same numbers).
     videos: x holds the frames of this many videos one after the other (F = videos * frames each);
     each video's Sinkhorn stops as it would alone. No host read unless M == N (a frame may be all
     anchors) or reg is so small that the Sinkhorn route must be read from the cost.
@@ -85,25 +89,33 @@ def aggregate_intra(
     grad = tracks_grad(x, norms)
     if valid is None:
         valid = torch.ones(f, m, dtype=torch.bool, device=dev)
-    counts = valid.sum(1)  # (F,) anchors per frame
+    uniform = counts is not None and min(counts) == m  # every slot valid (known from Python: fewer operators)
+    counts = m if uniform else valid.sum(1)  # (F,) anchors per frame
     if x.is_contiguous():  # whole rows by one index (a gather over d indexes every element: several times slower)
-        flat = (anchors + torch.arange(f, device=dev).unsqueeze(1) * n).flatten()
+        flat = (anchors + const([[i * n] for i in range(f)], dev)).flatten()
         a = x.view(f * n, d).index_select(0, flat).view(f, m, d)  # (F, M, d)
     else:
         a = x.gather(1, anchors.unsqueeze(-1).expand(f, m, d))
-    slot = torch.arange(m, device=dev).expand(f, m)
+    slot = const(list(range(m)), dev).expand(f, m)
     is_anchor = torch.zeros(f, n, dtype=torch.bool, device=dev)
-    own_idx = torch.where(valid, anchors, anchors[:, :1])  # padding redirected to slot 0's token
-    own_slot = torch.where(valid, slot, 0)
+    if uniform:
+        own_idx, own_slot = anchors, slot
+    else:
+        own_idx = torch.where(valid, anchors, anchors[:, :1])  # padding redirected to slot 0's token
+        own_slot = torch.where(valid, slot, 0)
     is_anchor.scatter_(1, own_idx, True)
-    full = counts == n  # frames where every token is an anchor: nothing to fold in
-    if merge == "none" or (m == n and bool(full.all())):  # m < n: no frame is full, known without a read
+    # frames where every token is an anchor (m < n: none, known without a read)
+    full = None if m < n or uniform else counts == n
+    if merge == "none" or (m == n and (uniform or bool(full.all()))):
         owner = torch.full((f, n), -1, dtype=torch.long, device=dev).scatter_(1, own_idx, own_slot)
         return IntraResult(a.clone(), valid.long(), owner, None)
     # full frames get a dummy uniform problem (a column needs mass) whose plan is zeroed below
-    col_mass = torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor).to(x.dtype)
-    col_mass = col_mass / col_mass.sum(1, keepdim=True)
-    row_mass = valid.to(x.dtype) / counts.unsqueeze(1)
+    others = ~is_anchor if full is None else torch.where(full.unsqueeze(1), torch.ones_like(is_anchor), ~is_anchor)
+    # uniform over each frame's other tokens (bool / int64 divides in float32: the same values)
+    col_mass = others / others.sum(1, keepdim=True) if x.dtype == torch.float32 else \
+        others.to(x.dtype) / others.sum(1, keepdim=True)
+    # (F, 1, M) row-shaped for the solver when uniform
+    row_mass = x.new_full((f, 1, m), 1.0 / m) if uniform else valid.to(x.dtype) / counts.unsqueeze(1)
     cost = cosine_cost(a, x, norms.gather(1, anchors), norms)  # (F, M, N)
     if merge == "cosine":
         weights = 1.0 - cost
@@ -111,14 +123,14 @@ def aggregate_intra(
         plan = normalise(weights, 1) * col_mass.unsqueeze(1)  # a token no anchor resembles: zero column
     else:
         # (F, M, N); the cost is ours and not needed after, so the solver may reuse its storage
-        shape = (videos, f // videos, m, n)
-        plan = sinkhorn_(cost.view(shape), reg, n_iters, row_mass.view(shape[:3]), col_mass.view(*shape[:2], n), tol,
-                         groups=1, bound=static_bound(reg, m, n)).view(f, m, n).to(x.dtype)
+        plan = sinkhorn_(cost, reg, n_iters, row_mass, col_mass, tol, blocks=videos, bound=static_bound(reg, m, n),
+                         plain=plain_bound(reg, m, n))
         del cost
-    keep = (~is_anchor).unsqueeze(1)  # only a full frame has mass on anchor columns
-    plan = plan * keep if grad else plan.mul_(keep)
+    if full is not None:  # only a full frame has mass on anchor columns (m < n: anchor columns have none)
+        keep = (~is_anchor).unsqueeze(1)
+        plan = plan * keep if grad else plan.mul_(keep)
     if mass == "unit":
-        scale = counts.to(x.dtype).view(f, 1, 1)
+        scale = float(m) if uniform else counts.to(x.dtype).view(f, 1, 1)
         plan = plan * scale if grad else plan.mul_(scale)
     recv = plan.sum(-1, keepdim=True)  # (F, M, 1)
     # (a + lam * ctx) / (1 + lam * recv), ctx = plan @ x: anchor columns carry zero plan, so only
@@ -133,10 +145,14 @@ def aggregate_intra(
     # (F, N); padding rows have zero plan (cosine: zero weight) and never win
     owner = plan.argmax(dim=1)
     # a token that gives no anchor any weight (cosine merge: it resembles none) is dropped, not owned
-    owner = torch.where(plan.detach().amax(dim=1) > 0, owner, -1)
+    if merge != "ot":  # (OT: every column of mass has a positive entry in every valid row)
+        owner = torch.where(plan.detach().amax(dim=1) > 0, owner, -1)
     owner.scatter_(1, own_idx, own_slot)
     sizes = torch.zeros(f, m, dtype=torch.long, device=dev)
-    sizes.scatter_add_(1, owner.clamp(min=0), (owner >= 0).long())
+    if merge == "ot":  # every token owned: one count each
+        sizes.scatter_add_(1, owner, torch.ones_like(owner))
+    else:
+        sizes.scatter_add_(1, owner.clamp(min=0), (owner >= 0).long())
     with torch.no_grad():  # the map of Eq. 11: lam T~ / denom on the others, 1 / denom on the anchor itself
         inv = denom.detach().reciprocal()  # (F, M, 1)
         weights = plan.detach() * (inv * lam) if grad else plan.mul_(inv * lam)

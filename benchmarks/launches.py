@@ -4,7 +4,9 @@ On a GPU every top-level operator is a kernel launch (or a few) and every host r
 ``.tolist()``, ``bool(tensor)``, ``nonzero``, a boolean-mask index, ``torch.unique``) drains the
 queue. Counted on CPU with torch's profiler, the counts do not depend on the machine's load:
 
-* ops: top-level ``aten::`` operators (events without an aten parent), what a GPU would launch;
+* ops: top-level ``aten::`` operators (events without an aten parent), what a GPU would launch,
+  counted on a repeated call (the core's constant index tensors are cached per layout, aot/indices.py;
+  "first call" counts the call that builds them: a few operators and host-to-device copies each);
 * host reads: ``aten::_local_scalar_dense`` (item/bool/float/int), ``aten::nonzero`` and
   ``aten::unique*`` at any depth (boolean indexing calls nonzero inside), plus ``Tensor.tolist``
   (which reads memory without dispatching; counted by a TorchFunctionMode);
@@ -12,7 +14,7 @@ queue. Counted on CPU with torch's profiler, the counts do not depend on the mac
 
 ``--before`` also runs the pre-issue-17 core kept as a test oracle (tests/aot_reference).
 
-    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--scores] [--quick]
+    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--scores] [--quick] [--breakdown]
 """
 
 from __future__ import annotations
@@ -68,6 +70,51 @@ def count(fn) -> dict:
     return {"ops": ops, "reads": reads, "top": names.most_common(8)}
 
 
+_STAGES = [("aot.compress", "_check_values", "value check"), ("aot.compress", "select_anchors_varied", "anchors"),
+           ("aot.compress", "aggregate_intra", "intra"), ("aot.compress", "aggregate_inter", "inter"),
+           ("aot.compress", "clip_mix", "mix"), ("aot.intra", "sinkhorn_", "sinkhorn"),
+           ("aot.temporal", "sinkhorn_", "sinkhorn")]
+
+
+def breakdown(fn) -> collections.Counter:
+    """Top-level operators of one call of fn() by stage of aot.compress: each stage function is wrapped
+    in a profiler range while it runs; an operator counts for its innermost stage ("intra/sinkhorn":
+    the solver inside the intra stage; "compress": outside every stage)."""
+    import functools
+    import importlib
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    saved = []
+    for mod_name, attr, label in _STAGES:
+        mod = importlib.import_module(mod_name)
+        orig = getattr(mod, attr)
+
+        def wrapped(*a, _orig=orig, _label=label, **k):
+            with record_function("stage:" + _label):
+                return _orig(*a, **k)
+        saved.append((mod, attr, orig))
+        setattr(mod, attr, functools.wraps(orig)(wrapped))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        for mod, attr, orig in saved:
+            setattr(mod, attr, orig)
+    by = collections.Counter()
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        labels, p = [], e.cpu_parent
+        while p is not None and not p.name.startswith("aten::"):
+            if p.name.startswith("stage:"):
+                labels.append(p.name[6:])
+            p = p.cpu_parent
+        if p is None:  # top level
+            by["/".join(reversed(labels)) or "compress"] += 1
+    return by
+
+
 def cpu_ms(fn, reps: int) -> float:
     fn()
     times = []
@@ -106,8 +153,10 @@ def rows(args) -> list[tuple]:
         x, s = _inputs(shape)
         for which, fn in impls:
             call = lambda: fn(x, s, config=config)  # noqa: E731
+            first = count(call)
             c = count(call)
-            out.append((f"compress {label} @10%", which, c["ops"], c["reads"], cpu_ms(call, args.reps), c["top"]))
+            out.append((f"compress {label} @10%", which, c["ops"], c["reads"], cpu_ms(call, args.reps), c["top"],
+                        first["ops"]))
     if args.scores:  # the score hook's reduction on one SigLIP layer of a 32-frame video (16 heads, 729 x 72)
         from aot.models.scores import attention_received
 
@@ -115,9 +164,10 @@ def rows(args) -> list[tuple]:
         g = torch.Generator().manual_seed(0)
         q, k = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
         call = lambda: attention_received(q, k)  # noqa: E731
+        first = count(call)
         c = count(call)
         out.append((f"attention_received {'x'.join(map(str, shape))}, chunk 256", "after", c["ops"], c["reads"],
-                    cpu_ms(call, args.reps), c["top"]))
+                    cpu_ms(call, args.reps), c["top"], first["ops"]))
     if args.methods:
         shape = (8, 36, 16) if args.quick else (32, 196, 3584)
         x, s = _inputs(shape)
@@ -126,13 +176,14 @@ def rows(args) -> list[tuple]:
             cfg = m.config(retention=0.3 if name == "dycoke" else 0.1)
             call = lambda: m(x, s, config=cfg)  # noqa: E731
             try:
+                first = count(call)
                 c = count(call)
             except ValueError as e:  # a budget this method cannot meet at this shape
                 print(f"{name}: skipped ({e})", file=sys.stderr)
                 continue
             which = "after" if name.startswith("aot") else "-"  # the peers' code is not part of this core
             out.append((f"{name} {'x'.join(map(str, shape))}", which, c["ops"], c["reads"], cpu_ms(call, args.reps),
-                        c["top"]))
+                        c["top"], first["ops"]))
     return out
 
 
@@ -145,16 +196,25 @@ def main(argv=None) -> None:
     ap.add_argument("--scores", action="store_true", help="also the score hook's reduction (aot.models.scores)")
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
     ap.add_argument("--top", action="store_true", help="print the most frequent operators of each row")
+    ap.add_argument("--breakdown", action="store_true", help="operators of each compress row by stage (repeated call)")
     args = ap.parse_args(argv)
     with torch_threads(args.threads):
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, retention 0.1 (dycoke 0.3)\n")
-        print("| call | core | top-level ops | host reads | CPU ms |")
-        print("|---|---|---|---|---|")
+        print("| call | core | top-level ops | first call | host reads | CPU ms |")
+        print("|---|---|---|---|---|---|")
         res = rows(args)
-        for label, which, ops, reads, ms, _ in res:
-            print(f"| {label} | {which} | {ops} | {reads} | {ms:.1f} |")
+        for label, which, ops, reads, ms, _, first in res:
+            print(f"| {label} | {which} | {ops} | {first} | {reads} | {ms:.1f} |")
+        if args.breakdown:
+            config = aot.AOTConfig(retention=0.1)
+            for label, shape in cases(args.quick):
+                x, sc = _inputs(shape)
+                aot.compress(x, sc, config=config)
+                by = breakdown(lambda: aot.compress(x, sc, config=config))
+                print(f"\ncompress {label} @10% by stage ({sum(by.values())} operators): "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
         if args.top:
-            for label, which, *_, top in res:
+            for label, which, *_, top, _ in res:
                 print(f"{label} ({which}): {top}")
 
 

@@ -63,25 +63,25 @@ def _times(fns, reps: int) -> list[tuple[float, float]]:
 def record_problems(x, scores, local, config) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Run compress once and keep (cost, a, b) of every Sinkhorn call it makes (batched, float64)."""
     seen = []
-    orig_intra, orig_inter = aot.intra.sinkhorn_, aot.temporal.sinkhorn
+    orig_intra, orig_inter = aot.intra.sinkhorn_, aot.temporal.sinkhorn_
 
-    def intra(cost, reg, n_iters, a, b, tol):
+    def record(cost, a, b):  # marginals may come row-shaped (..., 1, m) for the plain route
+        a, b = (t.squeeze(-2) if t.dim() == cost.dim() else t for t in (a, b))
         seen.append((cost.double().clone(), a.double().clone(), b.double().clone()))
-        return orig_intra(cost, reg, n_iters, a, b, tol)
 
-    def inter(cost, reg=0.1, n_iters=100, *, a=None, b=None, tol=None):
-        m, n = cost.shape[-2:]
-        aa = a if a is not None else torch.full(cost.shape[:-1], 1.0 / m)
-        bb = b if b is not None else torch.full((*cost.shape[:-2], n), 1.0 / n)
-        seen.append((cost.double().clone(), aa.double().expand(cost.shape[:-1]).clone(),
-                     bb.double().expand((*cost.shape[:-2], n)).clone()))
-        return orig_inter(cost, reg, n_iters, a=a, b=b, tol=tol)
+    def intra(cost, reg, n_iters, a, b, tol, **kw):
+        record(cost, a, b)
+        return orig_intra(cost, reg, n_iters, a, b, tol, **kw)
 
-    aot.intra.sinkhorn_, aot.temporal.sinkhorn = intra, inter
+    def inter(cost, reg, n_iters, a, b, tol, **kw):
+        record(cost, a, b)
+        return orig_inter(cost, reg, n_iters, a, b, tol, **kw)
+
+    aot.intra.sinkhorn_, aot.temporal.sinkhorn_ = intra, inter
     try:
         aot.compress(x, scores, local_scores=local, config=config)
     finally:
-        aot.intra.sinkhorn_, aot.temporal.sinkhorn = orig_intra, orig_inter
+        aot.intra.sinkhorn_, aot.temporal.sinkhorn_ = orig_intra, orig_inter
     return seen
 
 

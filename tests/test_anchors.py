@@ -73,3 +73,18 @@ def test_varied_counts_pad_and_match_fixed():
     for f in range(4):
         ref = select_anchors(scores[f:f + 1], local[f:f + 1], (14, 14), int(counts[f]))[0]
         assert torch.equal(idx[f][valid[f]], ref)
+
+
+@pytest.mark.parametrize("grid, m, share", [((14, 14), 39, 0.5), ((13, 13), 20, 0.0), ((4, 5), 9, 1.0),
+                                             ((27, 27), 100, 0.3)])
+def test_ties_go_to_the_lower_index_as_in_the_loop(grid, m, share):
+    """Coarse scores (many exact ties, as bfloat16 attention gives): the plain loop's stable order."""
+    g = torch.Generator().manual_seed(m)
+    n = grid[0] * grid[1]
+    scores, local = (torch.rand(3, n, generator=g) * 3).round(), (torch.rand(3, n, generator=g) * 3).round()
+    for s, l in ((scores, local), (torch.ones(3, n), torch.ones(3, n))):
+        got = select_anchors(s, l, grid, m, global_share=share, windows=(3, 3))
+        assert torch.equal(got, _loop_reference(s, l, grid, m, share, (3, 3)))
+        idx, valid = select_anchors_varied(s, l, grid, [m, m + 1, m])
+        assert torch.equal(idx[1], _loop_reference(s[1:2], l[1:2], grid, m + 1, 0.5, (3, 3))[0])
+        assert torch.equal(idx[0][valid[0]], _loop_reference(s[:1], l[:1], grid, m, 0.5, (3, 3))[0])

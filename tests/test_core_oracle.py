@@ -1,9 +1,12 @@
 """The vectorised core (issue 17) against the per-video, per-clip core it replaced, kept as an oracle
 in tests/aot_reference (commit 76f3d27 plus the cosine-drop fix of the mix commit).
 
-The arithmetic of every output is the same operation on the same numbers (batching videos and
-clips changes which problems share an operator call, not what each problem computes), so the
-fields must be equal bit for bit, for one video and for each video of a batch.
+Batching videos and clips changes which problems share an operator call, not what each problem
+computes. One thing computes differently on purpose (issue 17, fewer operators): AOT's Sinkhorn runs
+the plain scaling route (4 operators an iteration instead of 6: no cost shift, no renormalisation of
+u), the same plan up to float rounding. So every discrete field (sizes, frames, positions,
+assignment, dynamic) must be equal and the tokens within 2e-6 relative (see _same), for one video and for
+each video of a batch. Before that change they were equal bit for bit (commit c1b5374).
 """
 
 import itertools
@@ -29,10 +32,33 @@ def _video(f, n, d, seed, batch=None, dtype=torch.float32):
     return x.to(dtype), torch.rand(*lead, f, n, generator=g), torch.rand(*lead, f, n, generator=g)
 
 
+DISCRETE = ("sizes", "frames", "positions", "assignment", "dynamic")
+
+
 def _same(out, ref):
+    """Every discrete field equal; tokens within 2e-6 relative (absolute below magnitude 1; 1e-12 for
+    float64; one unit in the last place for bfloat16 / float16 outputs, which may round to the
+    neighbouring value). Where the arithmetic differs from the old core (issue 17's operator pass):
+    AOT's Sinkhorn runs the plain scaling route (no shift, no renormalisation of u, u0 = a;
+    aot.ot.plain_bound), the merge steps take the row-normalised plan as K v / (K v) instead of
+    T / T 1 and Eq. 16 as one baddbmm, and a few sums run over a transposed view: the same values up
+    to float rounding. Why 2e-6 and not 1e-6: the float32 pipeline itself is that far from its
+    float64 run on this set (largest relative error of the old core 1.26e-6, of the new one 1.98e-6;
+    dynamic clips with 4-6 chained Eq. 16 steps, where a cost perturbation e moves the next plan by
+    e / reg); the two cores differ by at most 1.76e-6 here (measured)."""
     for name, a, b in zip(aot.Compressed._fields, out[:6], ref[:6]):
         assert a.dtype == b.dtype and a.shape == b.shape, name
-        assert torch.equal(a, b), f"{name} differs: max {(a.double() - b.double()).abs().max()}"
+        if name in DISCRETE:
+            assert torch.equal(a, b), f"{name} differs: max {(a.double() - b.double()).abs().max()}"
+            continue
+        diff = (a.double() - b.double()).abs()
+        rel = diff / b.double().abs().clamp(min=1.0)  # relative to the value, absolute below 1
+        if a.dtype in (torch.float32, torch.float64):
+            assert rel.max() <= (2e-6 if a.dtype == torch.float32 else 1e-12), f"{name} differs by {rel.max()} (rel.)"
+        else:  # one ulp of the output dtype at the value's magnitude
+            ulp = torch.finfo(a.dtype).eps * torch.maximum(a.double().abs(), b.double().abs()).clamp(
+                min=torch.finfo(a.dtype).tiny)
+            assert (diff <= ulp).all(), f"{name} differs by more than one {a.dtype} ulp: max {diff.max()}"
 
 
 CONFIGS = [dict(clips=c, keep_ref=k, unmatched_anchors=u)
@@ -52,7 +78,8 @@ def test_every_ablation_and_option_equals_the_old_core(name):
         _same(method(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=eff))
 
 
-@pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(mass="literal", lam_intra=1.0),
+@pytest.mark.parametrize("kw", CONFIGS + [dict(tol=None), dict(reg=0.01), dict(reg=0.05), dict(reg=0.05, keep_by="plan"),
+                                          dict(mass="literal", lam_intra=1.0),
                                           dict(clip_length=3), dict(clip_length=5), dict(clips="dynamic", tau_seg=0.999),
                                           dict(retention=0.6), dict(retention=0.02)])
 def test_batch_equals_the_old_core_per_video(kw):
@@ -81,3 +108,4 @@ def test_paper_shape_equals_the_old_core():
     for kw in (dict(), dict(keep_ref="previous", unmatched_anchors="absorb"), dict(tol=None), OLD_DEFAULTS):
         cfg = aot.AOTConfig(**kw)
         _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg))
+
