@@ -14,7 +14,7 @@ queue. Counted on CPU with torch's profiler, the counts do not depend on the mac
 
 ``--before`` also runs the pre-issue-17 core kept as a test oracle (tests/aot_reference).
 
-    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--methods] [--scores] [--quick] [--breakdown]
+    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--old-defaults] [--methods] [--scores] [--quick] [--breakdown]
 """
 
 from __future__ import annotations
@@ -148,11 +148,18 @@ def _reference():
 def rows(args) -> list[tuple]:
     out = []
     config = aot.AOTConfig(retention=0.1)
-    impls = [("after", aot.compress)] + ([("before", _reference())] if args.before else [])
+    # the defaults before issue 22's round 2 (clips of F // 8, 70% anchors, half of them local): what
+    # the issue-17 targets were set against, and what today's longer clips cost beside it
+    old = aot.AOTConfig(retention=0.1, anchor_density=None, anchor_share=0.7, global_share=0.5)
+    impls = [("after", aot.compress, config)] + ([("before", _reference(), config)] if args.before else [])
+    if args.old_defaults:
+        impls += [("after, pre-#22 defaults", aot.compress, old)]
+        if args.before:
+            impls += [("before, pre-#22 defaults", _reference(), old)]
     for label, shape in cases(args.quick):
         x, s = _inputs(shape)
-        for which, fn in impls:
-            call = lambda: fn(x, s, config=config)  # noqa: E731
+        for which, fn, cfg in impls:
+            call = lambda: fn(x, s, config=cfg)  # noqa: E731
             first = count(call)
             c = count(call)
             out.append((f"compress {label} @10%", which, c["ops"], c["reads"], cpu_ms(call, args.reps), c["top"],
@@ -192,6 +199,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--before", action="store_true", help="also run the pre-issue-17 core (tests/aot_reference)")
+    ap.add_argument("--old-defaults", action="store_true",
+                    help="also compress with the defaults before issue 22 (F // 8 clips, anchor_share 0.7, global_share 0.5)")
     ap.add_argument("--methods", action="store_true", help="also every registered pre-LLM method")
     ap.add_argument("--scores", action="store_true", help="also the score hook's reduction (aot.models.scores)")
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
