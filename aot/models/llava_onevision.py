@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .inllm_patch import attach, detach
 from .scores import attention_received, hf_qk, record_scores
 from .patching import PatchState as _BaseState
-from .patching import install, missing_members, pad_token_id, resolve_method, timer, uninstall
+from .patching import install, missing_members, pad_token_id, resolve_method, timer, uninstall, uses_local_scores
 from .splice import lay_out_video, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "VIDEO_LAYOUTS", "check_transformers", "vision_attention", "llm_grid", "config_grid"]
@@ -222,8 +222,10 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
         with timer(times, "scores", q.device):
             return attention_received(q, k, chunk=state.chunk)
 
-    layers = {"local": vision_attention(tower, state.local_layer),
-              "global": vision_attention(tower, state.global_layer)}
+    need_local = uses_local_scores(state)  # no second score hook when nothing reads it
+    layers = {"global": vision_attention(tower, state.global_layer)}
+    if need_local:
+        layers["local"] = vision_attention(tower, state.local_layer)
     hook = inner.multi_modal_projector.register_forward_hook(capture)
     try:
         with record_scores(layers, qk_timed, reduce=reduce_timed) as rec, \
@@ -257,8 +259,8 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
         pool = lambda s: F.avg_pool2d(s.reshape(-1, 1, side, side), 2).reshape(s.shape[0], -1)
         h = w = side // 2
     n = h * w
-    local = pool(patch_scores("local").reshape(-1, side * side)).reshape(n_videos, frames, n)
     deep = pool(patch_scores("global").reshape(-1, side * side)).reshape(n_videos, frames, n)
+    local = pool(patch_scores("local").reshape(-1, side * side)).reshape(n_videos, frames, n) if need_local else deep
     feats = feats.reshape(n_videos, frames, n, -1)
     return feats, local.to(feats.device), deep.to(feats.device), (h, w), per_video
 

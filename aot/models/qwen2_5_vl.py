@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
-                       uninstall)
+                       uninstall, uses_local_scores)
 from .scores import attention_received
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -201,11 +201,13 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
 
     # 1. the tower once, two blocks scored by hooks
     tower = inner.visual
+    need_local = uses_local_scores(state)  # no second score hook when nothing reads it
     rec = {"local": [], "global": []}
-    handles = [tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-                   score_hook(rec["local"], state.chunk, times), with_kwargs=True),
-               tower.blocks[state.global_layer].attn.register_forward_pre_hook(
+    handles = [tower.blocks[state.global_layer].attn.register_forward_pre_hook(
                    score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
+    if need_local:
+        handles.append(tower.blocks[state.local_layer].attn.register_forward_pre_hook(
+            score_hook(rec["local"], state.chunk, times), with_kwargs=True))
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)
@@ -214,8 +216,8 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
             hnd.remove()
     times["vision"] -= times.get("scores", 0.0)
     feats = list(enc.pooler_output)  # per video (t * h * w, d), processor order
-    local = _to_llm_grid(rec["local"][0], thw, tower)
     deep = _to_llm_grid(rec["global"][0], thw, tower)
+    local = _to_llm_grid(rec["local"][0], thw, tower) if need_local else deep
 
     # 2. compress every video on its own grid
     outs = []

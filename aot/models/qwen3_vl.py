@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
-                       uninstall)
+                       uninstall, uses_local_scores)
 from .qwen2_5_vl import score_hook
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
@@ -294,12 +294,14 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
 
     # 1. the tower once, two blocks scored by hooks
     tower = inner.visual
+    need_local = uses_local_scores(state)  # no second score hook when nothing reads it
     rec = {"local": [], "global": []}
     rope = mod.apply_rotary_pos_emb_vision
-    handles = [tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-                   score_hook(rec["local"], state.chunk, times, rope), with_kwargs=True),
-               tower.blocks[state.global_layer].attn.register_forward_pre_hook(
+    handles = [tower.blocks[state.global_layer].attn.register_forward_pre_hook(
                    score_hook(rec["global"], state.chunk, times, rope), with_kwargs=True)]
+    if need_local:
+        handles.append(tower.blocks[state.local_layer].attn.register_forward_pre_hook(
+            score_hook(rec["local"], state.chunk, times, rope), with_kwargs=True))
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)
@@ -310,8 +312,8 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     feats = list(enc.pooler_output)  # per video (t * h * w, d), processor order
     levels = [list(lv) for lv in (getattr(enc, "deepstack_features", None) or [])] if fam.deepstack else []
     unit = tower.spatial_merge_unit
-    local = llm_grid_scores(rec["local"][0], thw, unit)
     deep = llm_grid_scores(rec["global"][0], thw, unit)
+    local = llm_grid_scores(rec["local"][0], thw, unit) if need_local else deep
 
     # 2. compress every video on its own grid; DeepStack levels with the same linear map
     tokens, stacks, slots = [], [[] for _ in levels], []
