@@ -62,7 +62,7 @@ def test_readme_states_the_status_plainly():
     assert "HoliTom" in status and "issue 22" in status
     serving = section(README, "Quick start: serving")  # issue 19 landed: what exists, and what is not verified
     assert "aot serve" in serving and "docs/serving.md" in serving
-    assert "GPU throughput and tensor parallelism are not\n  verified" in status
+    assert "GPU throughput and tensor parallelism across GPUs are not\n  verified" in status
     bench = section(README, "The task benchmark (a proxy): AOT ties HoliTom")
     # issue 22: round 1's loss and round 2's tie on fresh test items, the same numbers in the README
     # and the docs, v2 as history
