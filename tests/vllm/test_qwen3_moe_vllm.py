@@ -67,7 +67,8 @@ QWEN3_5_MOE_ATOL = 2.5 * QWEN3_5_MOE_STOCK_GAP
 def test_qwen3_5_moe_budget_and_logits(tmp_path):
     """bfloat16 (vLLM 0.32's CPU Gated DeltaNet refuses float32): placeholders = kept rows = aot.budget, the
     kept grid cells and per-slice layout equal the transformers adapter's, and the first-token
-    log-probabilities are within QWEN3_5_MOE_ATOL of the adapter's float32 ones and 4 greedy tokens equal the
+    log-probabilities are within QWEN3_5_MOE_ATOL of the adapter's float32 ones and greedy tokens (up to 4, where the
+    reference's margin exceeds 2 x the tolerance: tiny_qwen3.check_bf16_engine) equal the
     adapter's, at retention 1.0 and 0.25."""
     ckpt = t3.save(tmp_path, "qwen3_5_moe", dtype=torch.bfloat16, all_experts=True)
     t3.check_bf16_engine(ckpt, "qwen3_5_moe", t3.reference(ckpt, "qwen3_5_moe"), QWEN3_5_MOE_ATOL, greedy=4)

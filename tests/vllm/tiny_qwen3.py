@@ -149,8 +149,14 @@ def reference(ckpt, family: str = "qwen3_vl"):
                 logits = model(**inputs).logits[0, -1].float()
                 last = dict(model._aot.last, positions=kept) if retention is not None else None
                 if greedy:
-                    tokens = model.generate(**inputs, max_new_tokens=greedy, do_sample=False)
-                    last = dict(last or {}, greedy=tokens[0, inputs["input_ids"].shape[1]:].tolist())
+                    gen = model.generate(**inputs, max_new_tokens=greedy, do_sample=False, output_scores=True,
+                                         return_dict_in_generate=True)
+                    # each step's decision margin: top-1 minus top-2 log-probability (a bfloat16 engine
+                    # can only be asked to make the same choice where this exceeds its measured error)
+                    margins = [float(torch.log_softmax(sc[0].float(), -1).topk(2).values.diff().abs()[0])
+                               for sc in gen.scores]
+                    last = dict(last or {}, greedy=gen.sequences[0, inputs["input_ids"].shape[1]:].tolist(),
+                                margins=margins)
         finally:
             if retention is not None:
                 aot.unpatch(model)
@@ -206,7 +212,9 @@ def check_bf16_engine(ckpt, family: str, reference, atol: float, greedy: int = 0
     """A bfloat16 engine of ``family``'s aot class on ``ckpt`` (saved in bfloat16) against the transformers
     adapter in float32 on the same weights, video "a", retention 1.0 and 0.25: placeholders = kept rows =
     aot.budget, the kept grid cells and per-slice counts equal, first-token log-probabilities within ``atol``,
-    and ``greedy`` greedy tokens equal. Returns the model's ``aot_last`` video record per retention."""
+    and the first of ``greedy`` greedy tokens equal as long as the float32 reference decided each by a
+    margin above 2 x atol (a random tiny model's later steps are often near-ties that bfloat16 flips:
+    with issue 22's defaults Qwen3.5-MoE's step 2 at retention 0.25 is 0.077 apart). Returns the model's ``aot_last`` video record per retention."""
     import gc
 
     from vllm import SamplingParams
@@ -231,7 +239,13 @@ def check_bf16_engine(ckpt, family: str, reference, atol: float, greedy: int = 0
             assert gap <= atol, (family, retention, gap)
             if greedy:
                 tokens = llm.generate([request("a", retention)], SamplingParams(max_tokens=greedy, temperature=0.0))[0]
-                assert list(tokens.outputs[0].token_ids) == last["greedy"], (retention, last["greedy"])
+                got = list(tokens.outputs[0].token_ids)
+                # equal greedy tokens up to the first step whose float32 decision margin is within twice
+                # the measured bfloat16 error (there a tie-near choice may flip; after it the texts differ)
+                sure = next((i for i, m in enumerate(last["margins"]) if m <= 2 * atol), len(last["margins"]))
+                print(f"{family} retention {retention}: greedy margins {[round(m, 3) for m in last['margins']]}, "
+                      f"{sure} of {greedy} steps decided beyond 2 x atol")
+                assert got[:sure] == last["greedy"][:sure], (retention, got, last["greedy"], last["margins"])
     finally:
         del llm
         gc.collect()
