@@ -69,3 +69,20 @@ def test_aot_paper_runs_the_paper_config():
     assert out.tokens.shape[0] == aot.budget(0.2, 8, 49)
     torch.testing.assert_close(out.tokens, ref.tokens, rtol=0, atol=0)
     assert not torch.equal(out.tokens, aot.compress(x, s, config=aot.AOTConfig(retention=0.2)).tokens)
+
+
+def test_which_methods_read_local_scores():
+    """Method.reads_local_scores decides whether adapters hook the shallow score block: only AOT with
+    attention-chosen anchors and an effective global_share below 1 (presets applied)."""
+    aot_m = M.get("aot")
+    assert not aot_m.reads_local_scores(aot.AOTConfig(retention=0.1))  # default global_share 1.0
+    assert aot_m.reads_local_scores(aot.AOTConfig(retention=0.1, global_share=0.5))
+    assert not aot_m.reads_local_scores(aot.AOTConfig(retention=0.1, global_share=0.5, anchor_select="random"))
+    assert M.get("aot-local-global").reads_local_scores(aot.AOTConfig(retention=0.1))  # preset 0.5 wins
+    assert M.get("aot-no-global").reads_local_scores(aot.AOTConfig(retention=0.1))
+    assert M.get("aot-paper").reads_local_scores(aot.AOTConfig(retention=0.1))
+    assert not M.get("aot-no-local").reads_local_scores(aot.AOTConfig(retention=0.1, global_share=0.5))
+    assert not M.get("aot-random-anchors").reads_local_scores(aot.AOTConfig(retention=0.1, global_share=0.5))
+    for name in ("visionzip", "holitom", "fastvid", "random"):
+        m = M.get(name)
+        assert not m.reads_local_scores(m.config(retention=0.1))

@@ -52,6 +52,14 @@ class Method:
             raise TypeError(f"method {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}")
         return replace(config, **self.preset) if self.preset else config
 
+    def reads_local_scores(self, config=None) -> bool:
+        """Whether this method, run with ``config``, reads ``local_scores``: only AOT's attention-chosen
+        windowed (local) anchors do, when the effective ``global_share`` is below 1 (since issue 22 the
+        default is 1.0). Model adapters hook the shallow score block only when this is True."""
+        eff = self.effective_config(config)
+        share = getattr(eff, "global_share", None)
+        return share is not None and share < 1.0 and getattr(eff, "anchor_select", "attention") == "attention"
+
     def check(self, config, frames: int, tokens_per_frame: int) -> None:
         """Raise ValueError if this method cannot compress F x N tokens under ``config``.
 

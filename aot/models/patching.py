@@ -42,16 +42,9 @@ class PatchState:
 
 
 def uses_local_scores(state: PatchState) -> bool:
-    """Whether the patched method reads the shallow block's scores: only AOT's windowed local anchors
-    do, when the effective ``global_share`` is below 1 (the default since issue 22 is 1.0, so by
-    default the adapters hook one score block, not two). Other methods never read them."""
-    from ..config import AOTConfig
-
-    cfg = state.config
-    if not isinstance(cfg, AOTConfig):
-        return False
-    eff = state.method.effective_config(cfg) if state.method is not None else cfg
-    return eff.global_share < 1.0 and eff.anchor_select == "attention"
+    """Whether the patched method reads the shallow block's scores (``Method.reads_local_scores``: AOT
+    with global_share < 1, no longer the default); else the adapters hook one score block, not two."""
+    return state.method is not None and state.config is not None and state.method.reads_local_scores(state.config)
 
 
 def resolve_method(model: nn.Module, config, method: str | None):
