@@ -42,9 +42,8 @@ def clip_length_of(config, frames: int) -> int:
     anchors are about anchor_density * N of its N tokens); else ``default_clip_length``."""
     if config.clip_length:
         return config.clip_length
-    density = getattr(config, "anchor_density", None)
-    if density is not None and config.anchor_share > 0:
-        length = math.floor(density / (config.anchor_share * config.retention) + 0.5)
+    if config.anchor_density is not None and config.anchor_share > 0:
+        length = math.floor(config.anchor_density / (config.anchor_share * config.retention) + 0.5)
         return min(frames, max(2, length))
     return default_clip_length(frames, config.retention, config.anchor_share)
 

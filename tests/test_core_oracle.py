@@ -64,9 +64,9 @@ def _same(out, ref, exact=None):
             # regression of issue 17's operator pass under long chains (docs/gpu-core.md)
             e = exact()
             assert all(torch.equal(u, v) for k, u, v in zip(aot.Compressed._fields, ref[:6], e[:6]) if k in DISCRETE)
-            scale = e.tokens.abs().clamp(min=1.0) if name == "tokens" else getattr(e, name).abs().clamp(min=1.0)
-            truth = (e.tokens if name == "tokens" else getattr(e, name))
-            err_old = ((b.double() - truth) .abs() / scale).max()
+            truth = getattr(e, name).double()
+            scale = truth.abs().clamp(min=1.0)
+            err_old = ((b.double() - truth).abs() / scale).max()
             err_new = ((a.double() - truth).abs() / scale).max()
             assert err_new <= max(4e-6, 10 * err_old), f"{name}: {err_new} from float64, old core {err_old}"
         elif a.dtype in (torch.float32, torch.float64):

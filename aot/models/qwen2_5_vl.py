@@ -156,6 +156,17 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
     return out
 
 
+def hook_score_blocks(tower: nn.Module, state: PatchState, times: dict, rope=None) -> tuple[dict, list]:
+    """Score hooks (``score_hook``) on the global block and, only when the method reads it
+    (``uses_local_scores``), the local one: ({"local": [...], "global": [...]} filled during the
+    tower's forward, the hook handles to remove). Shared by the Qwen2.5-VL and Qwen3-VL adapters."""
+    blocks = [("global", state.global_layer)] + ([("local", state.local_layer)] if uses_local_scores(state) else [])
+    rec: dict[str, list] = {"local": [], "global": []}
+    handles = [tower.blocks[layer].attn.register_forward_pre_hook(score_hook(rec[key], state.chunk, times, rope),
+                                                                  with_kwargs=True) for key, layer in blocks]
+    return rec, handles
+
+
 def score_hook(records: list, chunk, times, rope=None):
     """A forward hook with kwargs for a Qwen vision block's attention: recomputes q and k, applies
     ``rope(q, k, cos, sin)`` (default: Qwen2.5-VL's vision rotary) and appends the attention each
@@ -201,13 +212,7 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
 
     # 1. the tower once, two blocks scored by hooks
     tower = inner.visual
-    need_local = uses_local_scores(state)  # no second score hook when nothing reads it
-    rec = {"local": [], "global": []}
-    handles = [tower.blocks[state.global_layer].attn.register_forward_pre_hook(
-                   score_hook(rec["global"], state.chunk, times), with_kwargs=True)]
-    if need_local:
-        handles.append(tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-            score_hook(rec["local"], state.chunk, times), with_kwargs=True))
+    rec, handles = hook_score_blocks(tower, state, times)
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)
@@ -217,7 +222,7 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     times["vision"] -= times.get("scores", 0.0)
     feats = list(enc.pooler_output)  # per video (t * h * w, d), processor order
     deep = _to_llm_grid(rec["global"][0], thw, tower)
-    local = _to_llm_grid(rec["local"][0], thw, tower) if need_local else deep
+    local = _to_llm_grid(rec["local"][0], thw, tower) if rec["local"] else deep
 
     # 2. compress every video on its own grid
     outs = []

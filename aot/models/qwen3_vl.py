@@ -51,8 +51,8 @@ from torch import Tensor, nn
 from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
-                       uninstall, uses_local_scores)
-from .qwen2_5_vl import score_hook
+                       uninstall)
+from .qwen2_5_vl import hook_score_blocks, score_hook  # noqa: F401 (score_hook: also reached as qwen3_vl.score_hook)
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "check_transformers", "default_layers", "ClassInfo", "CLASSES", "deepstack_at",
@@ -294,14 +294,7 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
 
     # 1. the tower once, two blocks scored by hooks
     tower = inner.visual
-    need_local = uses_local_scores(state)  # no second score hook when nothing reads it
-    rec = {"local": [], "global": []}
-    rope = mod.apply_rotary_pos_emb_vision
-    handles = [tower.blocks[state.global_layer].attn.register_forward_pre_hook(
-                   score_hook(rec["global"], state.chunk, times, rope), with_kwargs=True)]
-    if need_local:
-        handles.append(tower.blocks[state.local_layer].attn.register_forward_pre_hook(
-            score_hook(rec["local"], state.chunk, times, rope), with_kwargs=True))
+    rec, handles = hook_score_blocks(tower, state, times, mod.apply_rotary_pos_emb_vision)
     try:
         with timer(times, "vision", pixels.device), torch.no_grad():
             enc = inner.get_video_features(pixels, thw, return_dict=True)
@@ -313,7 +306,7 @@ def _rewrite(model: nn.Module, kwargs: dict, for_generate: bool) -> dict:
     levels = [list(lv) for lv in (getattr(enc, "deepstack_features", None) or [])] if fam.deepstack else []
     unit = tower.spatial_merge_unit
     deep = llm_grid_scores(rec["global"][0], thw, unit)
-    local = llm_grid_scores(rec["local"][0], thw, unit) if need_local else deep
+    local = llm_grid_scores(rec["local"][0], thw, unit) if rec["local"] else deep
 
     # 2. compress every video on its own grid; DeepStack levels with the same linear map
     tokens, stacks, slots = [], [[] for _ in levels], []

@@ -179,16 +179,9 @@ def test_budget_logits_and_concurrency(engine, reference, ckpt):
     got = model.aot_last["videos"][0]["scores"]
     hf = tiny.load_qwen(ckpt)
     _, _, inputs = reference("b", 0.3)
-    rec = {"local": [], "global": []}
-    layers = adapter.default_layers(hf.config.vision_config)
-    handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
-        adapter.score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
-    with torch.no_grad():
-        hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-    for hnd in handles:
-        hnd.remove()
+    rec = tiny.adapter_scores(hf, inputs)
     for key, mine in zip(rec, got):
-        theirs = adapter._to_llm_grid(rec[key][0], inputs["video_grid_thw"], hf.model.visual)[0]
+        theirs = adapter._to_llm_grid(rec[key], inputs["video_grid_thw"], hf.model.visual)[0]
         assert mine.shape == theirs.shape == (grid("b")[0], grid("b")[1] * grid("b")[2])
         assert torch.allclose(mine, theirs, atol=1e-6), (mine - theirs).abs().max()
     assert not torch.allclose(got[0], got[1])  # two different blocks

@@ -94,17 +94,10 @@ def test_scores_reduced_across_ranks(tp_engine, reference, ckpt):  # noqa: F811
 
     # the scores: the same on every rank, and those of all heads (the transformers adapter's hooks)
     hf = tiny.load_qwen(ckpt)
-    rec = {"local": [], "global": []}
-    layers = adapter.default_layers(hf.config.vision_config)
-    handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
-        adapter.score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
-    with torch.no_grad():
-        hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-    for hnd in handles:
-        hnd.remove()
+    rec = tiny.adapter_scores(hf, inputs)
     first, second = (r["videos"][0]["scores"] for r in ranks)
     for key, mine, other in zip(rec, first, second):
-        theirs = adapter._to_llm_grid(rec[key][0], inputs["video_grid_thw"], hf.model.visual)[0]
+        theirs = adapter._to_llm_grid(rec[key], inputs["video_grid_thw"], hf.model.visual)[0]
         assert torch.allclose(mine, other, atol=1e-6), (key, (mine - other).abs().max())
         assert torch.allclose(mine, theirs, atol=1e-6), (key, (mine - theirs).abs().max())
 

@@ -46,6 +46,25 @@ def load_qwen(folder):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
 
 
+def adapter_scores(hf, inputs) -> dict:
+    """The transformers adapter's per-patch scores of both default score blocks, all heads, on ``hf``
+    (a loaded Qwen2.5-VL) and processor ``inputs``: {"local": (T,), "global": (T,)} in the tower's
+    window order (``qwen2_5_vl._to_llm_grid`` maps them to the LLM grid)."""
+    from aot.models import qwen2_5_vl as adapter
+
+    rec = {"local": [], "global": []}
+    layers = adapter.default_layers(hf.config.vision_config)
+    handles = [hf.model.visual.blocks[layer].attn.register_forward_pre_hook(
+        adapter.score_hook(rec[key], 256, {}), with_kwargs=True) for key, layer in zip(rec, layers)]
+    try:
+        with torch.no_grad():
+            hf.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    finally:
+        for hnd in handles:
+            hnd.remove()
+    return {key: r[0] for key, r in rec.items()}
+
+
 def video(n: int = 8, seed: int = 0, height: int = 32, width: int = 32):
     return hq.frames(n, seed, height, width)
 
