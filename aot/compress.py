@@ -11,6 +11,7 @@ from torch import Tensor
 from .anchors import select_anchors_varied
 from .config import AOTConfig, budget
 from .indices import const
+from . import stops
 from .intra import aggregate_intra, tracks_grad
 from .temporal import aggregate_inter, clip_length_of, dynamic_clips, uniform_clips
 
@@ -220,6 +221,16 @@ def prepare(x: Tensor, retention: float) -> tuple[Tensor, Tensor, int]:
 
 def _core(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig,
           clips: list[tuple[int, int]], out_dtype, with_mix: bool = True, single: bool = False) -> Compressed:
+    """_core_once with its Sinkhorn stop checks deferred to one host read (aot.stops): the same
+    outputs bit for bit; a call whose learned caps were short is computed again with a read per check."""
+    key = (tuple(work.shape), work.dtype, str(work.device), config, tuple(clips), grid)
+    return stops.run(lambda: _core_once(work, norms, scores, local_scores, grid, config, clips, out_dtype, with_mix,
+                                        single),
+                     key, eligible=config.tol is not None and not tracks_grad(work))
+
+
+def _core_once(work: Tensor, norms: Tensor, scores: Tensor, local_scores: Tensor, grid, config: AOTConfig,
+               clips: list[tuple[int, int]], out_dtype, with_mix: bool = True, single: bool = False) -> Compressed:
     """V videos (V, F, N, d) with the same clips, all at once; fields with a leading V (single: V = 1
     and the fields without it).
 

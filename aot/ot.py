@@ -22,6 +22,8 @@ import struct
 import torch
 from torch import Tensor
 
+from . import stops
+
 __all__ = ["sinkhorn", "static_bound", "plain_bound"]
 
 # exp(+-_SAFE_EXP) with the sizes and marginal ratios folded in stays inside the normal range.
@@ -218,7 +220,43 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
     lead = cost.shape[:groups] if groups else (blocks,)
     single = math.prod(lead) == 1  # one stop group: no state to freeze
     thr = None if tol is None else _tol_threshold(tol, cost.dtype)
+    ledger = stops.active() if thr is not None and not grad else None
+    if ledger is not None and not ledger.recording:
+        kv, v = _plain_deferred(kernel, kernel_t, aa, bb, ku, n_iters, thr, ledger, lead, groups, blocks)
+        u = None
+    else:
+        kv, v, u = _plain_checked(kernel, kernel_t, aa, bb, ku, n_iters, thr, grad, lead, single, groups, blocks,
+                                  ledger)
+    del kernel_t
+    if rows:
+        if grad:
+            return kernel * v / kv.transpose(-1, -2)
+        return kernel.mul_(v).div_(kv.transpose(-1, -2))  # in the kernel's storage
+    if u is None:
+        u = aa / kv
+    if grad:
+        return kernel * u.transpose(-1, -2) * v
+    return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
+
+
+def _group_conv(err: Tensor, thr: float, lead, groups: int, blocks: int, ndim: int) -> Tensor:
+    """err (..., 1): per-problem L1 error -> bool broadcastable to the state (..., 1, k): every problem
+    of the problem's stop group is below thr."""
+    if math.prod(lead) == 1:  # one group: a single flag, broadcast
+        return (err.amax() < thr).view(*([1] * ndim))
+    conv = err.reshape(*lead, -1).amax(-1) < thr  # (G...,)
+    if groups:
+        return conv.view(*lead, *([1] * (ndim - groups)))
+    return conv.view(blocks, 1).expand(blocks, err.shape[0] // blocks).reshape(-1, *([1] * (ndim - 1)))
+
+
+def _plain_checked(kernel, kernel_t, aa, bb, ku, n_iters: int, thr, grad: bool, lead, single: bool, groups: int,
+                   blocks: int, ledger):
+    """The plain route's iterations with a host read per early-stop check (every _CHECK_EVERY
+    iterations). ledger (record mode): told how many checks ran. Returns (K v, v, u or None: a / K v)."""
     frozen = saved = None
+    u = aa
+    checks = 0
     for it in range(n_iters):
         v = bb / ku  # (..., 1, n)
         kv = v @ kernel_t  # (..., 1, m)
@@ -227,6 +265,7 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
         if it + 1 < n_iters:
             ku = u @ kernel
         if check:  # L1 error of the column marginal: |b - v (u K)|
+            checks += 1
             err = torch.linalg.vector_norm(torch.addcmul(bb, v, ku, value=-1.0), ord=1, dim=-1)  # (..., 1)
             if grad:
                 err = err.detach()
@@ -234,9 +273,7 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
                 if bool(err.amax() < thr):  # the one host read of a check
                     break
                 continue
-            conv = err.reshape(*lead, -1).amax(-1) < thr  # (G...,): every problem of the group below tol
-            conv = conv.view(*lead, *([1] * (u.dim() - groups))) if groups else \
-                conv.view(blocks, 1).expand(blocks, u.shape[0] // blocks).reshape(-1, *([1] * (u.dim() - 1)))
+            conv = _group_conv(err, thr, lead, groups, blocks, u.dim())
             if frozen is None:
                 frozen, saved = conv, (kv, v)
             else:
@@ -245,17 +282,46 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
                 frozen = frozen | conv
             if bool(frozen.all()):
                 break
+    if ledger is not None:
+        ledger.recorded.append(checks)
     if frozen is not None:  # groups that stopped earlier than the last iteration run take their state back
         kv, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (kv, v)))
+        u = None  # recomputed from K v where needed
+    return kv, v, u
+
+
+def _plain_deferred(kernel, kernel_t, aa, bb, ku, n_iters: int, thr: float, ledger, lead, groups: int, blocks: int):
+    """The plain route's iterations with no host read (aot.stops): ``ledger.next_cap()`` checks, every
+    stop group frozen at the first check where it meets thr (its state then is what the per-check loop
+    returns), one device flag per check left in the ledger. Returns (K v, v)."""
+    total = (n_iters - 1) // _CHECK_EVERY  # checks the per-check loop can run
+    checks = min(max(ledger.next_cap(), 1), total)
+    limit = n_iters if checks == total else _CHECK_EVERY * checks  # no check at all (total 0): every iteration
+    frozen = saved = None
+    flags = []
+    for it in range(limit):
+        v = bb / ku
+        kv = v @ kernel_t
         u = aa / kv
-    del kernel_t
-    if rows:
-        if grad:
-            return kernel * v / kv.transpose(-1, -2)
-        return kernel.mul_(v).div_(kv.transpose(-1, -2))  # in the kernel's storage
-    if grad:
-        return kernel * u.transpose(-1, -2) * v
-    return kernel.mul_(u.transpose(-1, -2)).mul_(v)  # the plan, in the kernel's storage
+        if it + 1 < n_iters:
+            ku = u @ kernel
+        if (it + 1) % _CHECK_EVERY == 0 and it + 1 < n_iters:
+            err = torch.linalg.vector_norm(torch.addcmul(bb, v, ku, value=-1.0), ord=1, dim=-1)  # (..., 1)
+            if it + 1 == limit:  # the last check: groups that meet thr now keep the current state anyway
+                flags.append(err.amax() < thr if frozen is None else
+                             (frozen | _group_conv(err, thr, lead, groups, blocks, u.dim())).all())
+                break
+            conv = _group_conv(err, thr, lead, groups, blocks, u.dim())
+            if frozen is None:
+                frozen, saved = conv, (kv, v)
+            else:  # groups not frozen before take this check's state (frozen ones keep theirs)
+                saved = tuple(torch.where(frozen, old, s) for s, old in zip((kv, v), saved))
+                frozen = frozen | conv
+            flags.append(frozen.all())
+    ledger.add_flags(flags, total)
+    if frozen is not None:
+        kv, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (kv, v)))
+    return kv, v
 
 
 def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, groups: int = 0) -> Tensor:

@@ -34,6 +34,18 @@ def test_counter_counts_reads_and_top_level_ops():
     assert c["ops"] >= 5, c  # add, sum, item, gt, index
 
 
+def test_kernels_leave_out_views_but_not_copies():
+    t = torch.ones(4, 3)
+
+    def fn():
+        u = t.transpose(0, 1)  # a view: no kernel
+        w = u.unsqueeze(0).expand(2, 3, 4)  # views
+        return w.reshape(-1) + 1  # reshape of an expanded tensor copies (a kernel), then add (a kernel)
+
+    c = launches.count(fn)
+    assert c["ops"] == 5 and c["kernels"] == 2, c
+
+
 def _video(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g), torch.rand(*shape[:-1], generator=g)

@@ -1,0 +1,140 @@
+"""Sinkhorn early stops without a host read per check: one read per ``compress`` call.
+
+The early stop (``tol``) checks every 10 iterations whether every problem of a stop group meets the
+tolerance. Reading that answer to decide whether to go on is a device-to-host sync, and AOT solves
+its Sinkhorn problems in a chain (the intra solve, then one per Eq. 16 merge step: 13 at today's
+defaults at 32 frames), each stopping after its own number of checks: 13 to 40 reads a call.
+
+Here the chain runs *deferred*: each plain-route solve runs a number of checks fixed before the call
+(its cap), freezes every stop group at the first check where it meets tol (it keeps that check's
+state, exactly what stopping there would return), and leaves on the device one flag per check,
+"every group has stopped". After the call one read fetches all flags. If every solve stopped within
+its cap, the outputs are bit for bit those of the per-check loop (the frozen state is the state the
+loop would have stopped with, and every later solve saw the same inputs). If one did not, the call
+is run again with per-check reads, which is exactly the old behaviour, and its stop checks are
+recorded as the caps for the next call.
+
+Caps are learned per problem shape (videos, frames, tokens, channels, dtype, device, config, clip
+layout): the first call of a shape runs with per-check reads and records how many checks each solve
+needed; later calls use those counts. After a deferred call a cap that was larger than needed shrinks
+by one check (extra checks are wasted iterations), never below what the call needed.
+Only the plain scaling route defers (``aot.ot._sinkhorn_plain``, AOT's intra and merge solves at
+reg >= ~0.09); the other routes keep their per-check read. Off under ``torch.compile`` tracing and
+when a gradient is recorded (then the per-check loop runs).
+
+Cost: on a call whose caps are right, the same iterations plus about 3 operators per check (the
+frozen state); on a call where a cap is short, the whole call again (the miss is then learned).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+from collections.abc import Callable, Hashable, Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["Ledger", "deferred", "run"]
+
+_LEDGER: contextvars.ContextVar[Ledger | None] = contextvars.ContextVar("aot_stop_ledger", default=None)
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("aot_deferred_stops", default=True)
+_CAPS: collections.OrderedDict[Hashable, list[int]] = collections.OrderedDict()
+_MAX_KEYS = 256  # shapes remembered (least recently used dropped)
+
+
+class Ledger:
+    """The stop checks of one call. caps=None: record mode (each solve reads per check and reports how
+    many checks it ran); a list: deferred mode (solve i runs caps[i] checks, or all of them past the
+    list's end, and leaves its flags here)."""
+
+    def __init__(self, caps: list[int] | None = None):
+        self.caps = caps
+        self.recorded: list[int] = []  # record mode: checks each solve needed (all of them if it never met tol)
+        self.flags: list[Tensor] = []  # deferred mode: per solve, (checks run,) bool "every group stopped"
+        self.meta: list[tuple[int, int]] = []  # deferred mode: (checks run, checks the solve may run at most)
+
+    @property
+    def recording(self) -> bool:
+        return self.caps is None
+
+    def next_cap(self) -> int:
+        """Checks the next deferred solve runs (a solve past the recorded list runs all of them)."""
+        i = len(self.meta)
+        return self.caps[i] if i < len(self.caps) else 1 << 30
+
+    def add_flags(self, flags: list[Tensor], total: int) -> None:
+        """flags: one 0-dim bool per check run; total: the checks the per-check loop could run."""
+        if flags:
+            self.flags.append(torch.stack(flags) if len(flags) > 1 else flags[0].reshape(1))
+        self.meta.append((len(flags), total))
+
+    def resolve(self) -> list[int] | None:
+        """One host read of every solve's flags: the checks each needed, or None if one did not stop
+        within its cap (its result, and every later solve's, is then not the per-check loop's)."""
+        got = torch.cat(self.flags).tolist() if self.flags else []  # the one read of the call
+        needs, at = [], 0
+        for ran, total in self.meta:
+            row, at = got[at:at + ran], at + ran
+            if True in row:
+                needs.append(row.index(True) + 1)
+            elif ran == total:  # it ran every check the per-check loop could: the same iterations
+                needs.append(total)
+            else:
+                return None
+        return needs
+
+
+def active() -> Ledger | None:
+    """The ledger of the call being computed, if its stops are recorded or deferred."""
+    return _LEDGER.get()
+
+
+@contextlib.contextmanager
+def deferred(enabled: bool) -> Iterator[None]:
+    """Within the block, compress defers its stop checks (the default) or reads per check (False:
+    the reference behaviour, for tests and benchmarks)."""
+    token = _ENABLED.set(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def _with(ledger: Ledger, fn: Callable):
+    token = _LEDGER.set(ledger)
+    try:
+        return fn()
+    finally:
+        _LEDGER.reset(token)
+
+
+def run(fn: Callable, key: Hashable, *, eligible: bool = True):
+    """fn() (one compress core call) with its Sinkhorn stop checks deferred to one read (see module
+    docstring). key: what fixes the sequence of solves and their shapes. eligible=False, or
+    ``deferred(False)``, or torch.compile tracing: fn() as it is (a read per check)."""
+    if not eligible or not _ENABLED.get() or torch.compiler.is_compiling():
+        return fn()
+    caps = _CAPS.get(key)
+    if caps is not None:
+        _CAPS.move_to_end(key)
+        ledger = Ledger(list(caps))
+        out = _with(ledger, fn)
+        needs = ledger.resolve()
+        if needs is not None:
+            _CAPS[key] = [max(n, c - 1) for n, c in zip(needs, caps)] + needs[len(caps):]
+            return out
+        del out  # a cap was short: this result is not the per-check loop's; recompute it
+    ledger = Ledger()
+    out = _with(ledger, fn)
+    _CAPS[key] = ledger.recorded
+    _CAPS.move_to_end(key)
+    while len(_CAPS) > _MAX_KEYS:
+        _CAPS.popitem(last=False)
+    return out
+
+
+def clear() -> None:
+    """Forget every learned cap (the next call of each shape records again)."""
+    _CAPS.clear()

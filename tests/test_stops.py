@@ -1,0 +1,157 @@
+"""Sinkhorn early stops deferred to one host read per compress call (aot.stops, issue 17).
+
+The independent answer is the per-check loop (``aot.stops.deferred(False)``: a host read per check,
+the behaviour before this change, itself checked against tests/aot_reference and POT elsewhere):
+every output must be equal bit for bit, whatever the learned caps are (right, too large, too short),
+for one video and for a batch whose videos stop at different checks. Reads are counted with torch's
+profiler (benchmarks/launches.py), so they can be asserted.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import aot
+import aot.stops as stops
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "launches.py"
+_spec = importlib.util.spec_from_file_location("launches", _PATH)
+launches = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(launches)
+
+FIELDS = ("tokens", "sizes", "frames", "positions", "assignment", "dynamic")
+
+
+def _video(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    # a little structure (tokens resemble their neighbours in time) so merges are not all alike
+    x = x + 0.8 * x.roll(1, -3)
+    return x, torch.rand(*shape[:-1], generator=g)
+
+
+def _same(a, b):
+    for k in FIELDS:
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    for p, q in zip(a.mix, b.mix):
+        assert torch.equal(p, q)
+
+
+def _checks_needed(x, s, cfg):
+    """The per-check loop's stop check of each solve (a recording call)."""
+    stops.clear()
+    aot.compress(x, s, config=cfg)
+    (caps,) = stops._CAPS.values()
+    return list(caps)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-4])
+def test_deferred_equals_the_per_check_loop_and_reads_once(tol):
+    cfg = aot.AOTConfig(retention=0.15, tol=tol)
+    x, s = _video((13, 36, 16))
+    with stops.deferred(False):
+        ref = aot.compress(x, s, config=cfg)
+        eager = launches.count(lambda: aot.compress(x, s, config=cfg))
+    first = launches.count(lambda: aot.compress(x, s, config=cfg))  # records the caps
+    again = launches.count(lambda: aot.compress(x, s, config=cfg))
+    _same(aot.compress(x, s, config=cfg), ref)
+    needs = list(stops._CAPS.values())[0]
+    assert len(needs) >= 3  # the intra solve and the merge steps
+    assert first["reads"] == eager["reads"] == 1 + sum(needs), (first, eager, needs)
+    assert again["reads"] == 2, again  # the value check and the one read of every solve's flags
+    if tol == 1e-4:
+        assert max(needs) >= 2  # solves that stop after several checks are covered
+
+
+def test_caps_larger_than_needed_give_the_same_result_and_shrink():
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-3)
+    x, s = _video((13, 36, 16), seed=1)
+    with stops.deferred(False):
+        ref = aot.compress(x, s, config=cfg)
+    needs = _checks_needed(x, s, cfg)
+    (key,) = stops._CAPS
+    stops._CAPS[key] = [n + 3 for n in needs]  # frozen at the needed check, three checks of spare iterations
+    c = launches.count(lambda: aot.compress(x, s, config=cfg))
+    assert c["reads"] == 2
+    assert stops._CAPS[key] == [n + 2 for n in needs]  # a cap larger than needed shrinks by one check
+    _same(aot.compress(x, s, config=cfg), ref)
+
+
+def test_short_caps_fall_back_to_the_per_check_loop_and_learn():
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-4)
+    x, s = _video((13, 36, 16), seed=2)
+    with stops.deferred(False):
+        ref = aot.compress(x, s, config=cfg)
+    needs = _checks_needed(x, s, cfg)
+    assert max(needs) >= 2
+    (key,) = stops._CAPS
+    stops._CAPS[key] = [1] * len(needs)  # too short for the solves that need more checks
+    c = launches.count(lambda: aot.compress(x, s, config=cfg))
+    # value check + the deferred call's one read, then the value check is not repeated: the per-check call
+    assert c["reads"] == 2 + sum(needs), (c, needs)
+    assert stops._CAPS[key] == needs
+    stops._CAPS[key] = [1] * len(needs)
+    _same(aot.compress(x, s, config=cfg), ref)
+
+
+def test_batch_whose_videos_stop_at_different_checks():
+    """Each video is its own stop group: frozen at its own check, equal to its own call."""
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-3)
+    parts = [_video((13, 36, 16), seed=k) for k in range(3)]
+    needs = [_checks_needed(x, s, cfg) for x, s in parts]
+    assert len({tuple(n) for n in needs}) > 1, needs  # the videos do stop at different checks
+    xb, sb = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    stops.clear()
+    with stops.deferred(False):
+        ref = aot.compress(xb, sb, config=cfg)
+    aot.compress(xb, sb, config=cfg)  # records
+    assert list(stops._CAPS.values())[0] == [max(col) for col in zip(*needs)]  # the batch stops with its slowest video
+    c = launches.count(lambda: aot.compress(xb, sb, config=cfg))
+    assert c["reads"] == 2
+    out = aot.compress(xb, sb, config=cfg)
+    _same(out, ref)
+    for i, (x, s) in enumerate(parts):
+        alone = aot.compress(x, s, config=cfg)
+        for k in FIELDS:
+            assert torch.equal(getattr(out, k)[i], getattr(alone, k)), (i, k)
+
+
+def test_real_tokens_32_frames_today_defaults():
+    """The shape of benchmarks/launches.py at the defaults: one read for the whole chain of solves."""
+    x, s = _video((32, 49, 24), seed=3)
+    with stops.deferred(False):
+        ref = aot.compress(x, s)
+    aot.compress(x, s)
+    c = launches.count(lambda: aot.compress(x, s))
+    assert c["reads"] == 2
+    _same(aot.compress(x, s), ref)
+
+
+def test_not_deferred_without_tol_under_grad_or_when_disabled():
+    x, s = _video((8, 36, 16))
+    fixed = aot.AOTConfig(retention=0.15, tol=None)
+    aot.compress(x, s, config=fixed)
+    assert not stops._CAPS  # nothing to defer
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-3)
+    xg = x.clone().requires_grad_(True)
+    aot.compress(xg, s, config=cfg)
+    assert not stops._CAPS  # a recorded gradient runs the per-check loop
+    with stops.deferred(False):
+        aot.compress(x, s, config=cfg)
+        aot.compress(x, s, config=cfg)
+    assert not stops._CAPS
+
+
+def test_only_the_plain_route_defers():
+    """Below the plain route's reg the renormalised route keeps its read per check: the call still
+    equals the per-check loop and no cap is learned for it."""
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-3, reg=0.05)
+    x, s = _video((8, 36, 16))
+    with stops.deferred(False):
+        ref = aot.compress(x, s, config=cfg)
+    aot.compress(x, s, config=cfg)
+    out = aot.compress(x, s, config=cfg)
+    _same(out, ref)
+    assert list(stops._CAPS.values()) == [[]]
