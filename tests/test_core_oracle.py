@@ -10,6 +10,7 @@ each video of a batch. Before that change they were equal bit for bit (commit c1
 """
 
 import itertools
+import math
 from dataclasses import replace
 
 import pytest
@@ -57,11 +58,13 @@ def _same(out, ref, exact=None):
             # long chains of Eq. 16 steps (today's default clips of 13 frames: 12 steps; a cost error e
             # moves the next plan by e / reg) amplify float32 rounding past 2e-6 in both cores (measured
             # up to 1.8e-5 between them at 32 x 196, 10%). Then both are judged against the old core
-            # run in float64 (whose discrete fields must agree, else the comparison means nothing):
-            # the new core's plain scaling Sinkhorn (no renormalisation) was measured 2.7-7.3x further
-            # from it than the old core (at most 3.9e-5 relative, at 32 x 196: 1/100 of a bfloat16
-            # step); the bound is 10x the old core's own float32 error, at least 4e-6. A known
-            # regression of issue 17's operator pass under long chains (docs/gpu-core.md)
+            # run in float64 (whose discrete fields must agree, else the comparison means nothing).
+            # Per video the new core was measured 0.5-7.3x the old core's own float32 error here (at
+            # most 3.9e-5 relative, at 32 x 196: 1/100 of a bfloat16 step): not a regression of the
+            # solver but the chain's ill-conditioning, each core's error a random draw (0.1-7.3x over
+            # 42 videos at 32 x 196, 0.09-3.3x with the old core's solver arithmetic in the new core).
+            # The bound per video is 10x the old core's error, at least 4e-6; the systematic check is
+            # test_long_chains_are_as_accurate_as_the_old_core (docs/gpu-core.md)
             e = exact()
             assert all(torch.equal(u, v) for k, u, v in zip(aot.Compressed._fields, ref[:6], e[:6]) if k in DISCRETE)
             truth = getattr(e, name).double()
@@ -129,3 +132,30 @@ def test_paper_shape_equals_the_old_core():
         _same(aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg),
               lambda: reference(x.double(), s.double(), local_scores=ls.double(), config=cfg))
 
+
+
+def test_long_chains_are_as_accurate_as_the_old_core():
+    """The float32 error of the new core against a float64 run of the old core is, over many videos,
+    no larger than the old core's own float32 error (geometric mean of the per-video ratio <= 1.25).
+
+    One video says little: a 12-step Eq. 16 chain is ill-conditioned (a float32-sized relative
+    perturbation of the input moves the float64 output by up to 8e-6 at 32 x 196), so each core's
+    float32 error is a random draw of that scale and the ratio of two draws on one video spans
+    0.1-7.3 (the bound of _same is per video). Measured on this set: geometric mean 1.04 (48 videos
+    of 13 x 49 x 16: one clip, 12 chained merge steps, early stop and 100 fixed iterations). An
+    extra relative error of 3e-7 on every merge plan (the size of the solver's own float32 rounding)
+    raises it to 1.40, one of 1e-6 to 3.2 (docs/gpu-core.md)."""
+    ratios = []
+    for seed, kw in itertools.product(range(24), [dict(), dict(tol=None)]):
+        x, s, ls = _video(13, 49, 16, seed=seed)
+        cfg = aot.AOTConfig(**kw)
+        new, old = aot.compress(x, s, local_scores=ls, config=cfg), reference(x, s, local_scores=ls, config=cfg)
+        exact = reference(x.double(), s.double(), local_scores=ls.double(), config=cfg)
+        assert torch.equal(new.sizes, exact.sizes) and torch.equal(old.sizes, exact.sizes)
+        truth = exact.tokens.double()
+        scale = truth.abs().clamp(min=1.0)
+        err_new, err_old = (((t.tokens.double() - truth).abs() / scale).max() for t in (new, old))
+        assert err_new <= max(4e-6, 10 * err_old), f"seed {seed} {kw}: {err_new} from float64, old core {err_old}"
+        ratios.append(float(err_new / err_old))
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    assert geomean <= 1.25, f"new core's float32 error {geomean:.2f}x the old core's (geometric mean over {len(ratios)})"
