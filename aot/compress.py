@@ -148,8 +148,10 @@ def compress(
     its own call. ``mix`` is the exact linear map of the result: ``reduce(x)`` gives ``tokens`` to
     rounding (float32 sums in another order; within 1e-5 of float32 tokens), not bit for bit.
     Host reads (docs/gpu-core.md): one for all input checks; one per Sinkhorn early-stop check
-    (every 10 iterations, all videos at once); with clips="dynamic" one per video for the clip
-    layout (it decides shapes). With tol=None and uniform clips there are none after the check.
+    (every 10 iterations, all videos at once), or, inside ``aot.stops.deferred(True)``, one for all
+    stops of the call (same outputs bit for bit; more launches: see aot.stops); with
+    clips="dynamic" one per video for the clip layout (it decides shapes). With tol=None and uniform
+    clips there are none after the input check.
     validate=False skips that one read (finite scores, finite nonzero tokens; shapes, dtypes and
     the budget are still checked, they cost no read): for torch.compile(fullgraph=True) or CUDA graph
     capture, when the caller has checked its tokens. Bad values then give undefined output.

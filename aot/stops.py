@@ -1,29 +1,35 @@
-"""Sinkhorn early stops without a host read per check: one read per ``compress`` call.
+"""Sinkhorn early stops without a host read per check: one read per ``compress`` call (opt-in).
 
 The early stop (``tol``) checks every 10 iterations whether every problem of a stop group meets the
 tolerance. Reading that answer to decide whether to go on is a device-to-host sync, and AOT solves
 its Sinkhorn problems in a chain (the intra solve, then one per Eq. 16 merge step: 13 at today's
-defaults at 32 frames), each stopping after its own number of checks: 13 to 40 reads a call.
+defaults at 32 frames), each stopping after its own number of checks: 14 to 95 reads a call.
 
-Here the chain runs *deferred*: each plain-route solve runs a number of checks fixed before the call
-(its cap), freezes every stop group at the first check where it meets tol (it keeps that check's
-state, exactly what stopping there would return), and leaves on the device one flag per check,
-"every group has stopped". After the call one read fetches all flags. If every solve stopped within
-its cap, the outputs are bit for bit those of the per-check loop (the frozen state is the state the
-loop would have stopped with, and every later solve saw the same inputs). If one did not, the call
-is run again with per-check reads, which is exactly the old behaviour, and its stop checks are
-recorded as the caps for the next call.
+Deferred, each plain-route solve runs a number of checks fixed before the call (its cap), freezes
+every stop group at the first check where it meets tol (it keeps that check's state, exactly what
+stopping there returns), and leaves on the device one flag per check, "every group has stopped".
+After the call one read fetches all flags. If every solve stopped within its cap, the outputs are bit
+for bit those of the per-check loop (the frozen state is the state the loop would have stopped with,
+and every later solve saw the same inputs). If one did not, the call is run again with per-check
+reads, exactly the old behaviour, and what it needed is learned.
 
 Caps are learned per problem shape (videos, frames, tokens, channels, dtype, device, config, clip
-layout): the first call of a shape runs with per-check reads and records how many checks each solve
-needed; later calls use those counts. After a deferred call a cap that was larger than needed shrinks
-by one check (extra checks are wasted iterations), never below what the call needed.
-Only the plain scaling route defers (``aot.ot._sinkhorn_plain``, AOT's intra and merge solves at
-reg >= ~0.09); the other routes keep their per-check read. Off under ``torch.compile`` tracing and
-when a gradient is recorded (then the per-check loop runs).
+layout): the first call of a shape reads per check and records how many checks each solve needed; a
+later call gives each solve the most checks it needed in the last ``WINDOW`` (8) calls of that shape.
+A cap larger than a solve needs costs its extra iterations (frozen groups do not change); a cap too
+short costs the whole call again.
 
-Cost: on a call whose caps are right, the same iterations plus about 3 operators per check (the
-frozen state); on a call where a cap is short, the whole call again (the miss is then learned).
+Why it is off by default (``deferred(True)`` or ``AOT_DEFERRED_STOPS=1`` turns it on): on a stream of
+different real videos (benchmarks/stop_caps.py, 5 videos x 3 rounds, DINOv2 tokens) the solves need
+1 to 9 checks depending on the video, so shared caps run many spare iterations: 2 reads a call
+instead of 17-94, but 5,385 kernel launches instead of 1,307-4,889 (up to 4.1x). In eager mode a
+read costs about what a few launches cost when the GPU is launch-bound (it waits for a short queue),
+so the per-check loop is the cheaper default. Deferral is for callers to whom a read costs more than
+launches: CUDA graph capture and ``torch.compile(fullgraph=True)`` (no read may happen inside; a
+replayed graph's launches are nearly free), or a serving loop that must not stall its CPU thread.
+Only the plain scaling route defers (``aot.ot._sinkhorn_plain``, AOT's intra and merge solves at
+reg >= ~0.09); the other routes keep their read per check. Never deferred while torch.compile traces
+or a gradient is recorded.
 """
 
 from __future__ import annotations
@@ -31,17 +37,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import os
 from collections.abc import Callable, Hashable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["Ledger", "deferred", "run"]
+__all__ = ["Ledger", "caps", "clear", "deferred", "run"]
 
 _LEDGER: contextvars.ContextVar[Ledger | None] = contextvars.ContextVar("aot_stop_ledger", default=None)
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("aot_deferred_stops", default=True)
-_CAPS: collections.OrderedDict[Hashable, list[int]] = collections.OrderedDict()
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aot_deferred_stops", default=os.environ.get("AOT_DEFERRED_STOPS", "0") not in ("", "0", "false", "False"))
+# per shape, the checks each solve needed in the last WINDOW calls (a call's caps: their maximum)
+_CAPS: collections.OrderedDict[Hashable, collections.deque] = collections.OrderedDict()
 _MAX_KEYS = 256  # shapes remembered (least recently used dropped)
+WINDOW = 8
 
 
 class Ledger:
@@ -93,8 +103,8 @@ def active() -> Ledger | None:
 
 @contextlib.contextmanager
 def deferred(enabled: bool) -> Iterator[None]:
-    """Within the block, compress defers its stop checks (the default) or reads per check (False:
-    the reference behaviour, for tests and benchmarks)."""
+    """Within the block, compress defers its stop checks to one read per call (True) or reads per
+    check (False, the default unless AOT_DEFERRED_STOPS=1)."""
     token = _ENABLED.set(enabled)
     try:
         yield
@@ -110,25 +120,35 @@ def _with(ledger: Ledger, fn: Callable):
         _LEDGER.reset(token)
 
 
+def caps(key: Hashable) -> list[int] | None:
+    """The checks each solve of the next call of this shape will run: for each solve the most any of
+    the last ``WINDOW`` calls needed (None: no call of this shape yet)."""
+    seen = _CAPS.get(key)
+    if not seen:
+        return None
+    width = max(len(n) for n in seen)
+    return [max(n[i] for n in seen if i < len(n)) for i in range(width)]
+
+
 def run(fn: Callable, key: Hashable, *, eligible: bool = True):
     """fn() (one compress core call) with its Sinkhorn stop checks deferred to one read (see module
     docstring). key: what fixes the sequence of solves and their shapes. eligible=False, or
     ``deferred(False)``, or torch.compile tracing: fn() as it is (a read per check)."""
     if not eligible or not _ENABLED.get() or torch.compiler.is_compiling():
         return fn()
-    caps = _CAPS.get(key)
-    if caps is not None:
+    cap = caps(key)
+    if cap is not None:
         _CAPS.move_to_end(key)
-        ledger = Ledger(list(caps))
+        ledger = Ledger(cap)
         out = _with(ledger, fn)
         needs = ledger.resolve()
         if needs is not None:
-            _CAPS[key] = [max(n, c - 1) for n, c in zip(needs, caps)] + needs[len(caps):]
+            _CAPS[key].append(needs)
             return out
-        del out  # a cap was short: this result is not the per-check loop's; recompute it
+        del out  # a cap was short: this result is not the per-check loop's; compute it again
     ledger = Ledger()
     out = _with(ledger, fn)
-    _CAPS[key] = ledger.recorded
+    _CAPS.setdefault(key, collections.deque(maxlen=WINDOW)).append(ledger.recorded)
     _CAPS.move_to_end(key)
     while len(_CAPS) > _MAX_KEYS:
         _CAPS.popitem(last=False)

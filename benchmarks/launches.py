@@ -9,8 +9,8 @@ queue. Counted on CPU with torch's profiler, the counts do not depend on the mac
   "first call" counts the call that builds them: a few operators and host-to-device copies each);
 * kernels: the ops that do work on the device, i.e. without views and bare allocations (``view``,
   ``transpose``, ``unsqueeze``, ``expand``... unless a copy runs below them): what a GPU would launch;
-* first call: also records the Sinkhorn stop caps (aot/stops.py: a read per stop check; a repeated
-  call of the same shape reads once for all its solves);
+* first call: with ``--deferred-stops`` also records the Sinkhorn stop caps (aot/stops.py: a read
+  per stop check; a repeated call of the same shape reads once for all its solves);
 * host reads: ``aten::_local_scalar_dense`` (item/bool/float/int), ``aten::nonzero`` and
   ``aten::unique*`` at any depth (boolean indexing calls nonzero inside), plus ``Tensor.tolist``
   (which reads memory without dispatching; counted by a TorchFunctionMode);
@@ -18,7 +18,7 @@ queue. Counted on CPU with torch's profiler, the counts do not depend on the mac
 
 ``--before`` also runs the pre-issue-17 core kept as a test oracle (tests/aot_reference).
 
-    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--old-defaults] [--eager-stops] [--real]
+    python benchmarks/launches.py [--reps 3] [--threads 1] [--before] [--old-defaults] [--deferred-stops] [--real]
                                   [--methods] [--scores] [--quick] [--breakdown] [--top]
 """
 
@@ -218,9 +218,9 @@ def rows(args) -> list[dict]:
         for which, fn, cfg in impls:
             call = lambda: fn(x, s, local_scores=loc, config=cfg)  # noqa: E731
             out.append(_row(label, which, call, args.reps))
-            if args.eager_stops and fn is aot.compress:
-                with aot.stops.deferred(False):
-                    out.append(_row(label, which + ", a read per stop check", call, args.reps))
+            if args.deferred_stops and fn is aot.compress:
+                with aot.stops.deferred(True):
+                    out.append(_row(label, which + ", deferred stops", call, args.reps))
     if args.scores:  # the score hook's reduction on one SigLIP layer of a 32-frame video (16 heads, 729 x 72)
         from aot.models.scores import attention_received
 
@@ -250,8 +250,8 @@ def main(argv=None) -> None:
     ap.add_argument("--before", action="store_true", help="also run the pre-issue-17 core (tests/aot_reference)")
     ap.add_argument("--old-defaults", action="store_true",
                     help="also compress with the defaults before issue 22 (F // 8 clips, anchor_share 0.7, global_share 0.5)")
-    ap.add_argument("--eager-stops", action="store_true",
-                    help="also compress with a host read per Sinkhorn stop check (aot.stops.deferred(False))")
+    ap.add_argument("--deferred-stops", action="store_true",
+                    help="also compress with the Sinkhorn stop checks deferred to one read (aot.stops.deferred(True))")
     ap.add_argument("--real", action="store_true", help="also the bundled sample video's DINOv2 tokens (~15 s to encode)")
     ap.add_argument("--methods", action="store_true", help="also every registered pre-LLM method")
     ap.add_argument("--scores", action="store_true", help="also the score hook's reduction (aot.models.scores)")
