@@ -469,8 +469,8 @@ def _merge_ordered(tokens, t_pm, n_pm, key_cost, p, merged, valid_pm, tau, lay, 
             anchors = new.div_(denom)
         elif videos == 1:
             torch.div(new, denom, out=a)
-        else:
-            torch.div(new.view(videos, n, m, d), denom.view(videos, n, m, 1), out=a4)
+        else:  # (copy_, not div's out=: dynamo refuses a non-contiguous out= tensor)
+            a4.copy_(new.div_(denom).view(videos, n, m, d))
         with torch.no_grad():
             inv = torch.reciprocal(denom.detach() if grad else denom, out=d_at[step])  # (A, M_anc, 1)
             wd = wt.detach() if grad else wt
