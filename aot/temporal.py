@@ -144,26 +144,48 @@ class _Layout:
         self.device = device
         # every clip the same length: frames are a (V C, L) grid, so frames at one position are a strided view
         self.regular = len(set(self.lengths)) == 1 and self.lengths[0] * len(clips) == frames
+        if not self.regular:
+            self._order(clips, frames, videos)
 
-    def step(self, step: int):
-        """Clips (all videos) that have position ``step``, their frames and rows among later frames."""
-        active = [v * self.n_clips + i for v in range(self.videos) for i, n in enumerate(self.lengths) if n > step]
-        frames = [self.starts_list[a] + step for a in active]
+    def _order(self, clips: list[Clip], frames: int, videos: int):
+        """The merge pass's order on an irregular layout (Python ints only). Clips sorted longest
+        first (stable), video by video: row v * C + r of the anchors is video v's r-th longest clip,
+        so the clips that have position k are the first ``active[k]`` of every video (a prefix).
+        Later frames position-major: position 1 of every active clip of video 0, of video 1, ...,
+        then position 2, ...: each step's frames are one contiguous run (``pm_sizes``), grouped by
+        video as the solver's stop groups need."""
+        order = sorted(range(len(clips)), key=lambda c: -clips[c][1])  # longest first, stable
+        self.sorted = order == list(range(len(clips)))  # uniform clips with a shorter last one: True
+        self.active = [sum(1 for _, n in clips if n > k) for k in range(max(self.lengths))]  # per video
+        pm, key = [], []
+        for k in range(1, len(self.active)):
+            for v in range(videos):
+                for r in range(self.active[k]):
+                    s = v * frames + clips[order[r]][0]
+                    pm.append(s + k)
+                    key.append(s)
+        self.pm_list, self.pm_sizes = pm, [videos * n for n in self.active[1:]]
         t = lambda idx: const(idx, self.device)  # noqa: E731
-        return len(active), t(active), t(frames), t([self.later_row[f] for f in frames])
+        self.pm, self.pm_key = t(pm), t(key)
+        self.lat_of_pm = t([self.later_row[i] for i in pm])  # a position-major row's row in later-frame order
+        pm_row = {i: r for r, i in enumerate(pm)}
+        self.pm_of_lat = t([pm_row[i] for i in self.later_list])
+        self.video_of_pm = t([i // frames for i in pm])
+        self.anchor_rows = t([v * frames + clips[c][0] for v in range(videos) for c in order])
+        inverse = [0] * len(order)
+        for r, c in enumerate(order):
+            inverse[c] = r
+        self.unsort = t([v * len(clips) + inverse[c] for v in range(videos) for c in range(len(clips))])
 
 
 def _pair_costs(tokens: Tensor, norms: Tensor, lay: _Layout, back: int) -> Tensor:
     """1 - cos between every later frame (rows) and its reference frame (the keyframe for back=0,
-    the previous frame for back=1): (V (F - C), M, M) in later-frame order. On a regular layout
-    nothing is gathered or copied: for back=0 one product per clip of its later frames (a view)
-    against its keyframe, for back=1 one product per clip position on strided views; otherwise one
-    product on gathered copies. cosine_cost's arithmetic (the Gram matrix over the norms' product)."""
-    if not lay.regular:
-        t = lambda idx: const(idx, tokens.device)  # noqa: E731
-        cols = t(lay.key_of_list) if back == 0 else lay.later - 1  # a later frame's predecessor: same clip
-        return cosine_cost(tokens[lay.later], tokens[cols], norms[lay.later], norms[cols])
-    length, (f, m, d) = lay.lengths[0], tokens.shape
+    the previous frame for back=1): (V (F - C), M, M) in later-frame order, on a regular layout
+    (an irregular one is read position-major by aggregate_inter). Nothing is gathered or copied:
+    for back=0 one product per clip of its later frames (a view) against its keyframe, for back=1
+    one product per clip position on strided views. cosine_cost's arithmetic (the Gram matrix over
+    the norms' product)."""
+    length, (_, m, d) = lay.lengths[0], tokens.shape
     grid, ngrid = tokens.view(-1, length, m, d), norms.view(-1, length, m)
     if back == 0:  # (V C, (L - 1) M, d) @ (V C, d, M): a view of each clip's later frames, no copy
         gram = torch.bmm(grid[:, 1:].reshape(-1, (length - 1) * m, d), grid[:, 0].transpose(1, 2))
@@ -231,41 +253,64 @@ def aggregate_inter(
     lay = _Layout(clips, f // videos, videos, dev)
     q = torch.ones(f, m, dtype=torch.float32, device=dev)
     kept = torch.zeros(f, m, dtype=torch.bool, device=dev)
-    anchors = tokens.index_select(0, lay.starts)  # (V C, M, d), a copy
     start_sizes = sizes[lay.starts]
     n_steps = max(lay.lengths) if merge != "none" else 1
     if lay.n_later == 0:
         kw = dict(dtype=tokens.dtype, device=dev)
-        return InterResult(anchors, start_sizes, kept, torch.full((f, m), -1, dtype=torch.long, device=dev), q,
+        return InterResult(tokens.index_select(0, lay.starts), start_sizes, kept,
+                           torch.full((f, m), -1, dtype=torch.long, device=dev), q,
                            torch.zeros(f, m, m, **kw), torch.ones(f, m, **kw))
 
-    # selection pass: q of every later token against its clip's keyframe anchors
+    # selection pass: q of every later token against its clip's keyframe anchors. Its rows are the
+    # later frames in later-frame order on a regular layout (views), position-major on an irregular
+    # one (lay.pm: one gather of the later frames, which the merge pass then reads by slices);
+    # whatever needs later-frame order (the budget's sort, the solver's stop groups) is put back in
+    # it by a small gather (to_lat).
     norms = torch.linalg.vector_norm(tokens, dim=-1)  # (F, M)
     later = lay.later
-    key_cost = _pair_costs(tokens, norms, lay, 0)  # (V (F - C), M, M) in later-frame order
-    p = None  # row weights against the keyframe: the merge weights of position 1 of every clip
-    valid_later = valid[later]
-    no_col = ~valid_later.unsqueeze(-2)  # (V (F - C), 1, M)
+    if lay.regular:
+        key_cost = _pair_costs(tokens, norms, lay, 0)  # (V (F - C), M, M) in later-frame order
+        valid_s = valid_later = valid[later]
+
+        def to_lat(t: Tensor) -> Tensor:
+            return t
+    else:
+        t_pm, n_pm = tokens[lay.pm], norms[lay.pm]  # (V (F - C), M, d), (V (F - C), M): position-major
+        key_cost = cosine_cost(t_pm, tokens[lay.pm_key], n_pm, norms[lay.pm_key])
+        valid_s, valid_later = valid[lay.pm], valid[later]
+
+        def to_lat(t: Tensor) -> Tensor:
+            return t[lay.pm_of_lat]
+    p = None  # row weights against the keyframe (later-frame order): the merge weights of position 1
+    no_col = ~valid_s.unsqueeze(-2)  # (V (F - C), 1, M)
     kc = key_cost.detach() if grad else key_cost
     # best cosine to the keyframe: max_j (1 - c_j) = 1 - min_j c_j (the same rounding, one operator less)
     key_cos = 1.0 - kc.masked_fill(no_col, 3.0).amin(-1)  # (V (F - C), M); -2 where no column
     ref_cost = key_cost
     if keep_ref == "previous":  # each later frame against the frame before it (same clip)
-        ref_cost = _pair_costs(tokens, norms, lay, 1)
+        if lay.regular:
+            ref_cost = _pair_costs(tokens, norms, lay, 1)
+        else:
+            prev = lay.pm - 1  # a later frame's predecessor: same clip
+            ref_cost = cosine_cost(t_pm, tokens[prev], n_pm, norms[prev])
     uses_tau = guard and n_keep > 0  # then every merge plan is restricted and p is never used
+    key_cos_lat = None
     if keep_by == "plan":
-        sel = _row_weights(ref_cost, valid_later, "ot", reg, n_iters, tol, videos=videos)
+        ref_lat = to_lat(ref_cost)
+        sel = _row_weights(ref_lat, valid_later, "ot", reg, n_iters, tol, videos=videos, own=ref_lat is not ref_cost)
         q_later = sel.detach().amax(-1).to(q.dtype)
         if ref_cost is key_cost:
             p = sel
     elif ref_cost is key_cost:  # "changed" as far from every keyframe anchor: q = max cosine
-        q_later = key_cos if key_cos.dtype == q.dtype else key_cos.to(q.dtype)
+        key_cos_lat = to_lat(key_cos)
+        q_later = key_cos_lat if key_cos_lat.dtype == q.dtype else key_cos_lat.to(q.dtype)
     else:
         rc = ref_cost.detach() if grad else ref_cost
-        q_later = (1.0 - rc.masked_fill(no_col, 3.0).amin(-1)).to(q.dtype)
+        q_later = to_lat((1.0 - rc.masked_fill(no_col, 3.0).amin(-1)).to(q.dtype))
     q[later] = q_later
     if merge != "none" and not uses_tau and (p is None or merge != "ot"):
-        p = _row_weights(key_cost, valid_later, merge, reg, n_iters, tol, videos=videos)
+        key_lat = to_lat(key_cost)
+        p = _row_weights(key_lat, valid_later, merge, reg, n_iters, tol, videos=videos, own=key_lat is not key_cost)
     tau = None
     if n_keep:
         if counts is None:
@@ -278,88 +323,173 @@ def aggregate_inter(
         kept_later = torch.zeros_like(flat_q, dtype=torch.bool).scatter_(1, pick, True).view(-1, m)
         kept[later] = kept_later
         if guard:  # per video: the highest max-cosine-to-the-keyframe of a kept token, (V, 1, 1)
-            tau = key_cos.masked_fill(~kept_later, float("-inf")).view(videos, -1).amax(1)
-            tau = tau.view(videos, 1, 1).expand(videos, f // videos, 1).reshape(f, 1, 1)  # per frame, tokens' dtype
+            if key_cos_lat is None:
+                key_cos_lat = to_lat(key_cos)
+            tau = key_cos_lat.masked_fill(~kept_later, float("-inf")).view(videos, -1).amax(1).view(videos, 1, 1)
     if n_steps == 1:  # merge="none": later tokens not kept are dropped
         kw = dict(dtype=tokens.dtype, device=dev)
-        return InterResult(anchors, start_sizes, kept, torch.full((f, m), -1, dtype=torch.long, device=dev), q,
+        return InterResult(tokens.index_select(0, lay.starts), start_sizes, kept,
+                           torch.full((f, m), -1, dtype=torch.long, device=dev), q,
                            torch.zeros(f, m, m, **kw), torch.ones(f, m, **kw))
-
-    # merge pass: sequential over positions within the clips, batched over clips and videos. Every
-    # per-frame input of a step is split by position once (a view per position on a regular layout,
-    # one gather per position otherwise); the outputs are stacked once after the loop.
     merged = ~kept & valid  # (F, M): later tokens not kept (first frames too: their owner stays -1)
-    mass = _uniform(valid.unsqueeze(1), tokens.dtype)  # (F, 1, M) uniform row marginal, row-shaped for the solver
     if lay.regular:
-        length, n_clips = lay.lengths[0], anchors.shape[0]
+        return _merge_regular(tokens, norms, key_cost, p, merged, valid, tau, lay, start_sizes, sizes, kept, q,
+                              reg=reg, n_iters=n_iters, tol=tol, lam=lam, merge=merge, videos=videos, grad=grad)
+    return _merge_ordered(tokens, t_pm, n_pm, key_cost, p, merged, valid_s, tau, lay, start_sizes, sizes, kept, q,
+                          reg=reg, n_iters=n_iters, tol=tol, lam=lam, merge=merge, videos=videos, grad=grad)
 
-        def split(t: Tensor) -> list:
-            return list(t.view(n_clips, length, *t.shape[1:]).unbind(1))
-        steps = [(n_clips, None, None) for _ in range(length)]
+
+def _step_weights(s, a, cost, n_s, vf, w, mg, unm, tau, step, p1, *, reg, n_iters, tol, lam, merge, videos, grad):
+    """One Eq. 16 step over A (clip, video) problems: s (A, M, d) the frames' tokens, a (A, M, d)
+    their clips' current anchors, cost (A, M, M) against them when known (step 1: the keyframe
+    cost), else None; n_s (A, M, 1) token norms, vf (A, 1, M) valid, w (A, 1, M) row mass, mg
+    (A, M, 1) merged (tokens' dtype), unm (A, M, 1) not merged and tau (A, 1, 1) with the guard
+    (else None); p1: the selection pass's weights of these frames (step 1 without the guard).
+    Returns (the new anchors before the division, denom (A, M_anc, 1), wt (A, M_anc, M_tok), pa)."""
+    if cost is None:  # cosine_cost's arithmetic, with the token norms already (A, M, 1)
+        cost = 1.0 - (s @ a.transpose(1, 2)) / (n_s * torch.linalg.vector_norm(a, dim=-1).unsqueeze(1))
+        cost = cost.clamp(0.0, 2.0) if grad else cost.clamp_(0.0, 2.0)
+    cols = None
+    if tau is not None:  # anchors without a counterpart among this frame's merged tokens receive nothing
+        cmin = (cost.detach() if grad else cost).masked_fill(unm, 3.0).amin(1, keepdim=True)  # (A, 1, M_anc)
+        cols = ((1.0 - cmin) > tau) & vf
+        cols = torch.where(cols.any(-1, keepdim=True), cols, vf)
+    if step == 1 and cols is None:  # anchors are still the keyframes: reuse the selection pass plans
+        pa = p1()
     else:
-        steps = [None] + [lay.step(k) for k in range(1, n_steps)]
+        pa = _row_weights(cost, vf, merge, reg, n_iters, tol, cols, videos=videos, mass=w, own=True, mask_rows=False)
+    wgt = (pa if pa.dtype == s.dtype else pa.to(s.dtype)) * mg  # (A, M_tok, M_anc): merged tokens only
+    wt = wgt.transpose(1, 2)  # (A, M_anc, M_tok)
+    recv = wt.sum(-1, keepdim=True)  # (A, M_anc, 1)
+    denom = recv * lam + 1.0 if lam != 1.0 else recv + 1.0
+    # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), ctx = w^T s
+    return torch.baddbmm(a, wt, s, alpha=lam), denom, wt, pa
 
-        def split(t: Tensor) -> list:
-            return [None] + [t[st[2]] for st in steps[1:]]
+
+def _owner(pa: Tensor, merge: str, grad: bool, out: Tensor | None = None) -> Tensor:
+    """argmax_j p_ij (A, M_tok), written into out when given."""
+    own_t = pa.argmax(-1) if out is None else torch.argmax(pa.detach() if grad else pa, -1, out=out)
+    if merge != "ot":  # a merged token that gives no anchor any weight (cosine: it resembles none) is dropped
+        own_t = own_t.masked_fill_((pa.detach() if grad else pa).amax(-1) <= 0, -1)
+    return own_t
+
+
+def _merge_regular(tokens, norms, key_cost, p, merged, valid, tau, lay, start_sizes, sizes, kept, q, *,
+                   reg, n_iters, tol, lam, merge, videos, grad) -> InterResult:
+    """The merge pass on a regular layout: every per-frame input split by position with views (the
+    frames are a (V C, L) grid), every step over all clips; outputs stacked once."""
+    f, m, _ = tokens.shape
+    dev = tokens.device
+    anchors = tokens.index_select(0, lay.starts)  # (V C, M, d), a copy
+    length, n_clips = lay.lengths[0], anchors.shape[0]
+    mass = _uniform(valid.unsqueeze(1), tokens.dtype)  # (F, 1, M) uniform row marginal, row-shaped for the solver
+
+    def split(t: Tensor) -> list:
+        return list(t.view(n_clips, length, *t.shape[1:]).unbind(1))
     s_at, n_at, mg_at, v_at, w_at = (split(t) for t in (tokens, norms.unsqueeze(-1), merged.to(tokens.dtype).unsqueeze(-1),
-                                                           valid.unsqueeze(1), mass))
-    if tau is not None:
+                                                       valid.unsqueeze(1), mass))
+    tau_at = unm_at = [None] * length
+    if tau is not None:  # per frame, tokens' dtype
+        tau = tau.expand(videos, f // videos, 1).reshape(f, 1, 1)
         tau_at, unm_at = split(tau), split((~merged).unsqueeze(-1))
-    first = key_cost.view(-1, length - 1, m, m)[:, 0] if lay.regular else key_cost[steps[1][3]]
+    first = key_cost.view(-1, length - 1, m, m)[:, 0]
     coefs, decays, owns = [], [], []
-    for step in range(1, n_steps):
-        n_act, act_t, frames_t = steps[step][:3]
-        s, vf = s_at[step], v_at[step]  # (A, M, d), (A, 1, M)
-        a = anchors if n_act == anchors.shape[0] else anchors[act_t]
-        if step == 1:  # the anchors are still the keyframes; key_cost is not needed after this
-            cost = first
-        else:  # cosine_cost's arithmetic, with the token norms already (A, M, 1)
-            cost = 1.0 - (s @ a.transpose(1, 2)) / (n_at[step] * torch.linalg.vector_norm(a, dim=-1).unsqueeze(1))
-            cost = cost.clamp(0.0, 2.0) if grad else cost.clamp_(0.0, 2.0)
-        cols = None
-        if tau is not None:  # anchors without a counterpart among this frame's merged tokens receive nothing
-            cmin = (cost.detach() if grad else cost).masked_fill(unm_at[step], 3.0).amin(1, keepdim=True)  # (A, 1, M_anc)
-            cols = ((1.0 - cmin) > tau_at[step]) & vf
-            cols = torch.where(cols.any(-1, keepdim=True), cols, vf)
-        if step == 1 and cols is None:  # anchors are still the keyframes: reuse the selection pass plans
-            pa = p.view(-1, length - 1, m, m)[:, 0] if lay.regular else p[steps[1][3]]
-        else:
-            pa = _row_weights(cost, vf, merge, reg, n_iters, tol, cols, videos=videos, mass=w_at[step], own=True,
-                              mask_rows=False)
-        w = (pa if pa.dtype == s.dtype else pa.to(s.dtype)) * mg_at[step]  # (A, M_tok, M_anc): merged tokens only
-        wt = w.transpose(1, 2)  # (A, M_anc, M_tok)
-        recv = wt.sum(-1, keepdim=True)  # (A, M_anc, 1)
-        denom = recv * lam + 1.0 if lam != 1.0 else recv + 1.0
-        # Eq. 16: a <- (a + lam * ctx) / (1 + lam * recv), ctx = w^T s
-        new = torch.baddbmm(a, wt, s, alpha=lam)
-        new = new / denom if grad else new.div_(denom)
+    for step in range(1, length):
+        new, denom, wt, pa = _step_weights(
+            s_at[step], anchors, first if step == 1 else None, n_at[step], v_at[step], w_at[step], mg_at[step],
+            unm_at[step], tau_at[step], step, lambda: p.view(-1, length - 1, m, m)[:, 0],
+            reg=reg, n_iters=n_iters, tol=tol, lam=lam, merge=merge, videos=videos, grad=grad)
+        anchors = new / denom if grad else new.div_(denom)
         with torch.no_grad():
             inv = (denom.detach() if grad else denom).reciprocal()  # (A, M_anc, 1)
             wd = wt.detach() if grad else wt
             coefs.append(wd * (inv * lam) if lam != 1.0 else wd * inv)
             decays.append(inv)
-        if a is anchors:
-            anchors = new
-        elif grad:  # a (rows of anchors) is saved by the cost's product: write a new tensor
-            anchors = anchors.index_put((act_t,), new)
-        else:
-            anchors[act_t] = new
-        own_t = pa.argmax(-1)
-        if merge != "ot":  # a merged token that gives no anchor any weight (cosine: it resembles none) is dropped
-            own_t = own_t.masked_fill((pa.detach() if grad else pa).amax(-1) <= 0, -1)
-        owns.append(own_t)
+        owns.append(_owner(pa, merge, grad))
     kw = dict(dtype=tokens.dtype, device=dev)
-    if lay.regular:  # position 0 (the keyframes): no step
-        coef = torch.stack([torch.zeros(n_clips, m, m, **kw)] + coefs, 1).view(f, m, m)
-        decay = torch.stack([torch.ones(n_clips, m, 1, **kw)] + decays, 1).view(f, m)
-        owner = torch.stack([owns[0].new_full((n_clips, m), -1)] + owns, 1).view(f, m)
-    else:
-        rows = torch.cat([st[2] for st in steps[1:]])
-        coef = torch.zeros(f, m, m, **kw).index_put_((rows,), torch.cat(coefs))
-        decay = torch.ones(f, m, **kw).index_put_((rows,), torch.cat(decays).squeeze(-1))
-        owner = torch.full((f, m), -1, dtype=torch.long, device=dev).index_put_((rows,), torch.cat(owns))
+    # position 0 (the keyframes): no step
+    coef = torch.stack([torch.zeros(n_clips, m, m, **kw)] + coefs, 1).view(f, m, m)
+    decay = torch.stack([torch.ones(n_clips, m, 1, **kw)] + decays, 1).view(f, m)
+    owner = torch.stack([owns[0].new_full((n_clips, m), -1)] + owns, 1).view(f, m)
+    return _finish(anchors, owner, merged, lay, start_sizes, sizes, kept, q, coef, decay)
+
+
+def _merge_ordered(tokens, t_pm, n_pm, key_cost, p, merged, valid_pm, tau, lay, start_sizes, sizes, kept, q, *,
+                   reg, n_iters, tol, lam, merge, videos, grad) -> InterResult:
+    """The merge pass on an irregular layout, in lay's order: t_pm (P, M, d), n_pm (P, M) and
+    key_cost (P, M, M) are the later frames position-major (P = V (F - C)); valid_pm (P, M).
+    The clips that have position k are a prefix of every video's anchors (longest first) and the
+    frames of step k one contiguous run of the position-major rows, so every per-frame input is
+    gathered once for the whole pass (or not at all) and split into views, the active anchors are
+    read and written as slices (one video: views; several: the prefix of each video is copied out,
+    as a strided slice cannot be one batch), and coef, decay, owner are written position-major and
+    put back in frame order by one scatter each."""
+    f, m = merged.shape
+    d, dev, dtype = t_pm.shape[-1], t_pm.device, t_pm.dtype
+    n_clips = len(lay.lengths)  # per video
+    anchors = tokens.index_select(0, lay.anchor_rows)  # (V C, M, d), a copy, longest clip first
+    sizes_pm = lay.pm_sizes
+
+    def split(t: Tensor) -> list:
+        return [None] + list(t.split(sizes_pm))  # one operator, views
+    merged_pm = merged[lay.pm]
+    vf_pm = valid_pm.unsqueeze(1)
+    s_at, n_at, mg_at, v_at, w_at = (split(t) for t in (t_pm, n_pm.unsqueeze(-1), merged_pm.to(dtype).unsqueeze(-1),
+                                                       vf_pm, _uniform(vf_pm, dtype)))
+    tau_at = unm_at = [None] * len(s_at)
+    if tau is not None:
+        tau_at, unm_at = split(tau[lay.video_of_pm]), split((~merged_pm).unsqueeze(-1))
+    p_total = sum(sizes_pm)
+    coef_pm = torch.empty(p_total, m, m, dtype=dtype, device=dev)
+    decay_pm = torch.empty(p_total, m, 1, dtype=dtype, device=dev)
+    owner_pm = torch.empty(p_total, m, dtype=torch.long, device=dev)
+    c_at, d_at, o_at = (split(t) for t in (coef_pm, decay_pm, owner_pm))
+    n1 = sizes_pm[0]
+    for step in range(1, len(s_at)):
+        n = lay.active[step]  # clips per video that have this position
+        if n == n_clips:
+            a = anchors
+        elif videos == 1:
+            a = anchors[:n]  # a view
+        else:  # the first n clips of every video: a strided view, copied to one batch
+            a4 = anchors.view(videos, n_clips, m, d)[:, :n]
+            a = a4.reshape(-1, m, d)
+        new, denom, wt, pa = _step_weights(
+            s_at[step], a, key_cost[:n1] if step == 1 else None, n_at[step], v_at[step], w_at[step], mg_at[step],
+            unm_at[step], tau_at[step], step, lambda: p[lay.lat_of_pm[:n1]],
+            reg=reg, n_iters=n_iters, tol=tol, lam=lam, merge=merge, videos=videos, grad=grad)
+        if grad:  # a is saved by the cost's product: build a new tensor
+            new = new / denom
+            if n == n_clips:
+                anchors = new
+            else:
+                rest = anchors.view(videos, n_clips, m, d)[:, n:]
+                anchors = torch.cat([new.view(videos, n, m, d), rest], 1).view(-1, m, d)
+        elif n == n_clips:
+            anchors = new.div_(denom)
+        elif videos == 1:
+            torch.div(new, denom, out=a)
+        else:  # (copy_, not div's out=: dynamo refuses a non-contiguous out= tensor)
+            a4.copy_(new.div_(denom).view(videos, n, m, d))
+        with torch.no_grad():
+            inv = torch.reciprocal(denom.detach() if grad else denom, out=d_at[step])  # (A, M_anc, 1)
+            wd = wt.detach() if grad else wt
+            torch.mul(wd, inv * lam if lam != 1.0 else inv, out=c_at[step])
+            _owner(pa, merge, grad, out=o_at[step])
+    if not lay.sorted:
+        anchors = anchors.index_select(0, lay.unsort)
+    kw = dict(dtype=dtype, device=dev)
+    coef = torch.zeros(f, m, m, **kw).index_put_((lay.pm,), coef_pm)
+    decay = torch.ones(f, m, **kw).index_put_((lay.pm,), decay_pm.squeeze(-1))
+    owner = torch.full((f, m), -1, dtype=torch.long, device=dev).index_put_((lay.pm,), owner_pm)
+    return _finish(anchors, owner, merged, lay, start_sizes, sizes, kept, q, coef, decay)
+
+
+def _finish(anchors, owner, merged, lay, start_sizes, sizes, kept, q, coef, decay) -> InterResult:
+    """Owners of merged tokens only; sizes: every merged token's size to its owner, all steps at once
+    (integers: any order is exact)."""
+    m, dev = owner.shape[1], owner.device
     owner = owner.masked_fill_(~merged, -1)
-    # sizes: every merged token's size to its owner, all steps at once (integers: any order is exact)
     base = const([[c * (m + 1)] for c in lay.clip_of], dev)  # (F, 1) first slot of its clip
     slot = (owner.remainder(m + 1) + base).view(-1)  # owner -1 goes to the clip's extra slot m
     acc = torch.zeros(anchors.shape[0] * (m + 1), dtype=sizes.dtype, device=dev).scatter_add_(0, slot, sizes.view(-1))
