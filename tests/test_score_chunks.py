@@ -88,7 +88,7 @@ def _qk(shape, tk=None, seed=0, scale=2.0):
 
 
 def _element(q, k):
-    return 4 * q.shape[1] * q.shape[2] * k.shape[2]  # bytes of one element's float32 logits
+    return S.step_bytes(1, q.shape[1], q.shape[2], k.shape[2], q.shape[3])  # one element's working set
 
 
 # --------------------------------------------------------------------------- numbers
@@ -104,9 +104,11 @@ def test_cpu_default_is_bit_identical_to_the_old_loop(shape, tk, chunk, dtype):
     q, k = _qk(shape, tk, seed=sum(shape))
     q, k = q.to(dtype), k.to(dtype)
     assert torch.equal(attention_received(q, k, chunk=chunk), old_attention_received(q, k, chunk=chunk))
-    # max_bytes=None on the CPU is chunk's buffer: passing that buffer explicitly is the same call
-    budget = 4 * shape[1] * (shape[2] if chunk is None else min(chunk, shape[2])) * tk
-    assert score_bytes(q.device, shape[1], shape[2], tk, chunk) == budget
+    # max_bytes=None on the CPU is chunk's working set: passing it explicitly is the same call
+    heads, tq, dh = shape[1], shape[2], shape[3]
+    rows = tq if chunk is None else min(chunk, tq)
+    budget = 4 * heads * (rows * tk + (rows + tk) * dh)  # logits, q and k copies
+    assert score_bytes(q.device, heads, tq, tk, dh, chunk) == budget
     assert torch.equal(attention_received(q, k, chunk=chunk, max_bytes=budget),
                        old_attention_received(q, k, chunk=chunk))
 
@@ -117,7 +119,8 @@ def test_every_budget_matches_a_float64_reference(dtype):
     q, k = q.to(dtype), k.to(dtype)
     ref = naive64(q.float(), k.float())
     one = _element(q, k)
-    budgets = {"one query": 1, "5 queries": 4 * 4 * 5 * 45, "uneven query chunks": 4 * 4 * 10 * 45,
+    queries = lambda c: S.step_bytes(1, 4, c, 45, 16)  # noqa: E731
+    budgets = {"one query": 1, "5 queries": queries(5), "uneven query chunks": queries(10) + 100,
                "1 element": one, "2 elements": 2 * one + 3, "3 elements": 3 * one, "4 elements": 4 * one,
                "all": 7 * one, "more than all": 10**9}
     for name, budget in budgets.items():
@@ -128,23 +131,27 @@ def test_every_budget_matches_a_float64_reference(dtype):
 
 
 def test_steps_follow_the_budget():
-    # (elements per step, queries per step) for 32 x 16 heads x 729 x 729 (a SigLIP layer)
-    one = 4 * 16 * 729 * 729
-    assert S._steps(32, 16, 729, 729, 4 * 16 * 256 * 729) == (1, 256)  # today's 12 MB chunk
-    assert S._steps(32, 16, 729, 729, 64 * 2**20) == (1, 729)
-    assert S._steps(32, 16, 729, 729, 256 * 2**20) == (7, 729)
-    assert S._steps(32, 16, 729, 729, 32 * one) == (32, 729)
-    assert S._steps(32, 16, 729, 729, 10**12) == (32, 729)
-    assert S._steps(32, 16, 729, 729, 1) == (1, 1)  # at least one query of every head
+    # (elements per step, queries per step) for 32 x 16 heads x 729 x 729, dh 72 (a SigLIP layer)
+    one = 4 * 16 * (729 * 729 + 2 * 729 * 72)  # logits, q and k of a frame: 40.7 MB
+    assert S.step_bytes(1, 16, 729, 729, 72) == one
+    default = 4 * 16 * (256 * 729 + (256 + 729) * 72)  # 12 MB of logits, 4.5 MB of copies
+    assert S._steps(32, 16, 729, 729, 72, default) == (1, 256)
+    assert S._steps(32, 16, 729, 729, 72, default - 1) == (1, 255)
+    assert S._steps(32, 16, 729, 729, 72, 64 * 2**20) == (1, 729)
+    assert S._steps(32, 16, 729, 729, 72, 256 * 2**20) == (6, 729)
+    assert S._steps(32, 16, 729, 729, 72, 32 * one) == (32, 729)
+    assert S._steps(32, 16, 729, 729, 72, 10**12) == (32, 729)
+    assert S._steps(32, 16, 729, 729, 72, 1) == (1, 1)  # at least one query of every head
 
 
 def test_device_aware_default():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the device's type is read: no GPU needed
-    assert score_bytes(cpu, 16, 729, 729) == 4 * 16 * 256 * 729  # 12 MB: today's buffer
-    assert score_bytes(cpu, 16, 729, 729, chunk=None) == 4 * 16 * 729 * 729
-    assert score_bytes(cuda, 16, 729, 729) == S.DEVICE_SCORE_BYTES == 256 * 2**20
-    assert score_bytes(cuda, 16, 4096, 4096, chunk=None) == 4 * 16 * 4096 * 4096  # chunk's buffer if larger
-    assert score_bytes(cuda, 16, 729, 729, max_bytes=1000) == 1000  # an explicit budget wins everywhere
+    assert score_bytes(cpu, 16, 729, 729, 72) == S.step_bytes(1, 16, 256, 729, 72)  # the old loop's chunk
+    assert score_bytes(cpu, 16, 729, 729, 72, chunk=None) == S.step_bytes(1, 16, 729, 729, 72)
+    assert score_bytes(cuda, 16, 729, 729, 72) == S.DEVICE_SCORE_BYTES == 256 * 2**20
+    big = S.step_bytes(1, 16, 4096, 4096, 72)  # chunk's working set where it is larger
+    assert score_bytes(cuda, 16, 4096, 4096, 72, chunk=None) == big > S.DEVICE_SCORE_BYTES
+    assert score_bytes(cuda, 16, 729, 729, 72, max_bytes=1000) == 1000  # an explicit budget wins everywhere
 
 
 def test_segments_cpu_default_is_bit_identical_and_budgets_match_float64():
@@ -160,7 +167,8 @@ def test_segments_cpu_default_is_bit_identical_and_budgets_match_float64():
         assert torch.equal(segment_received(q, k, cu, chunk=chunk), old_segment_received(q, k, cu, chunk=chunk))
     ref = naive64_segments(q, k, cu)
     assert ref[-3:].abs().sum() == 0
-    for budget in (1, 4 * 4 * 16 * 16, 4 * 4 * 16 * 16 * 3, 4 * 4 * 16 * 16 * 5 + 1, 10**9):
+    window = S.step_bytes(1, 4, 16, 16, 8) + 2 * 4 * 16 * 8 * 4  # a window of 16 and its gathered q, k
+    for budget in (1, window, 3 * window, 5 * window + 1, 10**9):
         for dtype in (torch.float32, torch.bfloat16):
             got = segment_received(q.to(dtype), k.to(dtype), cu, chunk=16, max_bytes=budget)
             want = ref if dtype == torch.float32 else naive64_segments(q.to(dtype).float(), k.to(dtype).float(), cu)

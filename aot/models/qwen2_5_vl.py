@@ -53,7 +53,7 @@ from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
                        uninstall, uses_local_scores)
-from .scores import _check_chunk, _check_max_bytes, _steps, attention_received, score_bytes
+from .scores import _check_chunk, _check_max_bytes, attention_received, score_bytes, step_bytes
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "check_transformers", "default_layers", "segment_received"]
@@ -152,12 +152,14 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
     Segments are those of a Qwen2.5-VL vision block (windows, or temporal slices); a token receives
     nothing from queries outside its segment, exactly as the block attends.  Segments of the same
     length go through :func:`attention_received` together, as its batch elements, as many at once
-    as its logits buffer takes (``chunk``, ``max_bytes``: the same meaning and device-aware default,
-    for that length): on the CPU by default one segment at a time with today's buffer, bit for bit
-    the segment-by-segment loop, one call per run of consecutive equal segments; on CUDA by default
-    hundreds of windows a step.  Consecutive segments of a call are a view of q and k; others are
-    gathered (a copy of the call's q and k, at most dh / L of its logits buffer each) through one
-    index built on the host and moved to the device once.  One host read: ``cu_seqlens``."""
+    as the working set takes (``chunk``, ``max_bytes``: the same meaning and device-aware default,
+    for that length; here the working set also counts the q and k of segments gathered from
+    non-consecutive places and their float32 layout for the products): on the CPU by default one
+    segment a step with the buffer of the loop before budgets, bit for bit that loop's result, one
+    call per run of consecutive equal segments; on CUDA by default hundreds of windows a step.
+    Consecutive segments of a call are views of q and k; others are gathered through one index
+    built on the host and moved to the device once.
+    One host read: ``cu_seqlens``."""
     if not isinstance(q, Tensor) or not isinstance(k, Tensor) or q.ndim != 3 or q.shape != k.shape:
         raise ValueError(f"q and k must be (heads, T, dh) tensors of one shape, got {getattr(q, 'shape', q)} "
                          f"and {getattr(k, 'shape', k)}")
@@ -171,8 +173,10 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
             by_length.setdefault(e - s, []).append(s)
     steps = []  # (length, starts of the segments of one attention_received call)
     for length, starts in by_length.items():
-        n, _ = _steps(len(starts), heads, length, length,
-                      score_bytes(q.device, heads, length, length, chunk, max_bytes))
+        budget = score_bytes(q.device, heads, length, length, dh, chunk, max_bytes)
+        # a segment's q and k gathered (if they are) and laid out again as float32 for the products
+        gather = 2 * heads * length * dh * (q.element_size() + 4)
+        n = max(1, min(len(starts), budget // (step_bytes(1, heads, length, length, dh) + gather)))
         if n == 1:  # a segment a step: one call per run of consecutive segments, a view, stepped inside
             runs = [[starts[0]]]
             for s in starts[1:]:
@@ -196,12 +200,13 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
         if index is not None and any(s != part[0] + j * length for j, s in enumerate(part)):
             where = index[at : at + n * length]
             at += n * length
-            qs, ks = q.index_select(1, where), k.index_select(1, where)  # (heads, n * L, dh)
+            # gathered token-major: the hooks' q, k are (T, heads, dh) in memory, transposed
+            qs, ks = q.transpose(0, 1).index_select(0, where), k.transpose(0, 1).index_select(0, where)
         else:
             where = None
-            qs, ks = q.narrow(1, part[0], n * length), k.narrow(1, part[0], n * length)
-        qs = qs.unflatten(1, (n, length)).transpose(0, 1)  # (n, heads, L, dh)
-        ks = ks.unflatten(1, (n, length)).transpose(0, 1)
+            qs, ks = q.transpose(0, 1).narrow(0, part[0], n * length), k.transpose(0, 1).narrow(0, part[0], n * length)
+        qs = qs.unflatten(0, (n, length)).permute(0, 2, 1, 3)  # (n * L, heads, dh) -> (n, heads, L, dh)
+        ks = ks.unflatten(0, (n, length)).permute(0, 2, 1, 3)
         s = attention_received(qs, ks, chunk=chunk, max_bytes=max_bytes) * length  # (n, L)
         if where is None:
             out[part[0] : part[0] + n * length] = s.view(-1)

@@ -63,33 +63,41 @@ def _check_max_bytes(max_bytes, name: str = "max_bytes") -> None:
         raise ValueError(f"{name} must be a positive int (bytes) or None, got {max_bytes}")
 
 
-# The default logits buffer of the score reductions off the CPU (CUDA and other accelerators): see
-# attention_received.  A 32-frame SigLIP layer (32 x 16 heads x 729 x 729 float32) is 1.09 GB in full;
-# 256 MiB holds 7 of its frames, so the layer takes 5 steps instead of 96 query chunks.
+# The default working set of the score reductions off the CPU (CUDA and other accelerators): see
+# attention_received.  A 32-frame SigLIP layer (32 x 16 heads x 729 x 729 float32 logits) is 1.09 GB
+# in full; 256 MiB holds 6 of its frames, so the layer takes 6 steps instead of 96 query chunks.
 DEVICE_SCORE_BYTES = 256 * 2**20
 
 
-def score_bytes(device: torch.device, heads: int, tq: int, tk: int, chunk: int | None = 256,
+def step_bytes(n: int, heads: int, c: int, tk: int, dh: int) -> int:
+    """Bytes of one step's float32 working set: the (n, heads, c, Tk) logits and float32 copies of
+    its (n, heads, c, dh) queries and (n, heads, Tk, dh) keys (the keys, scaled, always; the queries
+    only for non-float32 inputs, counted anyway)."""
+    return 4 * heads * n * (c * tk + (c + tk) * dh)
+
+
+def score_bytes(device: torch.device, heads: int, tq: int, tk: int, dh: int, chunk: int | None = 256,
                 max_bytes: int | None = None) -> int:
-    """The logits buffer (bytes) that :func:`attention_received` works in for one (heads, Tq, Tk)
-    element on ``device``: ``max_bytes`` if given, else ``heads * min(chunk, Tq) * Tk * 4`` (today's
-    query chunk of one element) on the CPU and at least :data:`DEVICE_SCORE_BYTES` elsewhere."""
+    """The working set (bytes, :func:`step_bytes`) that :func:`attention_received` steps in for
+    (heads, Tq, Tk, dh) elements on ``device``: ``max_bytes`` if given, else one element's
+    ``min(chunk, Tq)`` queries (the query chunk of the loop before budgets) on the CPU, and at least
+    :data:`DEVICE_SCORE_BYTES` elsewhere."""
     _check_chunk(chunk)
     _check_max_bytes(max_bytes)
     if max_bytes is not None:
         return max_bytes
     rows = tq if chunk is None else min(chunk, tq)
-    base = 4 * heads * max(rows, 1) * tk
+    base = step_bytes(1, heads, max(rows, 1), tk, dh)
     return base if torch.device(device).type == "cpu" else max(base, DEVICE_SCORE_BYTES)
 
 
-def _steps(batch: int, heads: int, tq: int, tk: int, budget: int) -> tuple[int, int]:
-    """(elements per step, queries per step) whose (n, heads, c, Tk) float32 logits fit ``budget``
+def _steps(batch: int, heads: int, tq: int, tk: int, dh: int, budget: int) -> tuple[int, int]:
+    """(elements n, queries c) of a step whose working set (:func:`step_bytes`) fits ``budget``
     bytes: whole elements when one fits, else query chunks of one element (at least one query)."""
-    element = 4 * heads * tq * tk
+    element = step_bytes(1, heads, tq, tk, dh)
     if budget >= element:
         return max(1, min(batch, budget // max(element, 1))), tq
-    return 1, max(1, min(tq, budget // (4 * heads * tk)))
+    return 1, max(1, min(tq, (budget // (4 * heads) - tk * dh) // max(tk + dh, 1)))
 
 
 def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256, max_bytes: int | None = None) -> Tensor:
@@ -101,32 +109,33 @@ def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256, max_byt
 
     Each row of the softmax sums to 1, so each output row sums to 1 as well.
     Computed in float32 (half-precision softmax over hundreds of keys loses
-    the small values we rank by) in one reused float32 logits buffer of at most
-    ``max_bytes`` bytes, never the whole B x heads x Tq x Tk map unless it fits:
-    a step takes as many whole batch elements as fit, (n, heads, Tq, Tk), or,
-    when one element does not fit, a chunk of its queries, (1, heads, c, Tk)
-    with c = max_bytes // (heads * Tk * 4), at least 1.  The float32 copies of
-    the step's q and k (dh / Tk of the buffer each) come on top.
+    the small values we rank by) in steps whose working set (float32 logits
+    and q, k copies, :func:`step_bytes`) fits ``max_bytes``: a step takes as
+    many whole batch elements as fit, logits (n, heads, Tq, Tk), or, when one
+    element does not fit, a chunk of its queries, (1, heads, c, Tk), at least
+    one query.  One logits buffer is reused; the B x heads x Tq x Tk map is
+    never built unless it fits.  A step is about 10 operators whatever its
+    size (a GPU kernel launch each), so the launches fall as the budget grows.
 
-    ``max_bytes=None`` (the default) depends on the device.  On the CPU the
-    buffer is today's: ``chunk`` queries of one element, heads x chunk x Tk x 4
-    bytes (12 MB for 16 heads x 256 x 729), and the result is bit for bit what
-    the element-by-element loop gave.  Elsewhere (CUDA) it is at least
-    :data:`DEVICE_SCORE_BYTES` (256 MiB): each step is about 10 kernel launches
-    whatever its size, so the launches fall with the buffer (a 32-frame SigLIP
-    layer: 96 query chunks at 12 MB, 5 steps at 256 MiB), while 256 MiB stays
-    small beside a GPU's memory and the 1.1 GB full map of that layer.  On a
-    CPU the arithmetic dominates and a larger buffer only costs memory.  That
-    default is chosen by counting launches (about 5 us each), not measured on
-    a GPU.  ``chunk=None`` takes all queries of an element (the CPU default
-    buffer is then one element's map).  Grouping rows differently changes the
-    float rounding of the sums over rows only (the last bits), not the
-    per-row softmax arithmetic.
+    ``max_bytes=None`` (the default) depends on the device.  On the CPU it is
+    ``chunk`` queries of one element, as before budgets existed: 12 MB of
+    logits (16 heads x 256 x 729) plus 4.5 MB of copies, and the result is
+    bit for bit the element-by-element, chunk-by-chunk loop's.  Elsewhere
+    (CUDA) it is at least :data:`DEVICE_SCORE_BYTES` (256 MiB): a 32-frame
+    SigLIP layer then takes 6 steps (about 80 operators) instead of 96 query
+    chunks (about 1,000), i.e. some 5 ms of launches less per hooked layer,
+    while 256 MiB stays small beside a GPU's memory and the layer's 1.1 GB
+    map.  On a CPU the arithmetic dominates and a larger buffer only costs
+    memory and cache.  The GPU default is chosen by counting launches (about
+    5 us each), not measured on a GPU.  ``chunk=None`` takes all queries of an
+    element (the CPU default is then one element's map).  Other budgets group
+    the sums over rows differently, so the last bits may differ from the CPU
+    default's; the per-row softmax arithmetic is the same.
     """
     _check_qk(q, k)
     batch, heads, tq, dh = q.shape
     tk = k.shape[2]
-    n, c = _steps(batch, heads, tq, tk, score_bytes(q.device, heads, tq, tk, chunk, max_bytes))
+    n, c = _steps(batch, heads, tq, tk, dh, score_bytes(q.device, heads, tq, tk, dh, chunk, max_bytes))
     rows = n * heads * c
     total = q.new_empty((batch, 1, tk), dtype=torch.float32)  # (B, 1, Tk): one row per element
     buffer = q.new_empty(rows * tk, dtype=torch.float32)  # logits of one step, reused
@@ -263,7 +272,7 @@ def record_scores(
     the context is open, every forward of such a module appends one float32
     (B, T) tensor to ``recorded[name]`` -- ``reduce`` applied to
     ``qk_fn(module, hidden_states)``: ``"received"`` (:func:`attention_received`,
-    chunked by ``chunk`` and ``max_bytes``: its logits buffer), ``"cls"`` (:func:`cls_attention`) or a callable.
+    stepped by ``chunk`` and ``max_bytes``), ``"cls"`` (:func:`cls_attention`) or a callable.
 
     Usage::
 
