@@ -122,7 +122,7 @@ def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256, max_byt
     logits (16 heads x 256 x 729) plus 4.5 MB of copies, and the result is
     bit for bit the element-by-element, chunk-by-chunk loop's.  Elsewhere
     (CUDA) it is at least :data:`DEVICE_SCORE_BYTES` (256 MiB): a 32-frame
-    SigLIP layer then takes 6 steps (about 80 operators) instead of 96 query
+    SigLIP layer then takes 6 steps (about 90 operators) instead of 96 query
     chunks (about 1,000), i.e. some 5 ms of launches less per hooked layer,
     while 256 MiB stays small beside a GPU's memory and the layer's 1.1 GB
     map.  On a CPU the arithmetic dominates and a larger buffer only costs
