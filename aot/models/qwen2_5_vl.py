@@ -158,11 +158,11 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
     segment a step with the buffer of the loop before budgets, bit for bit that loop's result, one
     call per run of consecutive equal segments; on CUDA by default hundreds of windows a step.
     Consecutive segments of a call are views of q and k; others are gathered through one index
-    built on the host and moved to the device once.
-    One host read: ``cu_seqlens``."""
-    if not isinstance(q, Tensor) or not isinstance(k, Tensor) or q.ndim != 3 or q.shape != k.shape:
-        raise ValueError(f"q and k must be (heads, T, dh) tensors of one shape, got {getattr(q, 'shape', q)} "
-                         f"and {getattr(k, 'shape', k)}")
+    built on the host and moved to the device once.  One host read: ``cu_seqlens``."""
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
+        raise TypeError(f"q and k must be torch.Tensor, got {type(q).__name__} and {type(k).__name__}")
+    if q.ndim != 3 or q.shape != k.shape:
+        raise ValueError(f"q and k must be (heads, T, dh) of one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     _check_chunk(chunk)
     _check_max_bytes(max_bytes)
     heads, t, dh = q.shape
@@ -171,7 +171,7 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e > s:
             by_length.setdefault(e - s, []).append(s)
-    steps = []  # (length, starts of the segments of one attention_received call)
+    calls = []  # (length, starts of the segments of one attention_received call)
     for length, starts in by_length.items():
         budget = score_bytes(q.device, heads, length, length, dh, chunk, max_bytes)
         # a segment's q and k gathered (if they are) and laid out again as float32 for the products
@@ -184,34 +184,34 @@ def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | N
                     runs[-1].append(s)
                 else:
                     runs.append([s])
-            steps += [(length, run) for run in runs]
+            calls += [(length, run) for run in runs]
         else:
-            steps += [(length, starts[i : i + n]) for i in range(0, len(starts), n)]
-    gathered = [(length, part) for length, part in steps
-                if any(s != part[0] + j * length for j, s in enumerate(part))]
+            calls += [(length, starts[i : i + n]) for i in range(0, len(starts), n)]
+    # a call whose segments are not one run reads its tokens through an index: all of them built on
+    # the host and moved to the device at once
+    apart = [any(s != part[0] + j * length for j, s in enumerate(part)) for length, part in calls]
     index = None
-    if gathered:  # the token positions of every step that is not one run, in step order
-        index = torch.tensor([s + i for length, part in gathered for s in part for i in range(length)],
-                             dtype=torch.long).to(q.device)
+    if any(apart):
+        positions = [s + i for (length, part), a in zip(calls, apart) if a for s in part for i in range(length)]
+        index = torch.tensor(positions, dtype=torch.long).to(q.device)
+    qt, kt = q.transpose(0, 1), k.transpose(0, 1)  # (T, heads, dh): how the hooks' q and k lie in memory
     out = torch.zeros(t, dtype=torch.float32, device=q.device)
     at = 0
-    for length, part in steps:
+    for (length, part), a in zip(calls, apart):
         n = len(part)
-        if index is not None and any(s != part[0] + j * length for j, s in enumerate(part)):
+        if a:
             where = index[at : at + n * length]
             at += n * length
-            # gathered token-major: the hooks' q, k are (T, heads, dh) in memory, transposed
-            qs, ks = q.transpose(0, 1).index_select(0, where), k.transpose(0, 1).index_select(0, where)
+            qs, ks = qt.index_select(0, where), kt.index_select(0, where)  # (n * L, heads, dh)
         else:
-            where = None
-            qs, ks = q.transpose(0, 1).narrow(0, part[0], n * length), k.transpose(0, 1).narrow(0, part[0], n * length)
-        qs = qs.unflatten(0, (n, length)).permute(0, 2, 1, 3)  # (n * L, heads, dh) -> (n, heads, L, dh)
+            qs, ks = qt.narrow(0, part[0], n * length), kt.narrow(0, part[0], n * length)
+        qs = qs.unflatten(0, (n, length)).permute(0, 2, 1, 3)  # (n, heads, L, dh)
         ks = ks.unflatten(0, (n, length)).permute(0, 2, 1, 3)
-        s = attention_received(qs, ks, chunk=chunk, max_bytes=max_bytes) * length  # (n, L)
-        if where is None:
-            out[part[0] : part[0] + n * length] = s.view(-1)
+        scores = attention_received(qs, ks, chunk=chunk, max_bytes=max_bytes) * length  # (n, L)
+        if a:
+            out.index_copy_(0, where, scores.view(-1))
         else:
-            out.index_copy_(0, where, s.view(-1))
+            out[part[0] : part[0] + n * length] = scores.view(-1)
     return out
 
 
