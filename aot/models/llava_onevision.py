@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inllm_patch import attach, detach
-from .scores import attention_received, hf_qk, record_scores
+from .scores import _check_max_bytes, attention_received, hf_qk, record_scores
 from .patching import PatchState as _BaseState
 from .patching import install, missing_members, pad_token_id, resolve_method, timer, uninstall, uses_local_scores
 from .splice import lay_out_video, splice_prompt
@@ -101,7 +101,7 @@ def vision_attention(tower: nn.Module, layer: int) -> nn.Module:
 
 def patch(model: nn.Module, config, *, method: str | None = None, video_layout: str = "onevision",
           positions: str = "contiguous", local_layer: int = 5, global_layer: int = -2,
-          chunk: int | None = 256) -> nn.Module:
+          chunk: int | None = 256, score_bytes: int | None = None) -> nn.Module:
     """Make a loaded LlavaOnevisionForConditionalGeneration compress its videos; see aot.patch."""
     check_transformers()
     from transformers import LlavaOnevisionForConditionalGeneration
@@ -115,7 +115,9 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
     m = resolve_method(model, config, method)
     tower = model.model.vision_tower
     vision_attention(tower, local_layer), vision_attention(tower, global_layer)  # range check now
-    state = PatchState(m, config, local_layer, global_layer, chunk, video_layout=video_layout, positions=positions)
+    _check_max_bytes(score_bytes, "score_bytes")
+    state = PatchState(m, config, local_layer, global_layer, chunk, video_layout=video_layout, positions=positions,
+                       score_bytes=score_bytes)
     install(model, state, lambda mdl, kwargs, for_generate: _rewrite(mdl, kwargs))  # forward and generate alike
     if m.in_llm:
         try:
@@ -220,7 +222,7 @@ def _encode(model, state: PatchState, pixels: Tensor, kwargs: dict, times: dict)
 
     def reduce_timed(q, k):
         with timer(times, "scores", q.device):
-            return attention_received(q, k, chunk=state.chunk)
+            return attention_received(q, k, chunk=state.chunk, max_bytes=state.score_bytes)
 
     need_local = uses_local_scores(state)  # no second score hook when nothing reads it
     layers = {"global": vision_attention(tower, state.global_layer)}

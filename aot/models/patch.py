@@ -38,10 +38,12 @@ def patch(model: nn.Module, config, **options) -> nn.Module:
     ``model(**inputs)``. Options (LLaVA-OneVision): ``method`` (a registry name, when the config
     class alone does not say), ``video_layout`` ("onevision" | "llava-video"), ``positions``
     ("contiguous" | "original"), ``local_layer`` (5) and ``global_layer`` (-2) of the vision tower
-    that score the anchors, ``chunk`` (queries per score chunk). ``model._aot.last`` reports what
-    the last call did (token counts, stage times). Qwen2.5-VL: ``method``, ``local_layer`` /
-    ``global_layer`` (default: the first and last of the tower's ``fullatt_block_indexes``) and
-    ``chunk``; positions are its own 3-D M-RoPE, gathered for the kept tokens. Qwen3-VL / Qwen3.5
+    that score the anchors, ``chunk`` (queries per score chunk) and ``score_bytes`` (the score
+    hooks' logits buffer in bytes; default: ``chunk``'s on the CPU, 256 MiB on a GPU; see
+    ``aot.models.scores.attention_received``). ``model._aot.last`` reports what the last call did
+    (token counts, stage times). Qwen2.5-VL: ``method``, ``local_layer`` / ``global_layer``
+    (default: the first and last of the tower's ``fullatt_block_indexes``), ``chunk`` and
+    ``score_bytes``; positions are its own 3-D M-RoPE, gathered for the kept tokens. Qwen3-VL / Qwen3.5
     (dense and MoE): the same options (``aot.models.qwen3_vl``: timestamps kept, pads shrink per
     temporal slice, DeepStack levels reduced with the method's mix). In-LLM methods
     (``aot.methods.get("fastv")``/``"pdrop"`` configs): the video reaches the language model whole

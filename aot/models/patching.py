@@ -39,6 +39,7 @@ class PatchState:
     had_generate: bool = False  # an instance attribute `generate` existed before patching
     old_generate: Any = None
     last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
+    score_bytes: int | None = None  # logits buffer of the score hooks (None: device-aware, see scores.py)
 
 
 def uses_local_scores(state: PatchState) -> bool:

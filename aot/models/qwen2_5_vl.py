@@ -53,7 +53,7 @@ from .inllm import rotate_half_rope
 from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
                        uninstall, uses_local_scores)
-from .scores import attention_received
+from .scores import _check_chunk, _check_max_bytes, attention_received, score_bytes, step_bytes
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "PatchState", "check_transformers", "default_layers", "segment_received"]
@@ -105,7 +105,8 @@ def _block(tower: nn.Module, layer: int) -> int:
 
 
 def patch(model: nn.Module, config, *, method: str | None = None, local_layer: int | None = None,
-          global_layer: int | None = None, chunk: int | None = 256, **options) -> nn.Module:
+          global_layer: int | None = None, chunk: int | None = 256, score_bytes: int | None = None,
+          **options) -> nn.Module:
     """Make a loaded Qwen2_5_VLForConditionalGeneration compress its videos; see aot.patch.
 
     ``local_layer`` / ``global_layer``: vision blocks whose attention gives the local and global
@@ -123,7 +124,8 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
-    state = PatchState(m, config, local_layer, global_layer, chunk)
+    _check_max_bytes(score_bytes, "score_bytes")
+    state = PatchState(m, config, local_layer, global_layer, chunk, score_bytes=score_bytes)
     install(model, state, _rewrite)
     if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it
         try:
@@ -142,17 +144,74 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 
-def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | None = 256) -> Tensor:
+def segment_received(q: Tensor, k: Tensor, cu_seqlens: Tensor, *, chunk: int | None = 256,
+                     max_bytes: int | None = None) -> Tensor:
     """Attention each token receives inside its segment, summed over the segment's queries and
     averaged over heads: q, k (heads, T, dh) (rotary applied), cu_seqlens (S + 1,) -> (T,) float32.
 
     Segments are those of a Qwen2.5-VL vision block (windows, or temporal slices); a token receives
-    nothing from queries outside its segment, exactly as the block attends."""
+    nothing from queries outside its segment, exactly as the block attends.  Segments of the same
+    length go through :func:`attention_received` together, as its batch elements, as many at once
+    as the working set takes (``chunk``, ``max_bytes``: the same meaning and device-aware default,
+    for that length; here the working set also counts the q and k of segments gathered from
+    non-consecutive places and their float32 layout for the products): on the CPU by default one
+    segment a step with the buffer of the loop before budgets, bit for bit that loop's result, one
+    call per run of consecutive equal segments; on CUDA by default hundreds of windows a step.
+    Consecutive segments of a call are views of q and k; others are gathered through one index
+    built on the host and moved to the device once.  One host read: ``cu_seqlens``."""
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
+        raise TypeError(f"q and k must be torch.Tensor, got {type(q).__name__} and {type(k).__name__}")
+    if q.ndim != 3 or q.shape != k.shape:
+        raise ValueError(f"q and k must be (heads, T, dh) of one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    _check_chunk(chunk)
+    _check_max_bytes(max_bytes)
+    heads, t, dh = q.shape
     bounds = [int(b) for b in cu_seqlens.tolist()]
-    out = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
+    by_length: dict[int, list[int]] = {}  # segment length -> starts, in order
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e > s:
-            out[s:e] = attention_received(q[None, :, s:e], k[None, :, s:e], chunk=chunk)[0] * (e - s)
+            by_length.setdefault(e - s, []).append(s)
+    calls = []  # (length, starts of the segments of one attention_received call)
+    for length, starts in by_length.items():
+        budget = score_bytes(q.device, heads, length, length, dh, chunk, max_bytes)
+        # a segment's q and k gathered (if they are) and laid out again as float32 for the products
+        gather = 2 * heads * length * dh * (q.element_size() + 4)
+        n = max(1, min(len(starts), budget // (step_bytes(1, heads, length, length, dh) + gather)))
+        if n == 1:  # a segment a step: one call per run of consecutive segments, a view, stepped inside
+            runs = [[starts[0]]]
+            for s in starts[1:]:
+                if s == runs[-1][-1] + length:
+                    runs[-1].append(s)
+                else:
+                    runs.append([s])
+            calls += [(length, run) for run in runs]
+        else:
+            calls += [(length, starts[i : i + n]) for i in range(0, len(starts), n)]
+    # a call whose segments are not one run reads its tokens through an index: all of them built on
+    # the host and moved to the device at once
+    apart = [any(s != part[0] + j * length for j, s in enumerate(part)) for length, part in calls]
+    index = None
+    if any(apart):
+        positions = [s + i for (length, part), a in zip(calls, apart) if a for s in part for i in range(length)]
+        index = torch.tensor(positions, dtype=torch.long).to(q.device)
+    qt, kt = q.transpose(0, 1), k.transpose(0, 1)  # (T, heads, dh): how the hooks' q and k lie in memory
+    out = torch.zeros(t, dtype=torch.float32, device=q.device)
+    at = 0
+    for (length, part), a in zip(calls, apart):
+        n = len(part)
+        if a:
+            where = index[at : at + n * length]
+            at += n * length
+            qs, ks = qt.index_select(0, where), kt.index_select(0, where)  # (n * L, heads, dh)
+        else:
+            qs, ks = qt.narrow(0, part[0], n * length), kt.narrow(0, part[0], n * length)
+        qs = qs.unflatten(0, (n, length)).permute(0, 2, 1, 3)  # (n, heads, L, dh)
+        ks = ks.unflatten(0, (n, length)).permute(0, 2, 1, 3)
+        scores = attention_received(qs, ks, chunk=chunk, max_bytes=max_bytes) * length  # (n, L)
+        if a:
+            out.index_copy_(0, where, scores.view(-1))
+        else:
+            out[part[0] : part[0] + n * length] = scores.view(-1)
     return out
 
 
@@ -162,12 +221,13 @@ def hook_score_blocks(tower: nn.Module, state: PatchState, times: dict, rope=Non
     tower's forward, the hook handles to remove). Shared by the Qwen2.5-VL and Qwen3-VL adapters."""
     blocks = [("global", state.global_layer)] + ([("local", state.local_layer)] if uses_local_scores(state) else [])
     rec: dict[str, list] = {"local": [], "global": []}
-    handles = [tower.blocks[layer].attn.register_forward_pre_hook(score_hook(rec[key], state.chunk, times, rope),
+    handles = [tower.blocks[layer].attn.register_forward_pre_hook(score_hook(rec[key], state.chunk, times, rope,
+                                                                                      state.score_bytes),
                                                                   with_kwargs=True) for key, layer in blocks]
     return rec, handles
 
 
-def score_hook(records: list, chunk, times, rope=None):
+def score_hook(records: list, chunk, times, rope=None, max_bytes=None):
     """A forward hook with kwargs for a Qwen vision block's attention: recomputes q and k, applies
     ``rope(q, k, cos, sin)`` (default: Qwen2.5-VL's vision rotary) and appends the attention each
     patch receives within its segment (``segment_received``) to ``records``. Shared by the
@@ -188,7 +248,8 @@ def score_hook(records: list, chunk, times, rope=None):
             if abs(float(module.scaling) - q.shape[-1] ** -0.5) > 1e-6:
                 raise ValueError(f"{type(module).__name__} scales attention by {module.scaling}, not 1/sqrt(head_dim)")
             q, k = rope(q, k, *pos)
-            records.append(segment_received(q.transpose(0, 1), k.transpose(0, 1), cu, chunk=chunk))
+            records.append(segment_received(q.transpose(0, 1), k.transpose(0, 1), cu, chunk=chunk,
+                                            max_bytes=max_bytes))
 
     return hook
 

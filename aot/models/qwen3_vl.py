@@ -53,6 +53,7 @@ from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
                        uninstall)
 from .qwen2_5_vl import hook_score_blocks, score_hook  # noqa: F401 (score_hook: also reached as qwen3_vl.score_hook)
+from .scores import _check_max_bytes
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "check_transformers", "default_layers", "ClassInfo", "CLASSES", "deepstack_at",
@@ -154,7 +155,8 @@ def _block(tower: nn.Module, layer: int) -> int:
 
 
 def patch(model: nn.Module, config, *, method: str | None = None, local_layer: int | None = None,
-          global_layer: int | None = None, chunk: int | None = 256, **options) -> nn.Module:
+          global_layer: int | None = None, chunk: int | None = 256, score_bytes: int | None = None,
+          **options) -> nn.Module:
     """Make a loaded Qwen3-VL / Qwen3.5 model (dense or MoE) compress its videos; see aot.patch.
 
     ``local_layer`` / ``global_layer``: vision blocks whose attention gives the local and global
@@ -175,7 +177,8 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
-    state = PatchState(m, config, local_layer, global_layer, chunk)
+    _check_max_bytes(score_bytes, "score_bytes")
+    state = PatchState(m, config, local_layer, global_layer, chunk, score_bytes=score_bytes)
     install(model, state, _rewrite)
     if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it
         try:

@@ -54,7 +54,53 @@ def _check_chunk(chunk) -> None:
         raise ValueError(f"chunk must be a positive int or None, got {chunk}")
 
 
-def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256) -> Tensor:
+def _check_max_bytes(max_bytes, name: str = "max_bytes") -> None:
+    if max_bytes is None:
+        return
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"{name} must be a positive int (bytes) or None, got {type(max_bytes).__name__}")
+    if max_bytes < 1:
+        raise ValueError(f"{name} must be a positive int (bytes) or None, got {max_bytes}")
+
+
+# The default working set of the score reductions off the CPU (CUDA and other accelerators): see
+# attention_received.  A 32-frame SigLIP layer (32 x 16 heads x 729 x 729 float32 logits) is 1.09 GB
+# in full; 256 MiB holds 6 of its frames, so the layer takes 6 steps instead of 96 query chunks.
+DEVICE_SCORE_BYTES = 256 * 2**20
+
+
+def step_bytes(n: int, heads: int, c: int, tk: int, dh: int) -> int:
+    """Bytes of one step's float32 working set: the (n, heads, c, Tk) logits and float32 copies of
+    its (n, heads, c, dh) queries and (n, heads, Tk, dh) keys (the keys, scaled, always; the queries
+    only for non-float32 inputs, counted anyway)."""
+    return 4 * heads * n * (c * tk + (c + tk) * dh)
+
+
+def score_bytes(device: torch.device, heads: int, tq: int, tk: int, dh: int, chunk: int | None = 256,
+                max_bytes: int | None = None) -> int:
+    """The working set (bytes, :func:`step_bytes`) that :func:`attention_received` steps in for
+    (heads, Tq, Tk, dh) elements on ``device``: ``max_bytes`` if given, else one element's
+    ``min(chunk, Tq)`` queries (the query chunk of the loop before budgets) on the CPU, and at least
+    :data:`DEVICE_SCORE_BYTES` elsewhere."""
+    _check_chunk(chunk)
+    _check_max_bytes(max_bytes)
+    if max_bytes is not None:
+        return max_bytes
+    rows = tq if chunk is None else min(chunk, tq)
+    base = step_bytes(1, heads, max(rows, 1), tk, dh)
+    return base if torch.device(device).type == "cpu" else max(base, DEVICE_SCORE_BYTES)
+
+
+def _steps(batch: int, heads: int, tq: int, tk: int, dh: int, budget: int) -> tuple[int, int]:
+    """(elements n, queries c) of a step whose working set (:func:`step_bytes`) fits ``budget``
+    bytes: whole elements when one fits, else query chunks of one element (at least one query)."""
+    element = step_bytes(1, heads, tq, tk, dh)
+    if budget >= element:
+        return max(1, min(batch, budget // max(element, 1))), tq
+    return 1, max(1, min(tq, (budget // (4 * heads) - tk * dh) // max(tk + dh, 1)))
+
+
+def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256, max_bytes: int | None = None) -> Tensor:
     """Attention each key token receives, averaged over heads and queries.
 
     ``q`` (B, heads, Tq, dh), ``k`` (B, heads, Tk, dh) -> (B, Tk)::
@@ -63,32 +109,81 @@ def attention_received(q: Tensor, k: Tensor, *, chunk: int | None = 256) -> Tens
 
     Each row of the softmax sums to 1, so each output row sums to 1 as well.
     Computed in float32 (half-precision softmax over hundreds of keys loses
-    the small values we rank by), one batch element and ``chunk`` queries at
-    a time, in one reused (heads, chunk, Tk) buffer: the peak extra memory is
-    O(heads * chunk * Tk), whatever the batch, never the T x T map.
-    ``chunk=None`` takes all queries of a batch element at once.
+    the small values we rank by) in steps whose working set (float32 logits
+    and q, k copies, :func:`step_bytes`) fits ``max_bytes``: a step takes as
+    many whole batch elements as fit, logits (n, heads, Tq, Tk), or, when one
+    element does not fit, a chunk of its queries, (1, heads, c, Tk), at least
+    one query.  One logits buffer is reused; the B x heads x Tq x Tk map is
+    never built unless it fits.  A step is about 10 operators whatever its
+    size (a GPU kernel launch each), so the launches fall as the budget grows.
+
+    ``max_bytes=None`` (the default) depends on the device.  On the CPU it is
+    ``chunk`` queries of one element, as before budgets existed: 12 MB of
+    logits (16 heads x 256 x 729) plus 4.5 MB of copies, and the result is
+    bit for bit the element-by-element, chunk-by-chunk loop's.  Elsewhere
+    (CUDA) it is at least :data:`DEVICE_SCORE_BYTES` (256 MiB): a 32-frame
+    SigLIP layer then takes 6 steps (about 90 operators) instead of 96 query
+    chunks (about 1,000), i.e. some 5 ms of launches less per hooked layer,
+    while 256 MiB stays small beside a GPU's memory and the layer's 1.1 GB
+    map.  On a CPU the arithmetic dominates and a larger buffer only costs
+    memory and cache.  The GPU default is chosen by counting launches (about
+    5 us each), not measured on a GPU.  ``chunk=None`` takes all queries of an
+    element (the CPU default is then one element's map).  Other budgets group
+    the sums over rows differently, so the last bits may differ from the CPU
+    default's; the per-row softmax arithmetic is the same.
     """
     _check_qk(q, k)
-    _check_chunk(chunk)
     batch, heads, tq, dh = q.shape
     tk = k.shape[2]
-    step = tq if chunk is None else min(chunk, tq)
-    total = q.new_zeros((batch, tk), dtype=torch.float32)  # (B, Tk)
-    buffer = q.new_empty(heads * step * tk, dtype=torch.float32)  # logits of one chunk, reused
-    for b in range(batch):
-        kt = (k[b].float() * dh**-0.5).transpose(-1, -2)  # (heads, dh, Tk), the scale folded in once
-        for start in range(0, tq, step):
-            qc = q[b, :, start : start + step].float()  # (heads, c, dh)
-            rows = heads * qc.shape[1]
-            logits = torch.matmul(qc, kt, out=buffer[: rows * tk].view(heads, -1, tk))  # (heads, c, Tk)
+    n, c = _steps(batch, heads, tq, tk, dh, score_bytes(q.device, heads, tq, tk, dh, chunk, max_bytes))
+    rows = n * heads * c
+    total = q.new_empty((batch, 1, tk), dtype=torch.float32)  # (B, 1, Tk): one row per element
+    buffer = q.new_empty(rows * tk, dtype=torch.float32)  # logits of one step, reused
+    weights = q.new_empty(rows, dtype=torch.float32)  # 1 / row sums of one step
+    views = {}  # (elements, queries) of a step -> its buffer views, made once
+    for b0 in range(0, batch, n):
+        b1 = min(b0 + n, batch)
+        kb = k[b0:b1]
+        kt = (kb if kb.dtype == torch.float32 else kb.float()) * dh**-0.5  # (n, heads, Tk, dh), scaled once
+        kt = kt.transpose(-1, -2)  # (n, heads, dh, Tk)
+        qb = q[b0:b1]  # (n, heads, Tq, dh)
+        out = total[b0] if b1 - b0 == 1 else total[b0:b1]  # (1, Tk) or (n, 1, Tk)
+        for start in range(0, tq, c):
+            qc = qb if c == tq else qb.narrow(2, start, min(c, tq - start))  # (n, heads, c, dh)
+            if qc.dtype != torch.float32:
+                qc = qc.float()
+            shape = (qc.shape[0], qc.shape[2])  # a full step, or a last, smaller one
+            if shape not in views:
+                views[shape] = _step_views(buffer, weights, *shape, heads, tk)
+            logits, flat, sums, wrow = views[shape]
+            m = shape[0]
+            torch.matmul(qc, kt, out=logits)  # (m, heads, c, Tk)
             # softmax in place: exp of the max-shifted logits, normalised below
             logits -= logits.amax(dim=-1, keepdim=True)
             logits.exp_()
-            inverse = logits.sum(dim=-1).reciprocal_()  # (heads, c): 1 / row sums
-            # sum of the normalised rows over heads and queries as one vector-matrix product,
-            # so no normalised copy of the chunk is made
-            total[b] += (inverse.view(1, rows) @ logits.view(rows, tk))[0]
-    return total / (heads * tq)
+            torch.sum(logits, dim=-1, out=sums)  # (m, heads, c)
+            wrow.reciprocal_()  # 1 / row sums
+            # sum of the normalised rows over heads and queries as one vector-matrix product per
+            # element, so no normalised copy of the step is made
+            if m > 1:
+                torch.bmm(wrow, flat, out=out)  # (m, 1, rows) @ (m, rows, Tk)
+            elif start == 0:  # into a fresh (aligned) row, then copied: BLAS rounding can depend on alignment
+                out.copy_(torch.mm(wrow, flat))  # (1, rows) @ (rows, Tk)
+            else:  # later query chunks of one element add up in chunk order
+                out.add_(torch.mm(wrow, flat))
+    return (total / (heads * tq)).view(batch, tk)
+
+
+def _step_views(buffer: Tensor, weights: Tensor, n: int, c: int, heads: int, tk: int):
+    """Views of the first n * heads * c rows of the step buffers: logits (n, heads, c, Tk), the same
+    rows as (n, heads * c, Tk), row sums (n, heads, c) and the same as (n, 1, heads * c); for one
+    element (n = 1) the last two of those are 2-D, (heads * c, Tk) and (1, heads * c)."""
+    rows = n * heads * c
+    logits = buffer[: rows * tk].view(n, heads, c, tk)
+    sums = weights[:rows].view(n, heads, c)
+    if n == 1:
+        return logits, buffer[: rows * tk].view(rows, tk), sums, weights[:rows].view(1, rows)
+    return logits, logits.view(n, heads * c, tk), sums, weights[:rows].view(n, 1, heads * c)
 
 
 def cls_attention(q: Tensor, k: Tensor, *, index: int = 0) -> Tensor:
@@ -151,11 +246,11 @@ def hf_qk(module: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
     return q, k
 
 
-def _resolve_reduce(reduce, chunk) -> Reduce:
+def _resolve_reduce(reduce, chunk, max_bytes=None) -> Reduce:
     if callable(reduce):
         return reduce
     if reduce == "received":
-        return lambda q, k: attention_received(q, k, chunk=chunk)
+        return lambda q, k: attention_received(q, k, chunk=chunk, max_bytes=max_bytes)
     if reduce == "cls":
         return cls_attention
     raise ValueError(f"reduce must be 'received', 'cls' or a callable (q, k) -> (B, T), got {reduce!r}")
@@ -168,6 +263,7 @@ def record_scores(
     *,
     reduce: str | Reduce = "received",
     chunk: int | None = 256,
+    max_bytes: int | None = None,
 ) -> Iterator[dict[str, list[Tensor]]]:
     """Record per-token attention scores of chosen attention modules during forward passes.
 
@@ -176,7 +272,7 @@ def record_scores(
     the context is open, every forward of such a module appends one float32
     (B, T) tensor to ``recorded[name]`` -- ``reduce`` applied to
     ``qk_fn(module, hidden_states)``: ``"received"`` (:func:`attention_received`,
-    chunked by ``chunk``), ``"cls"`` (:func:`cls_attention`) or a callable.
+    stepped by ``chunk`` and ``max_bytes``), ``"cls"`` (:func:`cls_attention`) or a callable.
 
     Usage::
 
@@ -197,7 +293,8 @@ def record_scores(
     if not callable(qk_fn):
         raise TypeError(f"qk_fn must be callable (module, hidden_states) -> (q, k), got {type(qk_fn).__name__}")
     _check_chunk(chunk)
-    reducer = _resolve_reduce(reduce, chunk)
+    _check_max_bytes(max_bytes)
+    reducer = _resolve_reduce(reduce, chunk, max_bytes)
 
     recorded: dict[str, list[Tensor]] = {name: [] for name in layers}
 
