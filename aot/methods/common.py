@@ -250,6 +250,69 @@ def merge_pools(x: Tensor, spans: list[tuple[int, int]], static: list[Tensor], t
     return assemble(torch.cat(toks), torch.cat(poss), assignment, n, torch.cat(dyn), weight)
 
 
+_U32, _U64 = 2.0 ** -24, 2.0 ** -53
+_PAIR_CHUNK = 1 << 24  # elements of each gathered side per torch.cdist call of _exact_pairs (64 MB in float32)
+
+
+def _cdist_bounds(feat: Tensor) -> tuple[Tensor, Tensor]:
+    """lo <= R <= hi (B, M, M) float64 for R = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist"),
+    feat (B, M, d) float32, from one float64 product (a tenth of the exact kernel's time).
+
+    The float64 estimate e = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)) (|a|^2 from the same product) is within sqrt(2 (d + 2) u64) (|a| + |b|)
+    + 2 u64 e of sqrt(S), S = |a - b|^2 (any summation order: |S64 - S| <= gamma_{d+2} (|a| + |b|)^2, and
+    |sqrt x - sqrt y| <= sqrt |x - y|). The float32 kernel sums d rounded squares of rounded differences
+    in some order and rounds a square root: R within (d + 4) u32 / 2 + u32 of sqrt(S), relative; we allow
+    (d + 8) u32, and 1e-17 absolute for squares that underflow. Rows of norm above 1e17 (where a square
+    may overflow to inf) get the bounds [0, inf].
+    """
+    d = feat.shape[-1]
+    f64 = feat.double()
+    gram = torch.bmm(f64, f64.transpose(1, 2))  # (B, M, M)
+    sq = gram.diagonal(dim1=1, dim2=2).clone()  # (B, M) |a|^2, within gamma_d like every product
+    nrm = sq.sqrt()
+    est = gram.mul_(-2).add_(sq.unsqueeze(2)).add_(sq.unsqueeze(1)).clamp_(min=0).sqrt_()
+    err = (nrm.unsqueeze(2) + nrm.unsqueeze(1)).mul_(math.sqrt(2 * (d + 2) * _U64)).add_(est, alpha=2 * _U64).add_(1e-17)
+    rel = (d + 8) * _U32
+    lo = (est - err).clamp_(min=0).mul_(1 - rel)
+    huge = nrm > 1e17
+    hi = (est + err).mul_(1 + rel).masked_fill_(huge.unsqueeze(2) | huge.unsqueeze(1), math.inf)
+    return lo.masked_fill_(huge.unsqueeze(2) | huge.unsqueeze(1), 0.0), hi
+
+
+def _exact_pairs(flat: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """torch.cdist(flat[rows[p]], flat[cols[p]]) for every pair p, bit for bit as in a full torch.cdist
+    matrix (the kernel computes each pair on its own): flat (T, d), rows and cols (P,) -> (P,)."""
+    p, d = rows.numel(), flat.shape[1]
+    out = torch.empty(p, dtype=flat.dtype, device=flat.device)
+    step = max(1, _PAIR_CHUNK // d)
+    a = torch.empty(min(step, p), d, dtype=flat.dtype, device=flat.device)  # reused buffers: fresh memory costs more
+    b = torch.empty_like(a)
+    for s in range(0, p, step):
+        e = min(s + step, p)
+        torch.index_select(flat, 0, rows[s:e], out=a[:e - s])
+        torch.index_select(flat, 0, cols[s:e], out=b[:e - s])
+        out[s:e] = torch.cdist(a[:e - s].unsqueeze(1), b[:e - s].unsqueeze(1),
+                               compute_mode="donot_use_mm_for_euclid_dist").view(-1)
+    return out
+
+
+def _exact_where(feat: Tensor, mask: Tensor, cols: Tensor | None = None) -> Tensor:
+    """The exact cdist values where mask (B, M, K) is True, +inf elsewhere: entry [b, i, c] is row i against
+    row c of pool b (cols (B, K): against row cols[b, c]). One host read (the number of pairs). Without
+    cols the diagonal is 0 (a row against itself: every difference is exactly 0), not computed."""
+    b, m, k = mask.shape
+    if cols is None:
+        eye = torch.eye(m, dtype=torch.bool, device=mask.device)
+        out = _exact_where(feat, mask & ~eye, torch.arange(m, device=mask.device).expand(b, m))
+        return out.masked_fill_(mask & eye, 0.0)
+    at = mask.flatten().nonzero().squeeze(1)
+    pool, i, c = at // (m * k), at // k % m, at % k
+    j = cols[pool, c]
+    out = torch.full((b * m * k,), math.inf, dtype=feat.dtype, device=feat.device)
+    out[at] = _exact_pairs(feat.reshape(b * m, -1), pool * m + i, pool * m + j)
+    return out.view(b, m, k)
+
+
 def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: list[int] | None = None,
                  *, return_order: bool = False) -> tuple[Tensor, ...]:
     """DPC-kNN clustering of B pools at once, bit for bit what the methods do pool by pool.
@@ -273,10 +336,19 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
     idx = torch.arange(m, device=dev)
     size_t = torch.tensor(sizes if sizes is not None else [m] * b, device=dev).unsqueeze(1)  # (B, 1)
     real = idx < size_t  # (B, M)
-    raw = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist")  # (B, M, M)
-    dist = raw / math.sqrt(d)
     ks = [k] * b if isinstance(k, int) else list(k)
-    near = torch.topk(dist.masked_fill(~real.unsqueeze(1), math.inf), max(ks), dim=-1, largest=False).values
+    pairs = real.unsqueeze(2) & real.unsqueeze(1)  # (B, M, M)
+    fast = feat.dtype == torch.float32 and m >= 8
+    if fast:  # the exact distances only where a choice can depend on them (see above), from float64 bounds
+        lo, hi = _cdist_bounds(feat)
+        kth = torch.topk(hi.masked_fill(~real.unsqueeze(1), math.inf), max(ks), dim=-1, largest=False).values[..., -1:]
+        far = pairs & (hi >= lo.masked_fill(~pairs, -math.inf).amax((1, 2), keepdim=True))  # may be the largest
+        dist = _exact_where(feat, pairs & (lo <= kth) | far) / math.sqrt(d)  # +inf where not needed
+        near = torch.topk(dist, max(ks), dim=-1, largest=False).values
+    else:
+        raw = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist")  # (B, M, M)
+        dist = raw / math.sqrt(d)
+        near = torch.topk(dist.masked_fill(~real.unsqueeze(1), math.inf), max(ks), dim=-1, largest=False).values
     density = None  # (B, M): each pool's mean over its own k nearest (a contiguous copy: the unbatched reduction)
     for kk in sorted(set(ks)):
         dens = torch.exp(-(near[..., :kk].contiguous() ** 2).mean(-1))
@@ -286,7 +358,12 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
             density = torch.where(torch.tensor([v == kk for v in ks], device=dev).unsqueeze(1), dens, density)
     denser = ((density.unsqueeze(1) > density.unsqueeze(2)) | (
         (density.unsqueeze(1) == density.unsqueeze(2)) & (idx.unsqueeze(0) < idx.unsqueeze(1)))) & real.unsqueeze(1)
-    top = dist.masked_fill(~(real.unsqueeze(1) & real.unsqueeze(2)), -math.inf).amax((1, 2), keepdim=True)
+    if fast:
+        top = dist.masked_fill(~far, -math.inf).amax((1, 2), keepdim=True)
+        near_hi = hi.masked_fill(~denser, math.inf).amin(-1, keepdim=True)  # bound on the nearest denser row
+        dist = _exact_where(feat, denser & (lo <= near_hi)) / math.sqrt(d)
+    else:
+        top = dist.masked_fill(~pairs, -math.inf).amax((1, 2), keepdim=True)
     delta = torch.where(denser, dist, top).min(-1).values  # [b, i]: distance to the nearest denser row
     score = (delta * density).masked_fill(~real, -math.inf)
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # top_by_score, per pool
@@ -296,8 +373,14 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
     c_max = max(max(counts), 1)
     slots = torch.sort(centre.logical_not(), dim=1, stable=True).indices[:, :c_max]  # centres ascending, padded
     valid = torch.arange(c_max, device=dev) < c_t  # (B, C)
-    to_centre = raw.gather(2, slots.unsqueeze(1).expand(b, m, c_max))  # the values cdist(feat, feat[centres]) gives
-    owner = to_centre.masked_fill(~valid.unsqueeze(1), math.inf).argmin(-1)  # nearest centre, ties to the lower slot
+    to = slots.unsqueeze(1).expand(b, m, c_max)
+    if fast:  # exact where a slot's lower bound reaches the row's smallest upper bound: every slot that may be nearest
+        to_hi = hi.gather(2, to).masked_fill(~valid.unsqueeze(1), math.inf)
+        maybe = real.unsqueeze(2) & valid.unsqueeze(1) & (lo.gather(2, to) <= to_hi.amin(-1, keepdim=True))
+        to_centre = _exact_where(feat, maybe, slots)
+    else:
+        to_centre = raw.gather(2, to).masked_fill(~valid.unsqueeze(1), math.inf)  # the values cdist(feat, feat[centres]) gives
+    owner = to_centre.argmin(-1)  # nearest centre, ties to the lower slot
     own = torch.full((b, m + 1), -1, dtype=torch.long, device=dev)  # column M: a sink for the padding slots
     own.scatter_(1, torch.where(valid, slots, m), torch.arange(c_max, device=dev).expand(b, c_max).contiguous())
     owner = torch.where(centre, own[:, :m], owner)  # every centre owns itself

@@ -1,0 +1,49 @@
+"""Operators, host reads and CPU time per call of FastVID, FlashVID and PruneVid, before and after issue 17's
+item 4 (the previous code is kept as a test oracle in tests/peers_reference), side by side in one process.
+
+    python benchmarks/peer_costs.py [--reps 3] [--threads 1] [--shape 32x196x3584] [--retention 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+root = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(root / "benchmarks"), str(root / "tests")]
+
+import aot.methods  # noqa: E402
+import peers_reference  # noqa: E402
+from aot.runtime import torch_threads  # noqa: E402
+from launches import count, cpu_ms  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shape", default="32x196x3584")
+    ap.add_argument("--retention", type=float, default=0.1)
+    ap.add_argument("--methods", default="fastvid,flashvid,prunevid")
+    args = ap.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    g = torch.Generator().manual_seed(0)
+    x, s = torch.randn(*shape, generator=g), torch.rand(*shape[:-1], generator=g)
+    print(f"shape {args.shape}, retention {args.retention}, {args.threads} thread(s), torch {torch.__version__}")
+    print("| method | code | top-level ops | host reads | CPU ms |")
+    print("|---|---|---|---|---|")
+    with torch_threads(args.threads):
+        for name in args.methods.split(","):
+            m = aot.methods.get(name)
+            cfg = m.config(retention=args.retention)
+            for which, fn in (("before", getattr(peers_reference, name)), ("after", m)):
+                call = lambda: fn(x, s, config=cfg)  # noqa: E731
+                c = count(call)
+                print(f"| {name} | {which} | {c['ops']} | {c['reads']} | {cpu_ms(call, args.reps):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
