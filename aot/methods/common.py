@@ -330,6 +330,13 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
     Returns (centre (B, M) bool; owner (B, M) long: slot of each row's centre among its pool's
     centres in ascending row order, -1 in a pool with no clusters and on padding rows), and with
     ``return_order`` order (B, M): each pool's rows by descending score (``top_by_score``), padding last.
+
+    On the CPU in float32 (pools of 8 rows or more) the exact kernel runs only on the pairs where a value
+    or a choice can depend on it, picked from float64 bounds of every distance (``_cdist_bounds``): the k
+    nearest of each row, the largest of each pool, the nearest denser row, the nearest centre (each with
+    every pair whose bounds overlap the decisive one). Every value it returns is the full matrix's, so the
+    outputs are bit for bit the same, at about 1 / 6 of the pairs' time at 196 x 3584 (3 host reads: the
+    pair counts of the three steps). On CUDA the full matrix, as before (per-pair equality untested there).
     """
     b, m, d = feat.shape
     dev = feat.device
@@ -338,7 +345,7 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
     real = idx < size_t  # (B, M)
     ks = [k] * b if isinstance(k, int) else list(k)
     pairs = real.unsqueeze(2) & real.unsqueeze(1)  # (B, M, M)
-    fast = feat.dtype == torch.float32 and m >= 8
+    fast = feat.dtype == torch.float32 and m >= 8 and dev.type == "cpu"  # CUDA: per-pair equality untested
     if fast:  # the exact distances only where a choice can depend on them (see above), from float64 bounds
         lo, hi = _cdist_bounds(feat)
         kth = torch.topk(hi.masked_fill(~real.unsqueeze(1), math.inf), max(ks), dim=-1, largest=False).values[..., -1:]
