@@ -38,6 +38,16 @@ def assert_same(new, old, where=""):
         assert torch.equal(a, b), f"{where}: field {i} differs"
 
 
+def _scenes(f, n, d, scene, seed):
+    """A new scene every ``scene`` frames: a still background per cell, half the cells drifting, some noise
+    (segments, static cells and merges for every method, unlike white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    k = -(-f // scene)
+    base = torch.randn(k, 1, n, d, generator=g).expand(k, scene, n, d).reshape(-1, n, d)[:f]
+    drift = (torch.rand(1, n, 1, generator=g) < 0.5) * torch.cumsum(0.3 * torch.randn(f, n, d, generator=g), 0)
+    return base + drift + 0.1 * torch.randn(f, n, d, generator=g), torch.rand(f, n, generator=g)
+
+
 def _videos():
     """(label, x, scores): random, still (near duplicates), exactly repeated tokens (tied distances)."""
     out = []
@@ -49,6 +59,8 @@ def _videos():
     x[:, 18:] = x[:, :18]  # every token twice in its frame: equal distances, equal densities
     x[4:] = x[:4]  # and frames repeated
     out.append(("repeated 8x36x48", x, s))
+    for f, n, d, scene, seed in ((24, 49, 96, 6, 11), (16, 36, 64, 4, 12)):
+        out.append((f"scenes {f}x{n}x{d}", *_scenes(f, n, d, scene, seed)))
     g = torch.Generator().manual_seed(6)
     x = 30 + 0.5 * torch.randn(8, 36, 64, generator=g)  # a large common component (cancellation in |a|^2 + |b|^2 - 2ab)
     out.append(("offset 8x36x64", x, torch.rand(8, 36, generator=g)))
@@ -80,12 +92,14 @@ def test_equal_to_the_previous_implementation_batch_and_dtypes(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_equal_at_a_model_shape(name):
-    """32 x 196 x 3584 (Qwen2.5-VL-7B's width) at 10%, the shape of benchmarks/launches.py."""
+    """32 x 196 x 3584 (Qwen2.5-VL-7B's width) at 10%: white noise (benchmarks/launches.py's input) and
+    scenes of 8 frames (benchmarks/method_launches.py's kind of input)."""
     m = methods.get(name)
     g = torch.Generator().manual_seed(0)
-    x, s = torch.randn(32, 196, 3584, generator=g), torch.rand(32, 196, generator=g)
     cfg = m.config(retention=0.1)
-    assert_same(m(x, s, config=cfg), getattr(peers_reference, name)(x, s, config=cfg))
+    for x, s in ((torch.randn(32, 196, 3584, generator=g), torch.rand(32, 196, generator=g)),
+                 _scenes(32, 196, 3584, 8, 0)):
+        assert_same(m(x, s, config=cfg), getattr(peers_reference, name)(x, s, config=cfg))
 
 
 def test_dpc_knn_many_equal_with_padding_mixed_k_and_zero_counts():

@@ -24,7 +24,7 @@ from ..compress import Compressed, Mix, _check_inputs, _identity, prepare, stack
 from ..config import _check_range
 
 __all__ = ["run", "even_split", "capped_split", "settle", "cosine_sim", "top_by_score", "assemble", "check_retention",
-           "merge_pools", "dpc_knn_many"]
+           "merge_pools", "dpc_knn_many", "dpc_knn_one"]
 
 
 def run(one: Callable[..., Compressed], config_cls: type, x, scores, local_scores, grid, config) -> Compressed:
@@ -393,3 +393,14 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
     owner = torch.where(centre, own[:, :m], owner)  # every centre owns itself
     owner = torch.where((c_t > 0) & real, owner, -1)
     return (centre, owner, order) if return_order else (centre, owner)
+
+
+def dpc_knn_one(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
+    """DPC-kNN of one pool feat (m, d) into 1 <= c <= m clusters, k <= m neighbours: ``dpc_knn_many`` on a
+    batch of one, bit for bit ``prunevid.dpc_knn_assign(feat, c, k)`` and ``holitom.dpc_knn_clusters``
+    (which keep the full distance matrix and are the tests' plain form).
+
+    Returns (centres (c,) row indices, ascending; owner (m,) slot in ``centres`` of each row's nearest centre).
+    """
+    centre, owner = dpc_knn_many(feat.unsqueeze(0), [c], k)
+    return torch.sort(centre[0].logical_not(), stable=True).indices[:c], owner[0]
