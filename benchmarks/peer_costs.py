@@ -1,4 +1,4 @@
-"""Operators, host reads and CPU time per call of FastVID, FlashVID and PruneVid, before and after issue 17's
+"""Operators, host reads and CPU time per call of FastVID, FlashVID, HoliTom and PruneVid, before and after issue 17's
 item 4 (the previous code is kept as a test oracle in tests/peers_reference), side by side in one process.
 
     python benchmarks/peer_costs.py [--reps 3] [--threads 1] [--shape 32x196x3584] [--retention 0.1] [--video-like]
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shape", default="32x196x3584")
     ap.add_argument("--retention", type=float, default=0.1)
-    ap.add_argument("--methods", default="fastvid,flashvid,prunevid")
+    ap.add_argument("--methods", default="fastvid,flashvid,holitom,prunevid")
     ap.add_argument("--video-like", action="store_true")
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split("x"))

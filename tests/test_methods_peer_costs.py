@@ -1,7 +1,7 @@
-"""Issue 17, item 4: FastVID, FlashVID and PruneVid made cheaper without changing any output.
+"""Issue 17, item 4: FastVID, FlashVID, HoliTom and PruneVid made cheaper without changing any output.
 
 The oracle is the implementation before the change, kept in tests/peers_reference (a copy of
-aot/methods/{common,fastvid,flashvid,prunevid}.py at d8ff83d). Every field of the returned
+aot/methods/{common,fastvid,flashvid,holitom,prunevid}.py at d8ff83d). Every field of the returned
 Compressed (tokens, sizes, frames, positions, assignment, dynamic, mix rows/cols/weights) must be
 equal bit for bit, on random videos, still videos (near-duplicate tokens), videos with exactly
 repeated tokens (tied distances), several shapes, retentions and seeds, batch and single video,
@@ -21,7 +21,7 @@ from aot.methods import common
 from methods_common import video
 from peers_reference import common as ref_common
 
-NAMES = ["fastvid", "flashvid", "prunevid"]
+NAMES = ["fastvid", "flashvid", "holitom", "prunevid"]
 
 
 def _cdist(a, b):
