@@ -256,7 +256,7 @@ _PAIR_CHUNK = 1 << 24  # elements of each gathered side per torch.cdist call of 
 
 def _cdist_bounds(feat: Tensor) -> tuple[Tensor, Tensor]:
     """lo <= R <= hi (B, M, M) float64 for R = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist"),
-    feat (B, M, d) float32, from one float64 product (a tenth of the exact kernel's time).
+    feat (B, M, d) float32, from a float64 Gram product (a tenth of the exact kernel's time).
 
     The float64 estimate e = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)) (|a|^2 from the same product) is within sqrt(2 (d + 2) u64) (|a| + |b|)
     + 2 u64 e of sqrt(S), S = |a - b|^2 (any summation order: |S64 - S| <= gamma_{d+2} (|a| + |b|)^2, and
@@ -265,9 +265,12 @@ def _cdist_bounds(feat: Tensor) -> tuple[Tensor, Tensor]:
     (d + 8) u32, and 1e-17 absolute for squares that underflow. Rows of norm above 1e17 (where a square
     may overflow to inf) get the bounds [0, inf].
     """
-    d = feat.shape[-1]
-    f64 = feat.double()
-    gram = torch.bmm(f64, f64.transpose(1, 2))  # (B, M, M)
+    b, m, d = feat.shape
+    gram = torch.empty(b, m, m, dtype=torch.float64, device=feat.device)
+    step = max(1, _PAIR_CHUNK // (2 * m * d))  # a float64 copy of a few pools at a time (64 MB), not of all
+    for s in range(0, b, step):
+        f64 = feat[s:s + step].double()
+        torch.bmm(f64, f64.transpose(1, 2), out=gram[s:s + step])
     sq = gram.diagonal(dim1=1, dim2=2).clone()  # (B, M) |a|^2, within gamma_d like every product
     nrm = sq.sqrt()
     est = gram.mul_(-2).add_(sq.unsqueeze(2)).add_(sq.unsqueeze(1)).clamp_(min=0).sqrt_()
