@@ -258,12 +258,12 @@ def _cdist_bounds(feat: Tensor) -> tuple[Tensor, Tensor]:
     """lo <= R <= hi (B, M, M) float64 for R = torch.cdist(feat, feat, compute_mode="donot_use_mm_for_euclid_dist"),
     feat (B, M, d) float32, from a float64 Gram product (a tenth of the exact kernel's time).
 
-    The float64 estimate e = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)) (|a|^2 from the same product) is within sqrt(2 (d + 2) u64) (|a| + |b|)
-    + 2 u64 e of sqrt(S), S = |a - b|^2 (any summation order: |S64 - S| <= gamma_{d+2} (|a| + |b|)^2, and
-    |sqrt x - sqrt y| <= sqrt |x - y|). The float32 kernel sums d rounded squares of rounded differences
-    in some order and rounds a square root: R within (d + 4) u32 / 2 + u32 of sqrt(S), relative; we allow
-    (d + 8) u32, and 1e-17 absolute for squares that underflow. Rows of norm above 1e17 (where a square
-    may overflow to inf) get the bounds [0, inf].
+    The float64 estimate e = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)) (|a|^2 from the same product) is within
+    sqrt(2 (d + 2) u64) (|a| + |b|) + 2 u64 e of sqrt(S), S = |a - b|^2 (any summation order:
+    |S64 - S| <= gamma_{d+2} (|a| + |b|)^2, and |sqrt x - sqrt y| <= sqrt |x - y|). The float32 kernel
+    sums d rounded squares of rounded differences in some order and rounds a square root: R within
+    (d + 4) u32 / 2 + u32 of sqrt(S), relative; we allow (d + 8) u32, and 1e-17 absolute for squares
+    that underflow. Rows of norm above 1e17 (where a square may overflow to inf) get the bounds [0, inf].
     """
     b, m, d = feat.shape
     gram = torch.empty(b, m, m, dtype=torch.float64, device=feat.device)
@@ -274,7 +274,8 @@ def _cdist_bounds(feat: Tensor) -> tuple[Tensor, Tensor]:
     sq = gram.diagonal(dim1=1, dim2=2).clone()  # (B, M) |a|^2, within gamma_d like every product
     nrm = sq.sqrt()
     est = gram.mul_(-2).add_(sq.unsqueeze(2)).add_(sq.unsqueeze(1)).clamp_(min=0).sqrt_()
-    err = (nrm.unsqueeze(2) + nrm.unsqueeze(1)).mul_(math.sqrt(2 * (d + 2) * _U64)).add_(est, alpha=2 * _U64).add_(1e-17)
+    err = (nrm.unsqueeze(2) + nrm.unsqueeze(1)).mul_(math.sqrt(2 * (d + 2) * _U64))
+    err.add_(est, alpha=2 * _U64).add_(1e-17)
     rel = (d + 8) * _U32
     lo = (est - err).clamp_(min=0).mul_(1 - rel)
     huge = nrm > 1e17
@@ -389,7 +390,8 @@ def dpc_knn_many(feat: Tensor, counts: list[int], k: int | list[int], sizes: lis
         maybe = real.unsqueeze(2) & valid.unsqueeze(1) & (lo.gather(2, to) <= to_hi.amin(-1, keepdim=True))
         to_centre = _exact_where(feat, maybe, slots)
     else:
-        to_centre = raw.gather(2, to).masked_fill(~valid.unsqueeze(1), math.inf)  # the values cdist(feat, feat[centres]) gives
+        # the values cdist(feat, feat[centres]) gives
+        to_centre = raw.gather(2, to).masked_fill(~valid.unsqueeze(1), math.inf)
     owner = to_centre.argmin(-1)  # nearest centre, ties to the lower slot
     own = torch.full((b, m + 1), -1, dtype=torch.long, device=dev)  # column M: a sink for the padding slots
     own.scatter_(1, torch.where(valid, slots, m), torch.arange(c_max, device=dev).expand(b, c_max).contiguous())
