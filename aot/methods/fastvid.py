@@ -149,22 +149,28 @@ def _fastvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         chosen = (torch.arange(width, device=dev) < torch.tensor(cs, device=dev).unsqueeze(1)).flatten()
         ctx_all = cand.gather(1, by_score).flatten()[torch.sort(chosen.logical_not(), stable=True).indices[:sum(cs)]]
     row, lo, at = n_salient, 0, 0
+    rest_feat = flat[rest_all]  # every non-salient token, gathered once (each segment's sum takes a slice)
     for frames, anchors, per_anchor, want in plan:
-        rest = rest_all[lo:lo + sum(n - sal[t] for t in frames)]  # flat indices of the segment's non-salient tokens
-        lo += rest.numel()
+        size = sum(n - sal[t] for t in frames)
+        rest = rest_all[lo:lo + size]  # flat indices of the segment's non-salient tokens
+        feat = rest_feat[lo:lo + size]
+        lo += size
         n_ctx_seg = sum(per_anchor) if want else 0
         if n_ctx_seg == 0:  # shares too small for any context token (released code: same), or every anchor
             continue  # frame all salient tokens: the rest is dropped
         ctx = ctx_all[at:at + n_ctx_seg]  # the segment's anchor frames in order, each by descending score
         at += n_ctx_seg
-        owner = cosine_sim(flat[rest], flat[ctx], flat_norms[rest], flat_norms[ctx]).argmax(-1)
+        ctx_feat = flat[ctx]
+        # the product on a fresh gather, as before (a slice may sit at another alignment, and a BLAS may round
+        # differently there)
+        owner = cosine_sim(flat[rest], ctx_feat, flat_norms[rest], flat_norms[ctx]).argmax(-1)
         self_row = torch.searchsorted(rest, ctx)  # rest is ascending: where each context token sits in it
         self_slot = torch.arange(ctx.numel(), device=dev)
         owner[self_row] = self_slot  # a context token is its own member
         counts = torch.bincount(owner, minlength=ctx.numel()).to(x.dtype).unsqueeze(1)
-        mean = torch.zeros(ctx.numel(), d, dtype=x.dtype, device=dev).index_add_(0, owner, flat[rest]) / counts
+        mean = torch.zeros(ctx.numel(), d, dtype=x.dtype, device=dev).index_add_(0, owner, feat) / counts
         w = (1 / (counts + 1)).clamp(min=config.beta)
-        toks.append(w * flat[ctx] + (1 - w) * mean)
+        toks.append(w * ctx_feat + (1 - w) * mean)
         coef = ((1 - w) / counts)[owner, 0]  # every member (the context token too) in the mean
         coef[self_row] += w[self_slot, 0]  # and the context token's own share w
         weight[rest] = coef

@@ -155,6 +155,7 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
     all_means, all_roots, all_members, all_trees, all_counts = [], [], [], [], []
     whole, clustered = [], []  # root indices of frames kept whole; (first root, roots, clusters) of clustered frames
     n_all = 0  # roots of the segments so far
+    linked = []  # pass 1, per segment with a merge budget: its trees, without reading anything back
     for start, length in segments:
         frames = range(start, start + length)
         free = []  # per frame: ascending flat indices of the cells ADTS left
@@ -194,9 +195,13 @@ def _flashvid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
         ptr = torch.where(merged, index_of[par.clamp(min=0)], torch.arange(n_free, device=dev))
         for _ in range(max(0, (length - 1).bit_length())):
             ptr = ptr[ptr]
-        root_of = members[ptr]
         per_frame = torch.zeros(length, dtype=torch.long, device=dev).index_add_(
-            0, members // n - start, merged.logical_not().long()).tolist()  # the segment's one host read
+            0, members // n - start, merged.logical_not().long())  # roots per frame
+        linked.append((length, budget, members, merged, members[ptr], per_frame))
+    # the video's one host read of TSTM: the roots per frame of every segment
+    counted = torch.cat([p for *_, p in linked]).tolist() if linked else []
+    for length, budget, members, merged, root_of, _ in linked:  # pass 2: tree means and the spatial budget
+        per_frame, counted = counted[:length], counted[length:]
         n_roots = sum(per_frame)
         roots = members[torch.sort(merged, stable=True).indices[:n_roots]]  # ascending flat index = by (frame, cell)
         slot = torch.full((f * n,), -1, dtype=torch.long, device=dev)

@@ -72,7 +72,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import check_retention, merge_pools, run, top_by_score
+from .common import check_retention, dpc_knn_one, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
@@ -139,7 +139,9 @@ def holitom_windows(static: Tensor, max_window: int) -> list[tuple[int, int]]:
 
 
 def dpc_knn_clusters(feat: Tensor, c: int, k: int) -> tuple[Tensor, Tensor]:
-    """DPC-kNN on feat (m, d) into 1 <= c <= m clusters with k = min(k, c) neighbours.
+    """DPC-kNN on feat (m, d) into 1 <= c <= m clusters with k = min(k, c) neighbours (the full distance
+    matrix; ``holitom`` runs ``common.dpc_knn_one(feat, c, min(k, c))``, the same bit for bit, which computes
+    the exact distances only where they decide).
 
     Returns (centres (c,) row indices, ascending; owner (m,) slot in ``centres`` of each row's
     nearest centre (Euclidean, ties to the lower slot), every centre owning itself).
@@ -188,7 +190,7 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
 
     def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if kind == "static":  # DPC-kNN clusters of the cells' window means, beta-merged
-            centres, owner = dpc_knn_clusters(feat, c, config.k)
+            centres, owner = dpc_knn_one(feat, c, min(config.k, c))
             return (_beta_merge(feat, centres, owner, config.beta), centres, owner,
                     _beta_weights(centres, owner, config.beta, feat.dtype))
         n_dom = min(c, math.floor(c * (1 - config.context_share) + 0.5))
@@ -202,7 +204,7 @@ def _holitom_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, con
         keep = torch.ones(cells.numel(), dtype=torch.bool, device=x.device)
         keep[dom] = False
         rest = torch.nonzero(keep).flatten()  # the pool's other cells, ascending
-        centres, rest_owner = dpc_knn_clusters(feat[rest], n_ctx, config.k)
+        centres, rest_owner = dpc_knn_one(feat[rest], n_ctx, min(config.k, n_ctx))
         owner[rest] = n_dom + rest_owner
         weight[rest] = _beta_weights(centres, rest_owner, config.beta, feat.dtype)
         return (torch.cat([feat[dom], _beta_merge(feat[rest], centres, rest_owner, config.beta)]),

@@ -69,7 +69,7 @@ from torch import Tensor
 
 from ..compress import Compressed
 from ..config import _check_range
-from .common import check_retention, dpc_knn_many, merge_pools, run, top_by_score
+from .common import check_retention, dpc_knn_many, dpc_knn_one, merge_pools, run, top_by_score
 from .fastvid import dpc_knn_scores
 from .registry import Method, register
 
@@ -193,7 +193,8 @@ def _prunevid_one(x: Tensor, norms: Tensor, scores: Tensor, grid, total: int, co
             masks.append(torch.zeros(n, dtype=torch.bool, device=x.device))
 
     def reduce(kind: str, t: int, cells: Tensor, feat: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        centres, owner = dpc_knn_assign(feat, c, config.k)  # every pool: DPC-kNN clusters, plain means
+        # every pool: DPC-kNN clusters (dpc_knn_assign, with the exact distances only where they decide), plain means
+        centres, owner = dpc_knn_one(feat, c, min(config.k, feat.shape[0]))
         counts = torch.bincount(owner, minlength=c).to(feat.dtype).unsqueeze(1)
         tokens = torch.zeros(c, d, dtype=feat.dtype, device=x.device).index_add_(0, owner, feat) / counts
         return tokens, centres, owner, (1 / counts[:, 0])[owner]
