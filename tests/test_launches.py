@@ -96,3 +96,32 @@ def test_grouped_stop_equals_each_group_alone_and_reads_once_per_check():
     assert len(set(checks)) > 1, checks  # the groups really stop at different checks
     c = launches.count(lambda: sinkhorn_(cost.clone(), 0.1, 200, a, b, tol, groups=1, bound=30.0))
     assert c["reads"] == max(checks), (c, checks)
+
+
+def test_repeated_fixed_call_builds_no_tensor_from_host_data(monkeypatch):
+    """What CUDA graph capture needs besides no reads: after a warm-up call of the same layout, the
+    fixed call (tol=None, validate=False) makes no tensor from Python data (each would be a
+    host-to-device copy, which a capturing stream refuses): every index tensor comes from the cache
+    (aot/indices.py). Today's defaults (irregular clips 5/5/3 at 13 frames) and a batch of 2."""
+    import aot.indices
+
+    for shape in [(13, 36, 16), (2, 13, 36, 16)]:
+        x, s = _video(shape)
+        cfg = aot.AOTConfig(retention=0.15, tol=None)
+        warm = aot.compress(x, s, config=cfg, validate=False)
+        made = []
+        real = torch.tensor
+
+        def spy(*a, **k):
+            made.append(a[0] if a else k)
+            return real(*a, **k)
+        monkeypatch.setattr(torch, "tensor", spy)
+        out = aot.compress(x, s, config=cfg, validate=False)
+        monkeypatch.setattr(torch, "tensor", real)
+        assert made == [], made
+        assert torch.equal(out.tokens, warm.tokens)
+        aot.indices._CACHE.clear()  # and the spy does see a cold call's index tensors
+        monkeypatch.setattr(torch, "tensor", spy)
+        aot.compress(x, s, config=cfg, validate=False)
+        monkeypatch.setattr(torch, "tensor", real)
+        assert made, "a cold call builds its index tensors"
