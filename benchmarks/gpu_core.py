@@ -21,6 +21,10 @@ at its device default and at a 12 MiB buffer (the CPU default).
     python benchmarks/gpu_core.py [--device cuda] [--modes eager,eager-deferred,eager-fixed,graph (default; also: compiled)]
                                   [--shapes 32x196x3584,64x169x3584] [--reps 20] [--scores] [--json PATH]
     python benchmarks/gpu_core.py --device cpu --modes eager,eager-fixed --shapes 8x36x64 --reps 2   # a smoke run
+
+On a lent GPU machine (its image has torch; aot's core needs nothing else), from the repo root:
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 benchmarks/gpu_core.py --scores --json $OUT/gpu_core.json
+(about 2-4 minutes at 20 repetitions; the table is printed as it goes, the JSON written at the end).
 """
 
 from __future__ import annotations
