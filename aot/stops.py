@@ -38,6 +38,7 @@ import collections
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable, Hashable, Iterator
 
 import torch
@@ -52,6 +53,7 @@ _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
 _CAPS: collections.OrderedDict[Hashable, collections.deque] = collections.OrderedDict()
 _MAX_KEYS = 256  # shapes remembered (least recently used dropped)
 WINDOW = 8
+_LOCK = threading.Lock()  # serving may compress from several threads
 
 
 class Ledger:
@@ -104,7 +106,9 @@ def active() -> Ledger | None:
 @contextlib.contextmanager
 def deferred(enabled: bool) -> Iterator[None]:
     """Within the block, compress defers its stop checks to one read per call (True) or reads per
-    check (False, the default unless AOT_DEFERRED_STOPS=1)."""
+    check (False, the default unless AOT_DEFERRED_STOPS=1). The setting is a context variable: it
+    holds for this thread (or asyncio task) only; a new thread starts from the process default, so a
+    serving process sets AOT_DEFERRED_STOPS=1 or enters the block in each worker thread."""
     token = _ENABLED.set(enabled)
     try:
         yield
@@ -123,38 +127,46 @@ def _with(ledger: Ledger, fn: Callable):
 def caps(key: Hashable) -> list[int] | None:
     """The checks each solve of the next call of this shape will run: for each solve the most any of
     the last ``WINDOW`` calls needed (None: no call of this shape yet)."""
-    seen = _CAPS.get(key)
+    with _LOCK:
+        seen = list(_CAPS.get(key) or ())
+        if seen:
+            _CAPS.move_to_end(key)
     if not seen:
         return None
     width = max(len(n) for n in seen)
     return [max(n[i] for n in seen if i < len(n)) for i in range(width)]
 
 
+def _learn(key: Hashable, needs: list[int]) -> None:
+    with _LOCK:
+        _CAPS.setdefault(key, collections.deque(maxlen=WINDOW)).append(needs)
+        _CAPS.move_to_end(key)
+        while len(_CAPS) > _MAX_KEYS:
+            _CAPS.popitem(last=False)
+
+
 def run(fn: Callable, key: Hashable, *, eligible: bool = True):
     """fn() (one compress core call) with its Sinkhorn stop checks deferred to one read (see module
     docstring). key: what fixes the sequence of solves and their shapes. eligible=False, or
-    ``deferred(False)``, or torch.compile tracing: fn() as it is (a read per check)."""
+    deferral off (the default), or torch.compile tracing: fn() as it is (a read per check)."""
     if not eligible or not _ENABLED.get() or torch.compiler.is_compiling():
         return fn()
     cap = caps(key)
     if cap is not None:
-        _CAPS.move_to_end(key)
         ledger = Ledger(cap)
         out = _with(ledger, fn)
         needs = ledger.resolve()
         if needs is not None:
-            _CAPS[key].append(needs)
+            _learn(key, needs)
             return out
         del out  # a cap was short: this result is not the per-check loop's; compute it again
     ledger = Ledger()
     out = _with(ledger, fn)
-    _CAPS.setdefault(key, collections.deque(maxlen=WINDOW)).append(ledger.recorded)
-    _CAPS.move_to_end(key)
-    while len(_CAPS) > _MAX_KEYS:
-        _CAPS.popitem(last=False)
+    _learn(key, ledger.recorded)
     return out
 
 
 def clear() -> None:
     """Forget every learned cap (the next call of each shape records again)."""
-    _CAPS.clear()
+    with _LOCK:
+        _CAPS.clear()

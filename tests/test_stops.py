@@ -9,6 +9,7 @@ profiler (benchmarks/launches.py), so they can be asserted.
 
 import collections
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,44 @@ def test_only_the_plain_route_defers():
     out = aot.compress(x, s, config=cfg)
     _same(out, ref)
     assert _caps() == []
+
+
+def test_threads_share_the_learned_caps_safely():
+    """Serving compresses from several threads: each enters deferred(True) itself (a context variable
+    does not cross threads), the caps table is shared under a lock, every result equals the per-check loop."""
+    import threading
+
+    cfg = aot.AOTConfig(retention=0.15, tol=1e-3)
+    inputs = [_video((13, 36, 16), seed=k) for k in range(4)] + [_video((8, 36, 16), seed=9)]
+    with stops.deferred(False):
+        refs = [aot.compress(x, s, config=cfg) for x, s in inputs]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            with stops.deferred(True):
+                for _ in range(3):
+                    results[i] = aot.compress(*inputs[i], config=cfg)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, ref in enumerate(refs):
+        _same(results[i], ref)
+    assert len(stops._CAPS) == 2  # two shapes
+
+
+def test_new_threads_start_from_the_process_default():
+    import threading
+
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(stops._ENABLED.get()))
+    t.start()
+    t.join()
+    assert len(seen) == 1
+    assert stops._ENABLED.get() is True  # this test's fixture
+    assert seen[0] is (os.environ.get("AOT_DEFERRED_STOPS", "0") not in ("", "0", "false", "False"))
