@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import time
 
@@ -39,6 +39,9 @@ import torch
 
 import aot
 import aot.stops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compress_speed import _median_time, _sync  # noqa: E402
 
 MODES = ("eager", "eager-deferred", "eager-fixed", "compiled", "graph")
 # compile time grows with the unrolled Sinkhorn loops (13 solves x 100 iterations at the defaults): minutes
@@ -48,20 +51,8 @@ DISCRETE = ("sizes", "frames", "positions", "assignment", "dynamic")
 DEFAULTS = {"today's": {}, "before issue 22": dict(anchor_density=None, anchor_share=0.7, global_share=0.5)}
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _median_ms(fn, reps: int, device: str) -> float:
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return _median_time(fn, reps, device) * 1e3  # one warm-up call, then the median of reps synchronised calls
 
 
 def _inputs(f: int, n: int, d: int, device: str):

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import launches  # noqa: E402
+from compress_speed import _status_kb  # noqa: E402
 from test_score_chunks import old_attention_received, old_segment_received  # noqa: E402
 
 from aot.models.qwen2_5_vl import segment_received  # noqa: E402
@@ -113,14 +114,6 @@ def cpu_ms(fns, reps: int) -> list[float]:
             fns[i]()
             times[i].append(time.perf_counter() - t)
     return [statistics.median(t) * 1e3 for t in times]
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_child(args) -> None:
