@@ -216,17 +216,11 @@ def _sinkhorn_plain(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor
     # (..., 1, n), (..., 1, m); callers may pass them in that shape already
     bb = b if b.dim() == cost.dim() else b.unsqueeze(-2)
     aa = a if a.dim() == cost.dim() else a.unsqueeze(-2)
-    u, ku = aa, aa @ kernel  # u0 = a: masked rows stay 0
+    ku = aa @ kernel  # u0 = a: masked rows stay 0
     lead = cost.shape[:groups] if groups else (blocks,)
-    single = math.prod(lead) == 1  # one stop group: no state to freeze
     thr = None if tol is None else _tol_threshold(tol, cost.dtype)
     ledger = stops.active() if thr is not None and not grad else None
-    if ledger is not None and not ledger.recording:
-        kv, v = _plain_deferred(kernel, kernel_t, aa, bb, ku, n_iters, thr, ledger, lead, groups, blocks)
-        u = None
-    else:
-        kv, v, u = _plain_checked(kernel, kernel_t, aa, bb, ku, n_iters, thr, grad, lead, single, groups, blocks,
-                                  ledger)
+    kv, v, u = _plain_iterate(kernel, kernel_t, aa, bb, ku, n_iters, thr, grad, lead, groups, blocks, ledger)
     del kernel_t
     if rows:
         if grad:
@@ -250,78 +244,62 @@ def _group_conv(err: Tensor, thr: float, lead, groups: int, blocks: int, ndim: i
     return conv.view(blocks, 1).expand(blocks, err.shape[0] // blocks).reshape(-1, *([1] * (ndim - 1)))
 
 
-def _plain_checked(kernel, kernel_t, aa, bb, ku, n_iters: int, thr, grad: bool, lead, single: bool, groups: int,
-                   blocks: int, ledger):
-    """The plain route's iterations with a host read per early-stop check (every _CHECK_EVERY
-    iterations). ledger (record mode): told how many checks ran. Returns (K v, v, u or None: a / K v)."""
-    frozen = saved = None
-    u = aa
-    checks = 0
-    for it in range(n_iters):
+def _plain_iterate(kernel, kernel_t, aa, bb, ku, n_iters: int, thr, grad: bool, lead, groups: int, blocks: int,
+                   ledger):
+    """The plain route's iterations. An early-stop check every _CHECK_EVERY iterations freezes each stop
+    group at the first check where it meets thr (a group's frozen state is what stopping there returns).
+    Without a deferring ledger each check is read on the host and the loop stops once every group has
+    (ledger in record mode: told how many checks ran). With one (aot.stops) nothing is read: the loop
+    runs ``ledger.next_cap()`` checks and leaves one device flag per check, "every group has stopped",
+    in the ledger. Returns (K v, v, u or None: a / K v, recomputed where needed)."""
+    deferred = ledger is not None and not ledger.recording
+    total = 0 if thr is None else (n_iters - 1) // _CHECK_EVERY  # checks the per-check loop can run
+    limit = n_iters
+    if deferred:
+        checks = min(max(ledger.next_cap(), 1), total)
+        if checks < total:
+            limit = _CHECK_EVERY * checks
+    single = math.prod(lead) == 1  # one stop group: read per check, nothing to freeze
+    frozen = saved = u = None
+    flags, ran = [], 0
+    for it in range(limit):
         v = bb / ku  # (..., 1, n)
         kv = v @ kernel_t  # (..., 1, m)
         u = aa / kv
-        check = thr is not None and (it + 1) % _CHECK_EVERY == 0 and it + 1 < n_iters
         if it + 1 < n_iters:
             ku = u @ kernel
-        if check:  # L1 error of the column marginal: |b - v (u K)|
-            checks += 1
-            err = torch.linalg.vector_norm(torch.addcmul(bb, v, ku, value=-1.0), ord=1, dim=-1)  # (..., 1)
-            if grad:
-                err = err.detach()
-            if single:
-                if bool(err.amax() < thr):  # the one host read of a check
-                    break
-                continue
-            conv = _group_conv(err, thr, lead, groups, blocks, u.dim())
-            if frozen is None:
-                frozen, saved = conv, (kv, v)
-            else:
-                new = conv & ~frozen
-                saved = tuple(torch.where(new, s, old) for s, old in zip((kv, v), saved))
-                frozen = frozen | conv
-            if bool(frozen.all()):
+        if thr is None or (it + 1) % _CHECK_EVERY or it + 1 >= n_iters:
+            continue
+        ran += 1  # a check: the L1 error of the column marginal, |b - v (u K)|
+        err = torch.linalg.vector_norm(torch.addcmul(bb, v, ku, value=-1.0), ord=1, dim=-1)  # (..., 1)
+        if grad:
+            err = err.detach()
+        if single and not deferred:
+            if bool(err.amax() < thr):  # the one host read of a check
                 break
-    if ledger is not None:
-        ledger.recorded.append(checks)
+            continue
+        if deferred and it + 1 == limit:  # the last check: groups that meet thr now keep the current state
+            flags.append(err.amax() < thr if frozen is None else
+                         (frozen | _group_conv(err, thr, lead, groups, blocks, u.dim())).all())
+            break
+        conv = _group_conv(err, thr, lead, groups, blocks, u.dim())
+        if frozen is None:
+            frozen, saved = conv, (kv, v)
+        else:  # groups not frozen before take this check's state (frozen ones keep theirs)
+            saved = tuple(torch.where(frozen, old, s) for s, old in zip((kv, v), saved))
+            frozen = frozen | conv
+        if deferred:
+            flags.append(frozen.all())
+        elif bool(frozen.all()):  # the one host read of a check: every group has stopped
+            break
+    if deferred:
+        ledger.add_flags(flags, total)
+    elif ledger is not None:
+        ledger.recorded.append(ran)
     if frozen is not None:  # groups that stopped earlier than the last iteration run take their state back
         kv, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (kv, v)))
-        u = None  # recomputed from K v where needed
+        u = None
     return kv, v, u
-
-
-def _plain_deferred(kernel, kernel_t, aa, bb, ku, n_iters: int, thr: float, ledger, lead, groups: int, blocks: int):
-    """The plain route's iterations with no host read (aot.stops): ``ledger.next_cap()`` checks, every
-    stop group frozen at the first check where it meets thr (its state then is what the per-check loop
-    returns), one device flag per check left in the ledger. Returns (K v, v)."""
-    total = (n_iters - 1) // _CHECK_EVERY  # checks the per-check loop can run
-    checks = min(max(ledger.next_cap(), 1), total)
-    limit = n_iters if checks == total else _CHECK_EVERY * checks  # no check at all (total 0): every iteration
-    frozen = saved = None
-    flags = []
-    for it in range(limit):
-        v = bb / ku
-        kv = v @ kernel_t
-        u = aa / kv
-        if it + 1 < n_iters:
-            ku = u @ kernel
-        if (it + 1) % _CHECK_EVERY == 0 and it + 1 < n_iters:
-            err = torch.linalg.vector_norm(torch.addcmul(bb, v, ku, value=-1.0), ord=1, dim=-1)  # (..., 1)
-            if it + 1 == limit:  # the last check: groups that meet thr now keep the current state anyway
-                flags.append(err.amax() < thr if frozen is None else
-                             (frozen | _group_conv(err, thr, lead, groups, blocks, u.dim())).all())
-                break
-            conv = _group_conv(err, thr, lead, groups, blocks, u.dim())
-            if frozen is None:
-                frozen, saved = conv, (kv, v)
-            else:  # groups not frozen before take this check's state (frozen ones keep theirs)
-                saved = tuple(torch.where(frozen, old, s) for s, old in zip((kv, v), saved))
-                frozen = frozen | conv
-            flags.append(frozen.all())
-    ledger.add_flags(flags, total)
-    if frozen is not None:
-        kv, v = (torch.where(frozen, s, cur) for s, cur in zip(saved, (kv, v)))
-    return kv, v
 
 
 def _sinkhorn_log(cost: Tensor, reg: float, n_iters: int, a: Tensor, b: Tensor, tol, groups: int = 0) -> Tensor:
