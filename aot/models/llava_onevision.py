@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inllm_patch import attach, detach
-from .scores import _check_max_bytes, attention_received, hf_qk, record_scores
+from .scores import attention_received, hf_qk, record_scores
 from .patching import PatchState as _BaseState
 from .patching import install, missing_members, pad_token_id, resolve_method, timer, uninstall, uses_local_scores
 from .splice import lay_out_video, splice_prompt
@@ -115,7 +115,6 @@ def patch(model: nn.Module, config, *, method: str | None = None, video_layout: 
     m = resolve_method(model, config, method)
     tower = model.model.vision_tower
     vision_attention(tower, local_layer), vision_attention(tower, global_layer)  # range check now
-    _check_max_bytes(score_bytes, "score_bytes")
     state = PatchState(m, config, local_layer, global_layer, chunk, video_layout=video_layout, positions=positions,
                        score_bytes=score_bytes)
     install(model, state, lambda mdl, kwargs, for_generate: _rewrite(mdl, kwargs))  # forward and generate alike

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .inllm_patch import announce, wants_pruning
+from .scores import _check_max_bytes
 
 __all__ = ["PatchState", "resolve_method", "missing_members", "install", "uninstall", "forward_kwargs",
            "generate_kwargs", "give_back_prompt", "timer", "pad_token_id"]
@@ -40,6 +41,9 @@ class PatchState:
     old_generate: Any = None
     last: dict = field(default_factory=dict)  # what the last compression did: token counts, times (s)
     score_bytes: int | None = None  # logits buffer of the score hooks (None: device-aware, see scores.py)
+
+    def __post_init__(self) -> None:
+        _check_max_bytes(self.score_bytes, "score_bytes")  # before anything is installed on the model
 
 
 def uses_local_scores(state: PatchState) -> bool:

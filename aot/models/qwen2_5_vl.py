@@ -124,7 +124,6 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
-    _check_max_bytes(score_bytes, "score_bytes")
     state = PatchState(m, config, local_layer, global_layer, chunk, score_bytes=score_bytes)
     install(model, state, _rewrite)
     if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it

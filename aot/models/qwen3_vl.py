@@ -53,7 +53,6 @@ from .inllm_patch import attach, detach
 from .patching import (PatchState, install, missing_members, pad_token_id, resolve_method, take_video_call, timer,
                        uninstall)
 from .qwen2_5_vl import hook_score_blocks, score_hook  # noqa: F401 (score_hook: also reached as qwen3_vl.score_hook)
-from .scores import _check_max_bytes
 from .splice import VideoSlots, gather_positions, placeholder_blocks, splice_prompt
 
 __all__ = ["patch", "unpatch", "check_transformers", "default_layers", "ClassInfo", "CLASSES", "deepstack_at",
@@ -177,7 +176,6 @@ def patch(model: nn.Module, config, *, method: str | None = None, local_layer: i
     d_local, d_global = default_layers(tower.config)
     local_layer = _block(tower, d_local if local_layer is None else local_layer)
     global_layer = _block(tower, d_global if global_layer is None else global_layer)
-    _check_max_bytes(score_bytes, "score_bytes")
     state = PatchState(m, config, local_layer, global_layer, chunk, score_bytes=score_bytes)
     install(model, state, _rewrite)
     if m.in_llm:  # FastV/PDrop: the video goes in whole, the text decoder prunes it
