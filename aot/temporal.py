@@ -366,6 +366,17 @@ def _step_weights(s, a, cost, n_s, vf, w, mg, unm, tau, step, p1, *, reg, n_iter
     return torch.baddbmm(a, wt, s, alpha=lam), denom, wt, pa
 
 
+def _step_map(denom: Tensor, wt: Tensor, lam: float, grad: bool, coef_out: Tensor | None = None,
+              inv_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The step's linear map for the mix (no graph): coef = lam w^T / (1 + lam recv) (A, M_anc, M_tok)
+    and the decay 1 / (1 + lam recv) (A, M_anc, 1), written into the out tensors when given."""
+    with torch.no_grad():
+        inv = torch.reciprocal(denom.detach() if grad else denom, out=inv_out)
+        wd = wt.detach() if grad else wt
+        coef = torch.mul(wd, inv * lam if lam != 1.0 else inv, out=coef_out)
+    return coef, inv
+
+
 def _owner(pa: Tensor, merge: str, grad: bool, out: Tensor | None = None) -> Tensor:
     """argmax_j p_ij (A, M_tok), written into out when given."""
     own_t = pa.argmax(-1) if out is None else torch.argmax(pa.detach() if grad else pa, -1, out=out)
@@ -400,11 +411,9 @@ def _merge_regular(tokens, norms, key_cost, p, merged, valid, tau, lay, start_si
             unm_at[step], tau_at[step], step, lambda: p.view(-1, length - 1, m, m)[:, 0],
             reg=reg, n_iters=n_iters, tol=tol, lam=lam, merge=merge, videos=videos, grad=grad)
         anchors = new / denom if grad else new.div_(denom)
-        with torch.no_grad():
-            inv = (denom.detach() if grad else denom).reciprocal()  # (A, M_anc, 1)
-            wd = wt.detach() if grad else wt
-            coefs.append(wd * (inv * lam) if lam != 1.0 else wd * inv)
-            decays.append(inv)
+        coef, inv = _step_map(denom, wt, lam, grad)
+        coefs.append(coef)
+        decays.append(inv)
         owns.append(_owner(pa, merge, grad))
     kw = dict(dtype=tokens.dtype, device=dev)
     # position 0 (the keyframes): no step
@@ -471,11 +480,8 @@ def _merge_ordered(tokens, t_pm, n_pm, key_cost, p, merged, valid_pm, tau, lay, 
             torch.div(new, denom, out=a)
         else:  # (copy_, not div's out=: dynamo refuses a non-contiguous out= tensor)
             a4.copy_(new.div_(denom).view(videos, n, m, d))
-        with torch.no_grad():
-            inv = torch.reciprocal(denom.detach() if grad else denom, out=d_at[step])  # (A, M_anc, 1)
-            wd = wt.detach() if grad else wt
-            torch.mul(wd, inv * lam if lam != 1.0 else inv, out=c_at[step])
-            _owner(pa, merge, grad, out=o_at[step])
+        _step_map(denom, wt, lam, grad, coef_out=c_at[step], inv_out=d_at[step])
+        _owner(pa, merge, grad, out=o_at[step])
     if not lay.sorted:
         anchors = anchors.index_select(0, lay.unsort)
     kw = dict(dtype=dtype, device=dev)
